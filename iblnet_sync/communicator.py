@@ -1,0 +1,443 @@
+"""One remote rig: send a message, match its echo, collect the response, echo the rig's messages."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from iblutil.io.net.base import ExpMessage, ExpStatus, validate_uri
+
+from . import protocol
+from .dispatcher import Dispatcher
+from .errors import ClosedError, RigError, RigErrorReport, RigRefused, RigTimeout
+from .exchange import Exchange
+
+__all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'RESEND_INTERVAL', 'RESENDS']
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+"""float: seconds to wait for a rig's response (iblutil's ``Services`` default)."""
+ECHO_TIMEOUT = 1.0
+"""float: seconds to wait for an echo (iblutil's default)."""
+RESEND_INTERVAL = 0.2
+"""float: seconds without any datagram from the rig before a message is sent again."""
+RESENDS = 3
+"""int: how many times a message is sent again before the rig counts as not echoing."""
+REPEAT_WINDOW = 5.0
+"""float: seconds during which a repeated response is echoed but not delivered again."""
+_REFUSED = (ConnectionRefusedError, ConnectionResetError)  # Linux, and WSAECONNRESET on Windows
+
+Callback = Callable[..., Any] | Future
+
+
+def _open_socket(hostname: str, port: int) -> socket.socket:
+    """A UDP socket on an ephemeral local port, connected to the rig (so ICMP errors reach us)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(hostname).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.connect((hostname, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Communicator:
+    """The main rig's end of the conversation with one auxiliary rig, in blocking style.
+
+    Parameters
+    ----------
+    server_uri : str
+        The rig's address: ``udp://host:port``, ``host:port`` or ``host`` (port 11001).
+    name : str, optional
+        A label used in logs and errors; defaults to the URI.
+    dispatcher : Dispatcher, optional
+        The network thread to use; by default the communicator starts and owns one.
+    sock : socket.socket, optional
+        A datagram socket already connected to the rig (tests pass one end of a socketpair).
+    timeout : float
+        Default seconds to wait for a response.
+    echo_timeout : float
+        Seconds to wait for an echo before the rig counts as not echoing.
+    resend_interval : float
+        Seconds of silence from the rig after which a message is sent again.
+    resends : int
+        How many times to send again; 0 behaves exactly as iblutil.
+
+    Examples
+    --------
+    >>> with Communicator('udp://127.0.0.1:11001', name='cameras') as rig:
+    ...     rig.status('CONNECTED')
+    [0]
+    """
+
+    def __init__(self, server_uri: str, name: str | None = None, *, dispatcher: Dispatcher | None = None,
+                 sock: socket.socket | None = None, timeout: float | None = DEFAULT_TIMEOUT,
+                 echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
+                 resends: int = RESENDS):
+        self.server_uri = validate_uri(server_uri)
+        self.name = name or self.server_uri
+        if not echo_timeout > 0 or resend_interval <= 0 or resends < 0:
+            raise ValueError('echo_timeout and resend_interval must be > 0 and resends >= 0')
+        self.timeout, self.echo_timeout = timeout, echo_timeout
+        self.resend_interval, self.resends = resend_interval, resends
+        self._sock = sock if sock is not None else _open_socket(self.hostname, self.port)
+        self._owns_dispatcher = dispatcher is None
+        self._dispatcher = dispatcher or Dispatcher(f'iblnet_sync-{self.name}')
+        self._lock = threading.Lock()  # guards the state below
+        self._slot = threading.Lock()  # held for the life of one exchange: one at a time per rig
+        self._exchange: Exchange | None = None
+        self._last_response: tuple[protocol.Message | None, float] = (None, 0.0)
+        self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in ExpMessage}
+        self._closed = False
+        self._dispatcher.register(self._sock, self)
+
+    # --- addresses ---
+    @property
+    def hostname(self) -> str:
+        """str: the rig's IP address."""
+        return urlparse(self.server_uri).hostname
+
+    @property
+    def port(self) -> int:
+        """int: the rig's port."""
+        return urlparse(self.server_uri).port
+
+    @property
+    def is_connected(self) -> bool:
+        """bool: True until ``close()``."""
+        return not self._closed
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {self.name!r} {self.server_uri}>'
+
+    # --- sending ---
+    def send(self, data: bytes | list | tuple) -> None:
+        """Send one message without waiting for anything.
+
+        Parameters
+        ----------
+        data : bytes, list, tuple
+            A datagram, or the message elements (event code first) to encode.
+        """
+        self._check_open()
+        self._sock.send(data if isinstance(data, bytes) else protocol.encode(*data))
+
+    def submit(self, datagram: bytes, expect_response: bool = True, timeout: float | None = None) -> Exchange:
+        """Send a datagram and return its :class:`Exchange` without waiting for it.
+
+        Waits first (up to `timeout`) for any earlier exchange with this rig to finish: the
+        protocol matches echoes by address, so one rig has one exchange at a time.
+
+        Parameters
+        ----------
+        datagram : bytes
+            An encoded message (see :mod:`iblnet_sync.protocol`).
+        expect_response : bool
+            Whether the rig answers with a message of the same event.
+        timeout : float, optional
+            How long to wait for the rig to be free; defaults to ``self.timeout``.
+
+        Raises
+        ------
+        RigTimeout
+            The rig stayed busy with another exchange.
+        ClosedError
+            The communicator is closed.
+        """
+        self._check_open()
+        event = protocol.decode(datagram).event
+        timeout = self.timeout if timeout is None else timeout
+        if not self._slot.acquire(timeout=-1 if timeout is None else timeout):
+            raise RigTimeout(self.name, self.server_uri, event.name,
+                             f'still busy with another exchange after {timeout:.3g} s', stage='busy')
+        exchange = Exchange(datagram, event, expect_response, lambda: (self.name, self.server_uri))
+        exchange.outcome.add_done_callback(lambda _: self._end_exchange(exchange))
+        with self._lock:
+            self._exchange = exchange
+        try:
+            self._sock.send(datagram)
+        except _REFUSED as ex:
+            exchange.finish(error=self._refused(exchange, ex))
+            return exchange
+        except OSError as ex:
+            exchange.finish(error=exchange.error(RigError, f'send failed: {ex}', stage='send failed'))
+            return exchange
+        except BaseException:  # e.g. KeyboardInterrupt: never leave the slot taken
+            exchange.finish(error=exchange.error(RigError, 'interrupted', stage='interrupted'))
+            raise
+        log.debug('%s: sent %r', self.name, datagram)
+        exchange.add_timer(self._dispatcher.call_later(self.echo_timeout, self._echo_overdue, exchange))
+        if self.resends:
+            exchange.add_timer(self._dispatcher.call_later(self.resend_interval, self._resend, exchange, 1))
+        return exchange
+
+    def confirmed_send(self, data: bytes | list | tuple, timeout: float | None = None) -> float:
+        """Send a message and block until the rig echoes it.
+
+        Returns
+        -------
+        float
+            The echo round trip in seconds.
+
+        Raises
+        ------
+        RigError
+            No echo (``RigTimeout``), refused or an error report.
+        """
+        datagram = data if isinstance(data, bytes) else protocol.encode(*data)
+        exchange = self.submit(datagram, expect_response=False, timeout=timeout)
+        exchange.result(self.echo_timeout if timeout is None else timeout)
+        return exchange.echo_at - exchange.sent_at
+
+    def request(self, datagram: bytes, timeout: float | None = None) -> list:
+        """Send a datagram and block until the rig's response; return its data.
+
+        Raises
+        ------
+        RigError
+            The rig failed (``RigTimeout`` is also a ``TimeoutError``).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        exchange = self.submit(datagram, timeout=timeout)
+        return exchange.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    # --- the protocol's calls, each returning the rig's response data ---
+    def init(self, data: Any = None, timeout: float | None = None) -> list:
+        """Send EXPINIT and return the rig's response data."""
+        return self.request(protocol.init_message(data), timeout)
+
+    def start(self, exp_ref: str | dict | None, data: Any = None, timeout: float | None = None) -> list:
+        """Send EXPSTART with the experiment reference and return the rig's response data."""
+        return self.request(protocol.start_message(exp_ref, data), timeout)
+
+    def stop(self, data: Any = None, immediately: bool = False, timeout: float | None = None) -> list:
+        """Send EXPEND (EXPINTERRUPT when `immediately`) and return the rig's response data."""
+        return self.request(protocol.stop_message(data, immediately), timeout)
+
+    def cleanup(self, data: Any = None, timeout: float | None = None) -> list:
+        """Send EXPCLEANUP and return the rig's response data."""
+        return self.request(protocol.cleanup_message(data), timeout)
+
+    def status(self, status: ExpStatus | int | str, timeout: float | None = None) -> list:
+        """Send EXPSTATUS and return the rig's response data, ``[STATUS]``."""
+        return self.request(protocol.status_message(status), timeout)
+
+    def info(self, status: ExpStatus | int | str, data: Any = None, timeout: float | None = None) -> list:
+        """Send EXPINFO and return the rig's response data, ``[STATUS, INFO]``."""
+        return self.request(protocol.info_message(status, data), timeout)
+
+    def alyx(self, alyx: Any = None, timeout: float | None = None) -> list | None:
+        """Send this rig's Alyx token, or ask for the rig's when `alyx` is not logged in.
+
+        Returns
+        -------
+        list, None
+            ``[BASE_URL, {USER: TOKEN}]`` when a token was requested, else None.
+        """
+        datagram = protocol.alyx_message(alyx)
+        if protocol.decode(datagram).data[1]:  # a token to give: the rig only echoes
+            self.confirmed_send(datagram, timeout)
+            return None
+        return self.request(datagram, timeout)
+
+    # --- callbacks ---
+    def assign_callback(self, event: ExpMessage | int | str, callback: Callback) -> None:
+        """Call `callback` each time the rig sends `event` (a Future is resolved once).
+
+        The callback runs on the callback thread as ``callback(data, addr)``, or as
+        ``callback(data, addr, event)`` when `event` is several flags OR-ed together. If it
+        raises, the rig receives an error report ``[0, "Type: message", EVENT]``.
+        """
+        event = protocol.as_event(event, allow_compound=True)
+        if not (callable(callback) or isinstance(callback, Future)):
+            raise TypeError('Callback must be callable or a concurrent.futures.Future')
+        compound = event not in list(ExpMessage)
+        with self._lock:
+            for flag in ExpMessage:
+                if flag & event:
+                    self._callbacks[flag].append((callback, compound))
+
+    def clear_callbacks(self, event: ExpMessage | int | str, callback: Callback | None = None) -> int:
+        """Remove `callback` (or every callback) for `event`; pending Futures are cancelled.
+
+        Returns
+        -------
+        int
+            How many registrations were removed.
+        """
+        event = protocol.as_event(event, allow_compound=True)
+        removed = []
+        with self._lock:
+            for flag in ExpMessage:
+                if not flag & event:
+                    continue
+                entries = self._callbacks[flag]
+                keep = [e for e in entries if callback is not None and not _same_callback(e[0], callback)]
+                removed += [e[0] for e in entries if e not in keep]
+                entries[:] = keep
+        for cb in removed:
+            if isinstance(cb, Future):
+                cb.cancel()
+        return len(removed)
+
+    def on_event(self, event: ExpMessage | int | str) -> Future:
+        """Return a Future resolved with ``(data, addr)`` the next time the rig sends `event`."""
+        future: Future = Future()
+        self.assign_callback(event, future)
+        return future
+
+    # --- closing ---
+    def close(self) -> None:
+        """Fail the exchange in flight, cancel pending Futures and close the socket; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            exchange = self._exchange
+            futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
+            for entries in self._callbacks.values():
+                entries.clear()
+        if exchange is not None:
+            exchange.finish(error=exchange.error(RigError, 'communicator closed', stage='closed'))
+        for future in futures:
+            future.cancel()
+        self._dispatcher.unregister(self._sock)
+        self._sock.close()
+        if self._owns_dispatcher:
+            self._dispatcher.close()
+
+    def __enter__(self) -> Communicator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- called on the dispatcher thread ---
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Match an echo, or echo and deliver a new message from the rig."""
+        if isinstance(addr, tuple) and addr and addr[0] != self.hostname:
+            log.debug('%s: ignored %d bytes from %s, not the rig', self.name, len(data), addr)
+            return
+        with self._lock:
+            exchange = self._exchange
+        if exchange is not None:
+            exchange.heard = True
+            if not exchange.echo.done() and (data == exchange.datagram or data in exchange.resent):
+                exchange.confirm()  # the first datagram equal to what we sent is its echo
+                return
+            if data in exchange.resent:  # our resend's spelling: a late echo, never a rig message
+                log.debug('%s: late echo of a resend dropped', self.name)
+                return
+        try:
+            message = protocol.decode(data)
+        except protocol.DecodeError as ex:
+            log.debug('%s: dropped datagram %r: %s', self.name, data[:80], ex)
+            return
+        if message.event == protocol.ERROR_CODE:
+            self._error_report(message, exchange)
+            return
+        try:
+            self._sock.send(data)  # echo first: an iblutil rig waits about 1 s for it
+        except OSError as ex:
+            log.debug('%s: echo failed: %s', self.name, ex)
+        if exchange is not None and exchange.event == message.event and not exchange.done:
+            if exchange.expect_response:
+                exchange.respond(message.data)
+                self._last_response = (message, time.monotonic())
+            else:
+                exchange.confirm()  # the rig's message for this event implies it received ours
+        elif message == self._last_response[0] and time.monotonic() - self._last_response[1] < REPEAT_WINDOW:
+            log.debug('%s: repeated response echoed, not delivered again', self.name)
+            return
+        self._deliver(message, addr)
+
+    def error_received(self, error: OSError) -> None:
+        """A socket error: port unreachable fails the exchange in flight as refused."""
+        with self._lock:
+            exchange = self._exchange
+        if exchange is None:
+            log.debug('%s: socket error with no exchange in flight: %s', self.name, error)
+        elif isinstance(error, _REFUSED):
+            exchange.finish(error=self._refused(exchange, error))
+        else:
+            exchange.finish(error=exchange.error(RigError, f'socket error: {error}', stage='socket error'))
+
+    # --- internals ---
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f'{self!r} is closed')
+
+    def _refused(self, exchange: Exchange, error: OSError) -> RigError:
+        return exchange.error(RigRefused, f'nothing is listening there (port unreachable: {error})')
+
+    def _end_exchange(self, exchange: Exchange) -> None:
+        with self._lock:
+            if self._exchange is exchange:
+                self._exchange = None
+        self._slot.release()
+
+    def _echo_overdue(self, exchange: Exchange) -> None:
+        if not exchange.echo.done():
+            exchange.give_up()
+
+    def _resend(self, exchange: Exchange, attempt: int) -> None:
+        """Send again in another JSON spelling, unless anything came back from the rig."""
+        if exchange.heard or exchange.echo.done() or self._closed:
+            return
+        spelling = protocol.respell(exchange.datagram)
+        exchange.resent.add(spelling)
+        log.debug('%s: no echo after %.3g s, resend %d', self.name, attempt * self.resend_interval, attempt)
+        try:
+            self._sock.send(spelling)
+        except _REFUSED as ex:
+            exchange.finish(error=self._refused(exchange, ex))
+            return
+        except OSError as ex:
+            log.debug('%s: resend failed: %s', self.name, ex)
+        if attempt < self.resends:
+            exchange.add_timer(self._dispatcher.call_later(self.resend_interval, self._resend, exchange, attempt + 1))
+
+    def _error_report(self, message: protocol.Message, exchange: Exchange | None) -> None:
+        text, event = (message.data + [None])[:2]
+        log.warning('%s (%s) reported an error for %s: %s', self.name, self.server_uri, event, text)
+        if exchange is not None and (event is None or event == exchange.event):
+            exchange.finish(error=exchange.error(RigErrorReport, str(text)))
+
+    def _deliver(self, message: protocol.Message, addr: Any) -> None:
+        with self._lock:
+            entries = self._callbacks[message.event]
+            once = [e for e in entries if isinstance(e[0], Future)]
+            if once:
+                entries[:] = [e for e in entries if not isinstance(e[0], Future)]
+            entries = list(entries)
+        for callback, compound in once + entries:
+            args = (message.data, addr, message.event) if compound else (message.data, addr)
+            self._dispatcher.run_callback(self._run_callback, callback, args, message.event)
+
+    def _run_callback(self, callback: Callback, args: tuple, event: ExpMessage) -> None:
+        """On the callback thread: resolve a Future or call a function; report its failure."""
+        if isinstance(callback, Future):
+            if not callback.done():
+                callback.set_result(args)
+            return
+        try:
+            callback(*args)
+        except Exception as ex:
+            log.error('%s: callback %r for %s raised %r', self.name, callback, event.name, ex)
+            if not self._closed:
+                try:
+                    self._sock.send(protocol.error_report(ex, event))
+                except OSError:
+                    pass
+
+
+def _same_callback(registered: Callback, callback: Callback) -> bool:
+    """True if `registered` is `callback` or a wrapper of it (``__wrapped__``)."""
+    return registered is callback or getattr(registered, '__wrapped__', None) is callback

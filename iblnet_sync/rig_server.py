@@ -1,0 +1,295 @@
+"""The auxiliary rig's side, blocking: listen for a main rig and answer it with handlers per event.
+
+Examples
+--------
+>>> def start_cameras(data):
+...     return {'cameras': 2}
+>>> with RigServer('udp://0.0.0.0:11001', name='cameras') as rig:
+...     rig.assign_handler('EXPSTART', start_cameras)
+...     rig.wait_closed()  # or keep doing other work: the rig answers in the background
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus, validate_uri
+
+from . import __version__, protocol
+from .communicator import RESEND_INTERVAL, RESENDS
+from .dispatcher import Dispatcher
+
+__all__ = ['RigServer']
+log = logging.getLogger(__name__)
+Handler = Callable[[list], Any]
+MAX_PEERS = 256
+"""int: how many main rig addresses the server remembers (each main rig uses one)."""
+
+
+@dataclass
+class _Peer:
+    """What the server remembers about one main rig's address (for resends and echoes)."""
+
+    request: Any = None                 # the decoded value of the last request
+    answered: bool = False              # its handler finished
+    response: bytes | None = None       # our answer, until the main rig echoes it
+    resent: set = field(default_factory=set)  # spellings of our resends: their echoes are dropped
+    timers: list = field(default_factory=list)
+
+    def stop_resending(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        self.response = None
+
+
+class RigServer:
+    """An auxiliary rig that answers a main rig (ours or iblutil's) in plain blocking Python.
+
+    The defaults already make a correct rig: it tracks its :class:`ExpStatus` and answers
+    every event with the conventional shape. Handlers add the rig's own work.
+
+    Parameters
+    ----------
+    uri : str
+        Where to listen: ``udp://host:port``, ``host:port`` or ``host``; port 0 picks a free one.
+    name : str, optional
+        The rig's name in logs and in its EXPINFO answer.
+    main_sync : bool
+        Whether this rig decides the experiment reference.
+    exp_ref : str, dict, optional
+        The reference to report in EXPINFO. A main-sync rig without one makes one from the
+        subject the main rig sends, today's date and the next sequence number.
+    experiment_description : dict, optional
+        Reported in EXPINFO.
+    resend_interval, resends
+        How often the rig resends its response until the main rig echoes it (0: never).
+
+    Attributes
+    ----------
+    status : ExpStatus
+        CONNECTED, then INITIALIZED, RUNNING and STOPPED as the experiment advances.
+    exp_ref : dict, None
+        The current experiment reference.
+    uri : str
+        The bound address, e.g. ``udp://127.0.0.1:53211``.
+    """
+
+    def __init__(self, uri: str = f'udp://127.0.0.1:{LISTEN_PORT}', name: str | None = None,
+                 main_sync: bool = False, exp_ref: str | dict | None = None,
+                 experiment_description: dict | None = None, *, resend_interval: float = RESEND_INTERVAL,
+                 resends: int = RESENDS):
+        host, port = _listen_address(uri)
+        family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind((host, port))
+        except OSError as ex:
+            self._sock.close()
+            raise OSError(ex.errno, f'Cannot listen on {uri}: {ex.strerror}') from None
+        bound_host, bound_port = self._sock.getsockname()[:2]
+        self.uri = f'udp://{f"[{bound_host}]" if family == socket.AF_INET6 else bound_host}:{bound_port}'
+        self.name = name or self.uri
+        self.main_sync = main_sync
+        self.exp_ref = protocol.exp_ref_to_dict(exp_ref) if exp_ref else None
+        self.experiment_description = experiment_description or {}
+        self.status = ExpStatus.CONNECTED
+        self.resend_interval, self.resends = resend_interval, resends
+        self._handlers: dict[ExpMessage, Handler] = {}
+        self._peers: dict[Any, _Peer] = {}
+        self._sequences: dict[tuple[str, datetime.date], int] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._dispatcher = Dispatcher(f'iblnet_sync-{self.name}')
+        self._dispatcher.register(self._sock, self)
+        log.info('%s listening on %s', self.name, self.uri)
+
+    # --- public API ---
+    def assign_handler(self, event: ExpMessage | int | str, handler: Handler | None) -> None:
+        """Run ``handler(data)`` when the main rig sends `event`; None removes it.
+
+        `data` is the message without its event code (e.g. ``[exp_ref, extra]`` for EXPSTART).
+        The return value becomes the response's data: ``[2, EXP_REF, RETURNED]`` for EXPSTART,
+        ``[1, STATUS, RETURNED]`` for EXPINIT, ``[4 or 16, RETURNED]`` for EXPEND/EXPINTERRUPT,
+        ``[8, RETURNED]`` for EXPCLEANUP; for EXPINFO a returned dict is merged into the info;
+        for ALYX the main rig's ``[BASE_URL, {USER: TOKEN}]`` is passed and, when the main rig
+        asks for a token, a returned ``(base_url, {user: token})`` is sent. If the handler
+        raises, the main rig gets ``[0, "Type: message", EVENT]`` and the status is unchanged.
+        """
+        event = protocol.as_event(event, allow_compound=True)
+        with self._lock:
+            for flag in ExpMessage:
+                if flag & event:
+                    if handler is None:
+                        self._handlers.pop(flag, None)
+                    else:
+                        self._handlers[flag] = handler
+
+    def info(self) -> dict:
+        """The EXPINFO answer's info: what iblrig's ExpInfo carries."""
+        return {
+            'exp_ref': protocol.exp_ref_to_str(self.exp_ref), 'main_sync': self.main_sync,
+            'master': self.main_sync, 'experiment_description': self.experiment_description,
+            'name': self.name, 'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
+        }
+
+    @property
+    def is_connected(self) -> bool:
+        """bool: True until ``close()``."""
+        return not self._closed.is_set()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until ``close()`` is called (e.g. from a handler or another thread)."""
+        return self._closed.wait(timeout)
+
+    def close(self) -> None:
+        """Stop serving, stop both threads and close the socket; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._dispatcher.close()
+        self._sock.close()
+
+    def __enter__(self) -> RigServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {self.name!r} {self.uri} {self.status.name}>'
+
+    # --- on the dispatcher thread ---
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Echo a new request and run its handler; match the echo of a response."""
+        peer = self._peers.get(addr)
+        if peer is None:
+            if len(self._peers) >= MAX_PEERS:  # forget the oldest main rig address
+                self._peers.pop(next(iter(self._peers))).stop_resending()
+            peer = self._peers[addr] = _Peer()
+        if peer.response is not None and (data == peer.response or data in peer.resent):
+            peer.stop_resending()  # the main rig echoed our response (or a resend of it)
+            return
+        if data in peer.resent:
+            log.debug('%s: late echo of a resent response from %s dropped', self.name, addr)
+            return
+        try:
+            message = protocol.decode(data)
+        except protocol.DecodeError as ex:
+            log.debug('%s: dropped datagram from %s: %s', self.name, addr, ex)
+            return
+        if message.event == protocol.ERROR_CODE:
+            log.warning('%s: %s reported an error: %s', self.name, addr, message.data)
+            return
+        self._send(data, addr)  # echo at once
+        value = [int(message.event), *message.data]
+        if value == peer.request and (not peer.answered or peer.response is not None):
+            log.debug('%s: repeated %s from %s: not handled twice', self.name, message.event.name, addr)
+            if peer.response is not None:
+                self._send(peer.response, addr)
+            return
+        peer.stop_resending()  # a new request means our last answer arrived
+        peer.request, peer.answered, peer.resent = value, False, set()
+        self._dispatcher.run_callback(self._handle, message, addr, peer)
+
+    def error_received(self, error: OSError) -> None:
+        """A main rig went away (port unreachable): nothing to do but note it."""
+        log.debug('%s: socket error: %s', self.name, error)
+
+    # --- on the callback thread ---
+    def _handle(self, message: protocol.Message, addr: Any, peer: _Peer) -> None:
+        event, data = message
+        try:
+            response = self._respond(event, data, self._handlers.get(event))
+        except Exception as ex:
+            log.error('%s: handler for %s failed: %r', self.name, event.name, ex)
+            peer.answered = True
+            self._send(protocol.error_report(ex, event), addr)
+            return
+        if response is None:
+            peer.answered = True
+            return
+        self._dispatcher.call_later(0, self._send_response, response, addr, peer)
+
+    def _respond(self, event: ExpMessage, data: list, handler: Handler | None) -> bytes | None:
+        """Run the handler and build the conventional response; update the status."""
+        extra = data[-1] if data else None
+        if event is ExpMessage.EXPINFO:
+            returned = handler(data) if handler else None
+            if self.main_sync and self.exp_ref is None:
+                self.exp_ref = self._new_reference((extra or {}).get('subject') if isinstance(extra, dict) else None)
+            info = self.info()
+            if isinstance(returned, dict):
+                info.update(returned)
+            return protocol.encode(event, int(self.status), info)
+        if event is ExpMessage.EXPSTATUS:
+            if handler:
+                handler(data)
+            return protocol.encode(event, int(self.status))
+        if event is ExpMessage.ALYX:
+            returned = handler(data) if handler else None
+            if data[:2] and data[1]:  # the main rig gave us its token: echo only
+                return None
+            base_url, token = returned if returned else (None, {})
+            return protocol.encode(event, base_url, token)
+        returned = handler(data) if handler else None
+        if event is ExpMessage.EXPINIT:
+            if isinstance(extra, dict) and extra.get('exp_ref'):
+                self.exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
+            self.status = ExpStatus.INITIALIZED
+            return protocol.encode(event, int(self.status), returned)
+        if event is ExpMessage.EXPSTART:
+            if data and data[0]:
+                self.exp_ref = protocol.exp_ref_to_dict(data[0])
+            self.status = ExpStatus.RUNNING
+            return protocol.encode(event, data[0] if data else None, returned)
+        if event in (ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT):
+            self.status = ExpStatus.STOPPED
+        return protocol.encode(event, returned)
+
+    def _new_reference(self, subject: str | None) -> dict:
+        subject = subject or 'subject'
+        today = datetime.date.today()
+        sequence = self._sequences.get((subject, today), 0) + 1
+        self._sequences[(subject, today)] = sequence
+        return {'subject': subject, 'date': today, 'sequence': sequence}
+
+    # --- on the dispatcher thread again ---
+    def _send_response(self, response: bytes, addr: Any, peer: _Peer) -> None:
+        peer.answered, peer.response = True, response
+        self._send(response, addr)
+        if self.resends:
+            peer.timers.append(self._dispatcher.call_later(self.resend_interval, self._resend, addr, peer, 1))
+
+    def _resend(self, addr: Any, peer: _Peer, attempt: int) -> None:
+        if peer.response is None:
+            return
+        if attempt > self.resends:
+            log.warning('%s: %s never echoed our response %r', self.name, addr, peer.response[:80])
+            peer.stop_resending()
+            return
+        spelling = protocol.respell(peer.response)
+        peer.resent.add(spelling)
+        self._send(spelling, addr)
+        peer.timers.append(self._dispatcher.call_later(self.resend_interval, self._resend, addr, peer, attempt + 1))
+
+    def _send(self, data: bytes, addr: Any) -> None:
+        try:
+            self._sock.sendto(data, addr)
+        except OSError as ex:
+            log.debug('%s: send to %s failed: %s', self.name, addr, ex)
+
+
+def _listen_address(uri: str) -> tuple[str, int]:
+    """Host and port to bind, accepting port 0 (which ``validate_uri`` refuses)."""
+    parsed = urlparse(uri if '://' in str(uri) else f'udp://{uri}')
+    if parsed.scheme != 'udp':
+        raise ValueError(f'Only udp:// is supported, not {uri!r}')
+    port = parsed.port if parsed.port is not None else LISTEN_PORT
+    checked = urlparse(validate_uri(f'udp://{parsed.hostname}:{port or LISTEN_PORT}'))
+    return checked.hostname, port

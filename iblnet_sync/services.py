@@ -1,0 +1,214 @@
+"""Many rigs at once: broadcast a message and wait for every rig with one deadline."""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import wait
+from typing import Any, Callable, Iterator
+
+from iblutil.io.net.base import ExpMessage, ExpStatus
+
+from . import protocol
+from .communicator import DEFAULT_TIMEOUT, Communicator
+from .dispatcher import Dispatcher
+from .errors import BroadcastError, BroadcastTimeout, RigError
+from .exchange import Exchange
+
+__all__ = ['Services']
+log = logging.getLogger(__name__)
+
+
+class Services(Mapping):
+    """The main rig's connection to every auxiliary rig, with iblutil's ``Services`` calls.
+
+    One network thread serves all rigs. Each call sends the same datagram to every rig, waits
+    for the echoes and the responses, and returns ``{rig name: response data}``.
+
+    Parameters
+    ----------
+    remote_rigs : dict of str to str
+        Rig name to URI (``udp://host:port``, ``host:port`` or ``host``).
+    timeout : float, None
+        Seconds a broadcast may take in all; None waits for ever.
+    **options
+        Passed to each :class:`Communicator` (``echo_timeout``, ``resend_interval``, ``resends``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        A URI is invalid (the message names the rig).
+
+    Examples
+    --------
+    >>> with Services({'cameras': 'udp://127.0.0.1:11001'}, timeout=5) as services:
+    ...     services.status('CONNECTED')
+    {'cameras': [0]}
+    """
+
+    def __init__(self, remote_rigs: Mapping[str, str], timeout: float | None = DEFAULT_TIMEOUT, **options: Any):
+        self.timeout = timeout
+        self._dispatcher = Dispatcher('iblnet_sync')
+        self._rigs: dict[str, Communicator] = {}
+        try:
+            for name, uri in dict(remote_rigs).items():
+                try:
+                    self._rigs[name] = Communicator(uri, name, dispatcher=self._dispatcher, **options)
+                except (ValueError, TypeError, OSError) as ex:
+                    raise type(ex)(f'Rig {name!r}: invalid or unreachable URI {uri!r}: {ex}') from ex
+        except BaseException:
+            self.close()
+            raise
+
+    # --- read-only mapping of rig name to Communicator ---
+    def __getitem__(self, name: str) -> Communicator:
+        return self._rigs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rigs)
+
+    def __len__(self) -> int:
+        return len(self._rigs)
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {", ".join(f"{n}={c.server_uri}" for n, c in self._rigs.items())}>'
+
+    @property
+    def is_connected(self) -> bool:
+        """bool: True when there are rigs and none is closed."""
+        return bool(self._rigs) and all(rig.is_connected for rig in self._rigs.values())
+
+    # --- callbacks ---
+    def assign_callback(self, event: ExpMessage | int | str, callback: Callable,
+                        return_service: bool = False) -> None:
+        """Register `callback` for `event` on every rig.
+
+        With `return_service` the callback is called as ``callback(data, addr, communicator)``.
+        """
+        for rig in self._rigs.values():
+            if return_service:
+                wrapper = functools.partial(_with_service, callback, rig)
+                wrapper.__wrapped__ = callback  # lets clear_callbacks find it
+                rig.assign_callback(event, wrapper)
+            else:
+                rig.assign_callback(event, callback)
+
+    def clear_callbacks(self, event: ExpMessage | int | str, callback: Callable | None = None) -> dict[str, int]:
+        """Remove `callback` (or all) for `event` on every rig; returns the count per rig."""
+        return {name: rig.clear_callbacks(event, callback) for name, rig in self._rigs.items()}
+
+    # --- broadcasts (iblutil's names and argument order) ---
+    def init(self, data: Any = None, concurrent: bool = True) -> dict[str, list]:
+        """Send EXPINIT to every rig in order; return each rig's response data."""
+        return self.broadcast(protocol.init_message(data), concurrent=concurrent)
+
+    def start(self, exp_ref: str | dict | None, data: Any = None, concurrent: bool = True) -> dict[str, list]:
+        """Send EXPSTART with the experiment reference to every rig in order."""
+        return self.broadcast(protocol.start_message(exp_ref, data), concurrent=concurrent)
+
+    def stop(self, data: Any = None, immediately: bool = False, concurrent: bool = True) -> dict[str, list]:
+        """Send EXPEND (EXPINTERRUPT when `immediately`) to every rig in reverse order."""
+        return self.broadcast(protocol.stop_message(data, immediately), concurrent=concurrent, reverse=True)
+
+    def cleanup(self, data: Any = None, concurrent: bool = True) -> dict[str, list]:
+        """Send EXPCLEANUP to every rig in reverse order."""
+        return self.broadcast(protocol.cleanup_message(data), concurrent=concurrent, reverse=True)
+
+    def status(self, status: ExpStatus | int | str, concurrent: bool = True) -> dict[str, list]:
+        """Send EXPSTATUS to every rig; each answers ``[STATUS]``."""
+        return self.broadcast(protocol.status_message(status), concurrent=concurrent)
+
+    def info(self, status: ExpStatus | int | str, data: Any = None, concurrent: bool = True) -> dict[str, list]:
+        """Send EXPINFO to every rig; each answers ``[STATUS, INFO]``."""
+        return self.broadcast(protocol.info_message(status, data), concurrent=concurrent)
+
+    def alyx(self, alyx: Any = None, concurrent: bool = True) -> dict[str, list | None]:
+        """Give every rig this rig's Alyx token, or ask each for its own when `alyx` is not logged in."""
+        datagram = protocol.alyx_message(alyx)
+        expect_response = not protocol.decode(datagram).data[1]
+        return self.broadcast(datagram, concurrent=concurrent, expect_response=expect_response)
+
+    def broadcast(self, datagram: bytes, concurrent: bool = True, reverse: bool = False,
+                  expect_response: bool = True) -> dict[str, Any]:
+        """Send `datagram` to every rig and wait for all of them until one deadline.
+
+        Parameters
+        ----------
+        datagram : bytes
+            An encoded message (:mod:`iblnet_sync.protocol`).
+        concurrent : bool
+            Send to all rigs before waiting; otherwise finish each rig before the next.
+        reverse : bool
+            Visit the rigs in reverse order.
+        expect_response : bool
+            Wait for each rig's response, not only its echo.
+
+        Returns
+        -------
+        dict
+            Rig name to response data (a list without the event code), in the order visited.
+
+        Raises
+        ------
+        BroadcastTimeout
+            A rig timed out (also a ``TimeoutError``); the error names every failed rig.
+        BroadcastError
+            A rig failed otherwise (refused, error report, socket error).
+        """
+        event = protocol.decode(datagram).event
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        rigs = list(self._rigs.values())
+        if reverse:
+            rigs.reverse()
+        exchanges: dict[str, Exchange] = {}
+        failures: dict[str, RigError] = {}
+        for rig in rigs:
+            try:
+                exchanges[rig.name] = rig.submit(datagram, expect_response, _remaining(deadline))
+            except RigError as ex:
+                failures[rig.name] = ex
+                continue
+            if not concurrent:
+                _wait_for([exchanges[rig.name]], deadline)
+        _wait_for(list(exchanges.values()), deadline)
+        responses = {}
+        for name, exchange in exchanges.items():
+            error = exchange.outcome.exception()
+            if error is None:
+                responses[name] = exchange.outcome.result()
+            else:
+                failures[name] = error
+        if failures:
+            kind = BroadcastTimeout if any(isinstance(e, TimeoutError) for e in failures.values()) else BroadcastError
+            raise kind(event.name, failures, responses)
+        return responses
+
+    # --- closing ---
+    def close(self) -> None:
+        """Close every rig's socket and stop the network thread; idempotent."""
+        for rig in self._rigs.values():
+            rig.close()
+        self._dispatcher.close()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _wait_for(exchanges: list[Exchange], deadline: float | None) -> None:
+    """Wait until every exchange is done or the deadline passes; fail the late ones then."""
+    wait([e.outcome for e in exchanges], timeout=_remaining(deadline))
+    for exchange in exchanges:
+        if not exchange.done:
+            exchange.give_up()
+
+
+def _with_service(callback: Callable, service: Communicator, data: Any, addr: Any) -> None:
+    callback(data, addr, service)

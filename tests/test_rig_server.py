@@ -1,0 +1,107 @@
+"""RigServer driven through the whole lifecycle by our Services and by iblutil's asyncio Services."""
+import datetime
+import threading
+
+import pytest
+
+from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services
+
+TODAY = datetime.date.today()
+
+
+@pytest.fixture
+def servers(no_leaked_threads):
+    made = []
+
+    def make(name, **options):
+        server = RigServer('udp://127.0.0.1:0', name=name, **options)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def test_lifecycle_driven_by_our_services(servers):
+    started = threading.Event()
+    cameras = servers('cameras', main_sync=True)
+    ephys = servers('neuropixel')
+    cameras.assign_handler('EXPSTART', lambda data: started.set() or {'frames': 0})
+    with Services({'cameras': cameras.uri, 'neuropixel': ephys.uri}, timeout=5) as services:
+        info = services.info('CONNECTED', {'subject': 'mouse', 'main_sync': False})
+        ref = f'{TODAY}_1_mouse'
+        assert info['cameras'][0] == 0 and info['cameras'][1]['main_sync'] is True
+        assert info['cameras'][1]['exp_ref'] == ref
+        assert info['neuropixel'][1]['main_sync'] is False and info['neuropixel'][1]['exp_ref'] is None
+        assert services.init({'exp_ref': ref}) == {'cameras': [10, None], 'neuropixel': [10, None]}
+        assert ephys.exp_ref == {'subject': 'mouse', 'date': TODAY, 'sequence': 1}
+        assert services.start(ref) == {'cameras': [ref, {'frames': 0}], 'neuropixel': [ref, None]}
+        assert started.is_set()
+        assert services.status('RUNNING') == {'cameras': [20], 'neuropixel': [20]}
+        assert services.stop() == {'neuropixel': [None], 'cameras': [None]}
+        assert cameras.status is ExpStatus.STOPPED and ephys.status is ExpStatus.STOPPED
+        assert services.cleanup() == {'neuropixel': [None], 'cameras': [None]}
+
+
+def test_lifecycle_driven_by_iblutil_services(servers):
+    from peers import IblutilMain
+    cameras = servers('cameras', exp_ref='2026-11-24_2_mouse', main_sync=True)
+    main = IblutilMain({'cameras': cameras.uri})
+    try:
+        info = main.call('info', ExpStatus.CONNECTED, {'subject': 'mouse'})
+        assert info['cameras'][1]['exp_ref'] == '2026-11-24_2_mouse'
+        assert main.call('init', {'exp_ref': '2026-11-24_2_mouse'}) == {'cameras': [10, None]}
+        assert main.call('start', '2026-11-24_2_mouse') == {'cameras': ['2026-11-24_2_mouse', None]}
+        assert main.call('status', ExpStatus.RUNNING) == {'cameras': [20]}
+        assert main.call('stop', immediately=True, data={'error': 'X'}) == {'cameras': [None]}
+        assert main.call('cleanup') == {'cameras': [None]}
+        assert main.services['cameras'].is_connected, 'iblutil closes its socket on any protocol error'
+    finally:
+        main.close()
+
+
+def test_failing_handler_reports_the_error_and_keeps_serving(servers):
+    rig = servers('cameras')
+    rig.assign_handler('EXPINIT', lambda data: 1 / 0)
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        with pytest.raises(BroadcastError, match='ZeroDivisionError') as caught:
+            services.init({'exp_ref': '2026-11-24_1_mouse'})
+        assert caught.value.failures['cameras'].stage == 'error report'
+        assert rig.status is ExpStatus.CONNECTED
+        assert services.status('CONNECTED') == {'cameras': [0]}
+
+
+def test_alyx_token_exchange(servers):
+    rig = servers('cameras')
+    given = []
+    rig.assign_handler('ALYX', lambda data: given.append(data) or ('https://alyx.example.org', {'u': 't'}))
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        assert services.alyx() == {'cameras': ['https://alyx.example.org', {'u': 't'}]}
+        assert given == [[None, {}]]
+
+
+def test_repeated_request_is_echoed_but_handled_once(servers):
+    import socket
+    rig = servers('cameras')
+    calls = []
+    release = threading.Event()
+    rig.assign_handler('EXPSTART', lambda data: calls.append(data) or release.wait(5))
+    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as main:
+        main.settimeout(5)
+        main.sendto(b'[2, "2026-11-24_1_mouse", null]', (host, int(port)))
+        assert main.recv(100) == b'[2, "2026-11-24_1_mouse", null]'
+        main.sendto(b'[2,"2026-11-24_1_mouse",null]', (host, int(port)))  # a resend, other spelling
+        assert main.recv(100) == b'[2,"2026-11-24_1_mouse",null]'
+        release.set()
+        response = main.recv(100)
+        assert response == b'[2, "2026-11-24_1_mouse", true]'
+        main.sendto(response, (host, int(port)))
+    assert len(calls) == 1
+
+
+def test_port_in_use_is_a_clear_error(servers):
+    rig = servers('cameras')
+    with pytest.raises(OSError, match='Cannot listen on'):
+        RigServer(rig.uri)

@@ -1,0 +1,178 @@
+"""NetworkSession on a legacy task class, against real iblutil rigs and RigServers."""
+import datetime
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from legacy_task import Task
+
+from iblnet_sync import BroadcastTimeout, ExpMessage, RigServer
+from iblnet_sync.config import ConfigError
+
+TODAY = datetime.date.today()
+
+
+def events(rig):
+    return [event for event, _ in rig.received]
+
+
+@pytest.fixture
+def rigs_file(tmp_path):
+    def write(content):
+        path = tmp_path / 'remote_rigs.yaml'
+        path.write_text(content)
+        return path
+    return write
+
+
+def test_whole_lifecycle_with_names_from_a_yaml_file(iblutil_rigs, rigs_file, no_leaked_threads):
+    cameras = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_2_mouse')
+    ephys = iblutil_rigs('neuropixel')
+    path = rigs_file(f'cameras: {cameras.uri}\nneuropixel: {ephys.uri}\nunused: udp://127.0.0.1:9\n')
+    task = Task(remote_rigs=['cameras', 'neuropixel'], remote_rigs_file=path)
+    assert task.remote_rigs.is_connected and list(task.remote_rigs.services) == ['cameras', 'neuropixel']
+    assert task.exp_ref == {'subject': 'mouse', 'date': TODAY, 'sequence': 2}
+    task.init_mixin_network()  # called again explicitly: nothing more is sent
+    assert task.run() == 1
+    assert not task.remote_rigs.is_connected
+    for rig in (cameras, ephys):
+        assert events(rig) == [ExpMessage.EXPINFO, ExpMessage.EXPINIT, ExpMessage.EXPSTART, ExpMessage.EXPEND]
+        info = rig.received[0][1][1]
+        assert info['subject'] == 'mouse' and info['main_sync'] is False and info['exp_ref'] is None
+        assert info['experiment_description'] == {'devices': {'cameras': {'left': {}}}}
+        assert rig.received[1][1] == [{'exp_ref': f'{TODAY}_2_mouse'}]
+        assert rig.received[2][1] == [f'{TODAY}_2_mouse', None]
+        assert rig.errors == []
+
+
+def test_explicit_init_when_the_host_does_not_run_mixins(iblutil_rigs):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref={'subject': 'mouse', 'date': str(TODAY), 'sequence': 4})
+    task = Task(remote_rigs={'cameras': rig.uri}, run_init_mixins=False)
+    assert events(rig) == [] and task.exp_ref == {}
+    task.init_mixin_network()
+    assert task.exp_ref['sequence'] == 4
+    task.start_mixin_network()
+    task.stop_mixin_network()
+    task.cleanup_mixin_network()
+    assert events(rig) == [ExpMessage.EXPINFO, ExpMessage.EXPINIT, ExpMessage.EXPSTART, ExpMessage.EXPEND]
+
+
+def test_subject_mismatch_is_a_value_error_naming_the_rig(iblutil_rigs, no_leaked_threads):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_rat')
+    with pytest.raises(ValueError, match="'cameras'.*'rat'.*'mouse'"):
+        Task(remote_rigs={'cameras': rig.uri})
+    assert events(rig) == [ExpMessage.EXPINFO]
+
+
+def test_date_mismatch_is_a_runtime_error_naming_the_rig(iblutil_rigs, no_leaked_threads):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref='2020-01-01_1_mouse')
+    with pytest.raises(RuntimeError, match="'cameras'.*2020-01-01"):
+        Task(remote_rigs={'cameras': rig.uri})
+
+
+@pytest.mark.parametrize('claims', [0, 2])
+def test_exactly_one_main_sync(iblutil_rigs, claims, no_leaked_threads):
+    rigs = {name: iblutil_rigs(name, main_sync=i < claims, exp_ref=f'{TODAY}_1_mouse')
+            for i, name in enumerate(('cameras', 'neuropixel'))}
+    with pytest.raises(RuntimeError, match=f'Exactly one remote rig must be the main sync; {claims} claim'):
+        Task(remote_rigs={n: r.uri for n, r in rigs.items()})
+
+
+def test_this_rig_as_main_sync(iblutil_rigs):
+    rig = iblutil_rigs('cameras')
+    task = Task(remote_rigs={'cameras': rig.uri}, main_sync=True, session_number=7)
+    assert task.exp_ref == {'subject': 'mouse', 'date': TODAY, 'sequence': 7}
+    assert rig.received[0][1][1]['main_sync'] is True
+    assert rig.received[0][1][1]['exp_ref'] == f'{TODAY}_7_mouse'
+    assert rig.received[1][1] == [{'exp_ref': f'{TODAY}_7_mouse'}]
+    task.cleanup_mixin_network()
+
+
+def test_this_rig_as_main_sync_refuses_another_claim(iblutil_rigs):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+    with pytest.raises(RuntimeError, match='cameras also claim'):
+        Task(remote_rigs={'cameras': rig.uri}, main_sync=True, session_number=1)
+
+
+def test_crash_reaches_every_rig_as_interrupt(iblutil_rigs, no_leaked_threads):
+    cameras = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+    ephys = iblutil_rigs('neuropixel')
+    task = Task(remote_rigs={'cameras': cameras.uri, 'neuropixel': ephys.uri},
+                crash=RuntimeError('Bpod disconnected'))
+    with pytest.raises(RuntimeError, match='Bpod disconnected'):
+        task.run()
+    for rig in (cameras, ephys):
+        assert events(rig)[-1] is ExpMessage.EXPINTERRUPT
+        data = rig.received[-1][1][0]
+        assert data['error'] == 'RuntimeError' and data['message'] == 'Bpod disconnected'
+        assert data['file'].endswith('legacy_task.py') and isinstance(data['line_no'], int)
+        assert 'Bpod disconnected' in data['traceback']
+    assert not task.remote_rigs.is_connected
+
+
+def test_raise_on_exception_both_ways(iblutil_rigs, no_leaked_threads):
+    good = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+    task = Task(remote_rigs={'cameras': good.uri}, network_timeout=0.3)
+    good.respond = False
+    returned = task.communicate('status', 'CONNECTED', raise_on_exception=False)
+    assert isinstance(returned, BroadcastTimeout) and 'cameras' in str(returned)
+    assert task.remote_rigs.is_connected
+    with pytest.raises(TimeoutError):
+        task.communicate(ExpMessage.EXPSTATUS, 'CONNECTED')
+    assert not task.remote_rigs.is_connected
+
+
+def test_no_rigs_means_no_network_at_all(no_leaked_threads):
+    before = threading.active_count()
+    task = Task(remote_rigs=None)
+    assert threading.active_count() == before and not task.remote_rigs
+    assert task.run() == 1 and task.exp_ref == {} and task.communicate('status', 0) == {}
+
+
+def test_yaml_errors(rigs_file, tmp_path, monkeypatch):
+    path = rigs_file('cameras: udp://127.0.0.1:9\n')
+    with pytest.raises(ValueError, match=r"\['ephys'\].*remote_rigs.yaml"):
+        Task(remote_rigs=['ephys'], remote_rigs_file=path)
+    rigs_file('- just\n- a list\n')
+    with pytest.raises(ConfigError, match='must map rig names'):
+        Task(remote_rigs=['cameras'], remote_rigs_file=path)
+    with pytest.raises(ConfigError, match='No remote rigs file'):
+        Task(remote_rigs=['cameras'], remote_rigs_file=tmp_path / 'nowhere')
+    (tmp_path / 'env').mkdir()
+    (tmp_path / 'env' / 'remote_devices.yaml').write_text('cameras: udp://127.0.0.1:9\n')
+    monkeypatch.setenv('IBLNET_SYNC_REMOTE_RIGS', str(tmp_path / 'env'))
+    from iblnet_sync.config import resolve_remote_rigs
+    assert resolve_remote_rigs(['cameras']) == {'cameras': 'udp://127.0.0.1:9'}
+
+
+def test_sigterm_cleans_up_and_restores_the_previous_handler(no_leaked_threads):
+    with RigServer('udp://127.0.0.1:0', main_sync=True, exp_ref=f'{TODAY}_1_mouse') as server:
+        received = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+        try:
+            handler = signal.getsignal(signal.SIGTERM)
+            task = Task(remote_rigs={'cameras': server.uri})
+            assert task.remote_rigs.is_connected
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert received.wait(5)
+            assert not task.remote_rigs.is_connected
+            assert signal.getsignal(signal.SIGTERM) is handler
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def test_alyx_token_from_a_rig_is_installed_without_prompt(iblutil_rigs):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+    task = Task(remote_rigs={'cameras': rig.uri})
+    installed = threading.Event()
+    task.remote_rigs.services.assign_callback('ALYX', lambda *_: installed.set())  # runs after ours
+    assert task.communicate('alyx') == {'cameras': ['https://alyx.example.org', {'rig-user': {'token': 'rig-token'}}]}
+    assert installed.wait(5)
+    assert task.one.alyx.is_logged_in and task.one.alyx.user == 'rig-user'
+    assert task.one.alyx.base_url == 'https://alyx.example.org'
+    import one.params
+    assert one.params.get(client='https://alyx.example.org', silent=True).TOKEN == {'rig-user': {'token': 'rig-token'}}
+    assert Path.home().name.startswith('iblnet_sync_home_'), 'ONE must write under the isolated HOME'
+    task.cleanup_mixin_network()
