@@ -172,9 +172,7 @@ class Communicator:
             exchange.finish(error=exchange.error(RigError, 'interrupted', stage='interrupted'))
             raise
         log.debug('%s: sent %r', self.name, datagram)
-        exchange.add_timer(self._dispatcher.call_later(self.echo_timeout, self._echo_overdue, exchange))
-        if self.resends:
-            exchange.add_timer(self._dispatcher.call_later(self.resend_interval, self._resend, exchange, 1))
+        self._watch_echo(exchange, resent=0)
         return exchange
 
     def confirmed_send(self, data: bytes | list | tuple, timeout: float | None = None) -> float:
@@ -329,7 +327,7 @@ class Communicator:
             exchange = self._exchange
         if exchange is not None:
             exchange.heard = True
-            if not exchange.echo.done() and (data == exchange.datagram or data in exchange.resent):
+            if not exchange.echoed and (data == exchange.datagram or data in exchange.resent):
                 exchange.confirm()  # the first datagram equal to what we sent is its echo
                 return
             if data in exchange.resent:  # our resend's spelling: a late echo, never a rig message
@@ -383,26 +381,34 @@ class Communicator:
                 self._exchange = None
         self._slot.release()
 
+    def _watch_echo(self, exchange: Exchange, resent: int) -> None:
+        """Schedule the next resend, or the echo deadline when no resend is left."""
+        if resent < self.resends and (resent + 1) * self.resend_interval < self.echo_timeout:
+            exchange.timer = self._dispatcher.call_later(self.resend_interval, self._resend, exchange, resent + 1)
+        else:
+            delay = self.echo_timeout - resent * self.resend_interval
+            exchange.timer = self._dispatcher.call_later(delay, self._echo_overdue, exchange)
+
     def _echo_overdue(self, exchange: Exchange) -> None:
-        if not exchange.echo.done():
+        if not exchange.echoed:
             exchange.give_up()
 
     def _resend(self, exchange: Exchange, attempt: int) -> None:
         """Send again in another JSON spelling, unless anything came back from the rig."""
-        if exchange.heard or exchange.echo.done() or self._closed:
+        if exchange.done or exchange.echoed:
             return
-        spelling = protocol.respell(exchange.datagram)
-        exchange.resent.add(spelling)
-        log.debug('%s: no echo after %.3g s, resend %d', self.name, attempt * self.resend_interval, attempt)
-        try:
-            self._sock.send(spelling)
-        except _REFUSED as ex:
-            exchange.finish(error=self._refused(exchange, ex))
-            return
-        except OSError as ex:
-            log.debug('%s: resend failed: %s', self.name, ex)
-        if attempt < self.resends:
-            exchange.add_timer(self._dispatcher.call_later(self.resend_interval, self._resend, exchange, attempt + 1))
+        if not exchange.heard and not self._closed:
+            spelling = protocol.respell(exchange.datagram)
+            exchange.resent.add(spelling)
+            log.debug('%s: no echo after %.3g s, resend %d', self.name, attempt * self.resend_interval, attempt)
+            try:
+                self._sock.send(spelling)
+            except _REFUSED as ex:
+                exchange.finish(error=self._refused(exchange, ex))
+                return
+            except OSError as ex:
+                log.debug('%s: resend failed: %s', self.name, ex)
+        self._watch_echo(exchange, attempt)
 
     def _error_report(self, message: protocol.Message, exchange: Exchange | None) -> None:
         text, event = (message.data + [None])[:2]

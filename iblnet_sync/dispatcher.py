@@ -71,6 +71,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._pending_ops: list[tuple[Callable, tuple, Future]] = []
         self._timers: list[tuple[float, int, Timer]] = []
+        self._wakes_at: float | None = None  # when the network thread's select() returns at the latest
         self._sequence = itertools.count()
         self._callbacks: ThreadPoolExecutor | None = None
         self._closing = False
@@ -102,8 +103,12 @@ class Dispatcher:
         with self._lock:
             self._check_open()
             heapq.heappush(self._timers, (timer.when, next(self._sequence), timer))
-            is_first = self._timers[0][2] is timer
-        if is_first and threading.current_thread() is not self._thread:
+            # Wake the thread only if it would otherwise sleep past this timer: on a busy
+            # link it is already due to wake for an earlier one, and a wake-up costs a datagram.
+            must_wake = self._wakes_at is None or timer.when < self._wakes_at
+            if must_wake:
+                self._wakes_at = timer.when
+        if must_wake and threading.current_thread() is not self._thread:
             self._wake()
         return timer
 
@@ -185,7 +190,8 @@ class Dispatcher:
                 if self._closing:
                     break
                 ops, self._pending_ops = self._pending_ops, []
-                timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+                self._wakes_at = self._timers[0][0] if self._timers else None
+            timeout = None if self._wakes_at is None else max(0.0, self._wakes_at - time.monotonic())
             for function, args, done in ops:
                 try:
                     done.set_result(function(*args))

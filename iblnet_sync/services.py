@@ -5,7 +5,6 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import wait
 from typing import Any, Callable, Iterator
 
 from iblutil.io.net.base import ExpMessage, ExpStatus
@@ -204,10 +203,11 @@ def _remaining(deadline: float | None) -> float | None:
 
 def _wait_for(exchanges: list[Exchange], deadline: float | None) -> None:
     """Wait until every exchange is done or the deadline passes; fail the late ones then."""
-    wait([e.outcome for e in exchanges], timeout=_remaining(deadline))
     for exchange in exchanges:
-        if not exchange.done:
-            exchange.give_up()
+        try:
+            exchange.result(_remaining(deadline))
+        except RigError:
+            pass  # collected by the caller from exchange.outcome
 
 
 def _with_service(callback: Callable, service: Communicator, data: Any, addr: Any) -> None:

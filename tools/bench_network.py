@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Benchmark iblnet_sync against the raw-socket floor and iblutil's asyncio Services.
+
+All three clients talk to the same real iblutil rigs (EchoProtocol, server role), which run in
+a child process on loopback. One round is: send EXPSTATUS to every rig, receive each echo and
+response, echo each response back. Also measured: idle CPU, timeout lateness, threads, memory
+over many exchanges, and import times. Figures go to stdout; nothing here asserts a target.
+
+    python tools/bench_network.py              # the full run (a few minutes)
+    python tools/bench_network.py --quick      # a smoke run (seconds)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import gc
+import json
+import os
+import platform
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RIG_PROCESS = r'''
+import asyncio, functools, json, logging, socket, sys
+from iblutil.io.net.app import EchoProtocol
+logging.disable(logging.CRITICAL)
+
+async def main(n):
+    loop = asyncio.get_running_loop()
+    ports = []
+    for i in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+        factory = functools.partial(EchoProtocol, f'udp://127.0.0.1:{port}', 'server', name=f'rig{i}',
+                                    logger=logging.getLogger('rig'))
+        _, proto = await loop.create_datagram_endpoint(factory, sock=sock)
+        def answer(data, addr, proto=proto):
+            loop.create_task(proto.confirmed_send(json.dumps([32, 0]).encode(), addr=addr))
+        proto.assign_callback('EXPSTATUS', answer)
+        ports.append(port)
+    print(json.dumps(ports), flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)  # serve until the parent closes stdin
+
+asyncio.run(main(int(sys.argv[1])))
+'''
+
+REQUEST = b'[32, 0]'
+
+
+class RigProcess:
+    """N iblutil rigs in a child process."""
+
+    def __init__(self, n: int):
+        self.process = subprocess.Popen([sys.executable, '-c', RIG_PROCESS, str(n)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        self.uris = {f'rig{i}': f'udp://127.0.0.1:{p}' for i, p in enumerate(json.loads(self.process.stdout.readline()))}
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(10)
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def time_rounds(one_round, rounds: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        one_round()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        one_round()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# --- the three clients ---
+def raw_floor(uris: dict, rounds: int) -> list[float]:
+    """Blocking sockets and select(), no library: the least any client can do."""
+    socks = []
+    for uri in uris.values():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(('127.0.0.1', int(uri.rsplit(':', 1)[1])))
+        socks.append(sock)
+
+    def one_round():
+        for sock in socks:
+            sock.send(REQUEST)
+        stage = dict.fromkeys(socks, 0)  # 0: awaiting echo, 1: awaiting response
+        pending = set(socks)
+        while pending:
+            for sock in select.select(list(pending), [], [], 5)[0]:
+                data = sock.recv(65535)
+                if stage[sock] == 0 and data == REQUEST:
+                    stage[sock] = 1
+                else:
+                    sock.send(data)
+                    pending.discard(sock)
+    try:
+        return time_rounds(one_round, rounds)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def ours(uris: dict, rounds: int) -> list[float]:
+    from iblnet_sync import Services
+    with Services(uris, timeout=10) as services:
+        return time_rounds(lambda: services.status(0), rounds)
+
+
+def iblutil_services(uris: dict, rounds: int) -> list[float]:
+    import logging
+
+    from iblutil.io.net.app import EchoProtocol, Services as AsyncServices
+
+    async def run():
+        rigs = [await EchoProtocol.client(uri, name, log=logging.getLogger('bench')) for name, uri in uris.items()]
+        services = AsyncServices(rigs, timeout=10)
+        times = []
+        for i in range(rounds + 3):
+            start = time.perf_counter()
+            await services.status(0)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+        services.close()
+        return times
+
+    logging.getLogger('bench').setLevel(logging.CRITICAL)
+    return asyncio.run(run())
+
+
+# --- the other figures ---
+def idle_cpu(uris: dict, seconds: float) -> float:
+    from iblnet_sync import Services
+    with Services(uris) as services:
+        services.status(0)
+        before = time.process_time()
+        threading.Event().wait(seconds)
+        return time.process_time() - before
+
+
+def timeout_lateness(trials: int, timeout: float = 0.2) -> list[float]:
+    from iblnet_sync import Services
+    mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    mute.bind(('127.0.0.1', 0))  # never reads: no echo, no ICMP, nothing
+    late = []
+    with Services({'mute': f'udp://127.0.0.1:{mute.getsockname()[1]}'}, timeout=timeout, resends=0) as services:
+        for _ in range(trials):
+            start = time.perf_counter()
+            try:
+                services.status(0)
+            except TimeoutError:
+                pass
+            late.append(time.perf_counter() - start - timeout)
+    mute.close()
+    return late
+
+
+def threads_for(uris: dict) -> int:
+    from iblnet_sync import Services
+    before = threading.active_count()
+    with Services(uris) as services:
+        services.status(0)  # callbacks are not used here: the callback thread is made on first use
+        return threading.active_count() - before
+
+
+def rss_kib() -> int:
+    try:
+        with open('/proc/self/statm') as statm:
+            return int(statm.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory_growth(uri: str, exchanges: int) -> tuple[int, int, float]:
+    from iblnet_sync import Services
+    with Services({'rig': uri}) as services:
+        for _ in range(1000):
+            services.status(0)
+        gc.collect()
+        after_1k = rss_kib()
+        start = time.perf_counter()
+        for _ in range(exchanges - 1000):
+            services.status(0)
+        elapsed = time.perf_counter() - start
+        gc.collect()
+        return after_1k, rss_kib(), elapsed / max(1, exchanges - 1000)
+
+
+def command_seconds(arguments: list[str], runs: int = 7) -> float:
+    """Median wall time of ``python ARGUMENTS`` in a new process."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *arguments], check=True, cwd=ROOT, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='few rounds, short waits: a smoke run')
+    parser.add_argument('--sizes', default='1,8,64,256', help='numbers of rigs (default 1,8,64,256)')
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(',')]
+    rounds = {1: 500, 8: 300, 64: 100, 256: 40} if not args.quick else {}
+    idle_seconds, memory_exchanges = (10.0, 100_000) if not args.quick else (1.0, 3_000)
+
+    print(f'# iblnet_sync benchmark, {datetime.date.today()}, Python {platform.python_version()}, '
+          f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs (a shared machine: ratios matter)')
+    print('\n## Round time: EXPSTATUS to N iblutil rigs (child process), echo, response, echo back')
+    print(f'{"N":>4} {"rounds":>6} | {"raw floor med/p90 ms":>21} | {"iblnet_sync med/p90 ms":>23} {"ratio":>6} | '
+          f'{"iblutil med/p90 ms":>19} {"ratio":>6}')
+    for n in sizes:
+        count = rounds.get(n, 20)
+        rigs = RigProcess(n)
+        try:
+            figures = {}
+            for name, client in (('raw', raw_floor), ('ours', ours), ('iblutil', iblutil_services)):
+                times = client(rigs.uris, count)
+                figures[name] = (statistics.median(times) * 1e3, percentile(times, 0.9) * 1e3)
+        finally:
+            rigs.close()
+        floor = figures['raw'][0]
+        print(f'{n:>4} {count:>6} | {figures["raw"][0]:>10.3f} {figures["raw"][1]:>10.3f} | '
+              f'{figures["ours"][0]:>11.3f} {figures["ours"][1]:>11.3f} {figures["ours"][0] / floor:>6.2f} | '
+              f'{figures["iblutil"][0]:>9.3f} {figures["iblutil"][1]:>9.3f} {figures["iblutil"][0] / floor:>6.2f}')
+
+    rigs = RigProcess(8)
+    try:
+        cpu = idle_cpu(rigs.uris, idle_seconds)
+        print(f'\n## Idle: CPU used by a connected Services (8 rigs) over {idle_seconds:.0f} s: {cpu * 1e3:.2f} ms')
+    finally:
+        rigs.close()
+    late = timeout_lateness(5 if args.quick else 20)
+    print(f'## Timeout lateness (returned minus deadline, mute rig): median {statistics.median(late) * 1e3:.2f} ms, '
+          f'max {max(late) * 1e3:.2f} ms')
+    largest = max(sizes)
+    rigs = RigProcess(largest)
+    try:
+        print(f'## Threads added by a Services of {largest} rigs: {threads_for(rigs.uris)}')
+    finally:
+        rigs.close()
+    rigs = RigProcess(1)
+    try:
+        after_1k, after_all, per_exchange = memory_growth(rigs.uris['rig0'], memory_exchanges)
+        print(f'## Memory (RSS): {after_1k} KiB after 1k exchanges, {after_all} KiB after {memory_exchanges:,} '
+              f'({after_all - after_1k:+d} KiB); {per_exchange * 1e6:.0f} us per exchange')
+    finally:
+        rigs.close()
+    started = command_seconds(['-c', 'pass'])
+    imported = command_seconds(['-c', 'import iblnet_sync'])
+    helped = command_seconds(['tools/ping_rigs.py', '--help'])
+    print(f'## Import: `import iblnet_sync` {imported - started:.3f} s beyond interpreter start '
+          f'({started:.3f} s); `ping_rigs.py --help` {helped:.3f} s in all')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
