@@ -81,6 +81,8 @@ class Communicator:
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
                  resends: int = RESENDS):
         self.server_uri = validate_uri(server_uri)
+        parsed = urlparse(self.server_uri)
+        self._address = (parsed.hostname, parsed.port)
         self.name = name or self.server_uri
         if not echo_timeout > 0 or resend_interval <= 0 or resends < 0:
             raise ValueError('echo_timeout and resend_interval must be > 0 and resends >= 0')
@@ -92,6 +94,7 @@ class Communicator:
         self._lock = threading.Lock()  # guards the state below
         self._slot = threading.Lock()  # held for the life of one exchange: one at a time per rig
         self._exchange: Exchange | None = None
+        self._stale_resends: set[bytes] = set()  # spellings resent in the last exchange that had any
         self._last_response: tuple[protocol.Message | None, float] = (None, 0.0)
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in ExpMessage}
         self._closed = False
@@ -101,12 +104,12 @@ class Communicator:
     @property
     def hostname(self) -> str:
         """str: the rig's IP address."""
-        return urlparse(self.server_uri).hostname
+        return self._address[0]
 
     @property
     def port(self) -> int:
         """int: the rig's port."""
-        return urlparse(self.server_uri).port
+        return self._address[1]
 
     @property
     def is_connected(self) -> bool:
@@ -324,15 +327,16 @@ class Communicator:
             log.debug('%s: ignored %d bytes from %s, not the rig', self.name, len(data), addr)
             return
         with self._lock:
-            exchange = self._exchange
+            exchange, stale = self._exchange, self._stale_resends
         if exchange is not None:
             exchange.heard = True
             if not exchange.echoed and (data == exchange.datagram or data in exchange.resent):
                 exchange.confirm()  # the first datagram equal to what we sent is its echo
                 return
-            if data in exchange.resent:  # our resend's spelling: a late echo, never a rig message
-                log.debug('%s: late echo of a resend dropped', self.name)
-                return
+            stale = exchange.resent or stale
+        if data in stale:  # a resend's spelling: a late echo of ours, never the rig's message
+            log.debug('%s: late echo of a resend dropped', self.name)
+            return
         try:
             message = protocol.decode(data)
         except protocol.DecodeError as ex:
@@ -345,12 +349,14 @@ class Communicator:
             self._sock.send(data)  # echo first: an iblutil rig waits about 1 s for it
         except OSError as ex:
             log.debug('%s: echo failed: %s', self.name, ex)
-        if exchange is not None and exchange.event == message.event and not exchange.done:
-            if exchange.expect_response:
-                exchange.respond(message.data)
-                self._last_response = (message, time.monotonic())
-            else:
-                exchange.confirm()  # the rig's message for this event implies it received ours
+        awaited = exchange is not None and exchange.event == message.event and not exchange.done
+        if awaited and exchange.expect_response:
+            self._last_response = (message, time.monotonic())
+            self._deliver(message, addr)
+            exchange.respond(message.data)  # last: the caller wakes while we go back to select()
+            return
+        if awaited:
+            exchange.confirm()  # the rig's message for this event implies it received ours
         elif message == self._last_response[0] and time.monotonic() - self._last_response[1] < REPEAT_WINDOW:
             log.debug('%s: repeated response echoed, not delivered again', self.name)
             return
@@ -379,6 +385,8 @@ class Communicator:
         with self._lock:
             if self._exchange is exchange:
                 self._exchange = None
+            if exchange.resent:  # their echoes may still come: recognise them after the end
+                self._stale_resends = exchange.resent
         self._slot.release()
 
     def _watch_echo(self, exchange: Exchange, resent: int) -> None:

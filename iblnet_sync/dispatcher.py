@@ -221,18 +221,17 @@ class Dispatcher:
             pass
 
     def _read(self, sock: socket.socket, endpoint: Endpoint) -> None:
-        """Read every datagram waiting on `sock` (bounded, so one flooding rig cannot starve others)."""
-        for _ in range(64):
-            try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as ex:  # ICMP port unreachable and friends
-                self._safely(endpoint.error_received, ex)
-                if sock.fileno() < 0:
-                    self._forget(sock)
-                return
-            self._safely(endpoint.datagram_received, data, addr)
+        """Read one datagram (select() reports the socket again while more are waiting)."""
+        try:
+            data, addr = sock.recvfrom(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as ex:  # ICMP port unreachable and friends
+            self._safely(endpoint.error_received, ex)
+            if sock.fileno() < 0:
+                self._forget(sock)
+            return
+        self._safely(endpoint.datagram_received, data, addr)
 
     @staticmethod
     def _safely(function: Callable, *args: Any) -> None:

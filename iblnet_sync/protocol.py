@@ -31,6 +31,10 @@ MAX_DATAGRAM = 65535
 """int: the largest datagram expected (the UDP maximum)."""
 
 
+_SINGLE_EVENTS = {int(e): e for e in ExpMessage}
+_ALL_EVENTS = int(ExpMessage.any())
+
+
 class DecodeError(ValueError):
     """A datagram that is not a protocol message (not UTF-8 JSON, not an array, bad code)."""
 
@@ -72,13 +76,15 @@ def as_event(event: ExpMessage | int | str, allow_compound: bool = False) -> Exp
     ValueError
         No such event, or a compound event where a single one is required.
     """
+    if isinstance(event, int) and not isinstance(event, bool) and event in _SINGLE_EVENTS:  # fast path
+        return _SINGLE_EVENTS[event]
     if isinstance(event, bool):
         raise TypeError(f'Unknown event type {type(event).__name__}')
     try:
         checked = ExpMessage.validate(event, allow_bitwise=allow_compound)
     except ValueError as ex:
         raise ValueError(f'Unknown or compound event {event!r}: {ex}') from None
-    if checked.value == 0 or checked.value & ~ExpMessage.any().value:
+    if checked.value == 0 or checked.value & ~_ALL_EVENTS:
         raise ValueError(f'Unknown event {event!r}; choices: {[e.name for e in ExpMessage]}')
     return checked
 
