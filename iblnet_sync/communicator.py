@@ -16,6 +16,7 @@ from . import protocol
 from .dispatcher import Dispatcher
 from .errors import ClosedError, RigError, RigErrorReport, RigRefused, RigTimeout
 from .exchange import Exchange
+from .guards import RecentDatagrams, StormGuard
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'RESEND_INTERVAL', 'RESENDS']
 log = logging.getLogger(__name__)
@@ -94,7 +95,9 @@ class Communicator:
         self._lock = threading.Lock()  # guards the state below
         self._slot = threading.Lock()  # held for the life of one exchange: one at a time per rig
         self._exchange: Exchange | None = None
-        self._stale_resends: set[bytes] = set()  # spellings resent in the last exchange that had any
+        self._resent = RecentDatagrams()  # our resend spellings: their echoes are never rig messages
+        self._late_echo: bytes | None = None
+        self._storm_guard = StormGuard()
         self._last_response: tuple[protocol.Message | None, float] = (None, 0.0)
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in ExpMessage}
         self._closed = False
@@ -163,6 +166,7 @@ class Communicator:
         exchange.outcome.add_done_callback(lambda _: self._end_exchange(exchange))
         with self._lock:
             self._exchange = exchange
+            self._late_echo = None  # from now on such bytes are this exchange's echo
         try:
             self._sock.send(datagram)
         except _REFUSED as ex:
@@ -327,16 +331,18 @@ class Communicator:
             log.debug('%s: ignored %d bytes from %s, not the rig', self.name, len(data), addr)
             return
         with self._lock:
-            exchange, stale = self._exchange, self._stale_resends
-        if exchange is not None:
-            exchange.heard = True
-            if not exchange.echoed and (data == exchange.datagram or data in exchange.resent):
+            exchange = self._exchange
+            if exchange is not None and not exchange.echoed and (data == exchange.datagram or data in exchange.resent):
+                exchange.heard = True
                 exchange.confirm()  # the first datagram equal to what we sent is its echo
                 return
-            stale = exchange.resent or stale
-        if data in stale:  # a resend's spelling: a late echo of ours, never the rig's message
-            log.debug('%s: late echo of a resend dropped', self.name)
-            return
+            if data in self._resent:
+                log.debug('%s: late echo of a resend dropped', self.name)
+                return
+            if data == self._late_echo:
+                self._late_echo = None  # there was one echo to come, and this is it
+                log.debug('%s: late echo dropped', self.name)
+                return
         try:
             message = protocol.decode(data)
         except protocol.DecodeError as ex:
@@ -345,19 +351,26 @@ class Communicator:
         if message.event == protocol.ERROR_CODE:
             self._error_report(message, exchange)
             return
+        if not self._storm_guard.allow(data):
+            return
         try:
             self._sock.send(data)  # echo first: an iblutil rig waits about 1 s for it
         except OSError as ex:
             log.debug('%s: echo failed: %s', self.name, ex)
+        repeated = message == self._last_response[0] and time.monotonic() - self._last_response[1] < REPEAT_WINDOW
         awaited = exchange is not None and exchange.event == message.event and not exchange.done
+        if awaited and repeated and not exchange.echoed:
+            awaited = False  # the rig resending its previous answer, not answering this request
+        if exchange is not None and not repeated:
+            exchange.heard = True  # the rig is answering: resending now could disturb it
         if awaited and exchange.expect_response:
             self._last_response = (message, time.monotonic())
             self._deliver(message, addr)
             exchange.respond(message.data)  # last: the caller wakes while we go back to select()
             return
         if awaited:
-            exchange.confirm()  # the rig's message for this event implies it received ours
-        elif message == self._last_response[0] and time.monotonic() - self._last_response[1] < REPEAT_WINDOW:
+            exchange.confirm(implied=True)  # the rig's message for this event implies it received ours
+        elif repeated:
             log.debug('%s: repeated response echoed, not delivered again', self.name)
             return
         self._deliver(message, addr)
@@ -385,8 +398,8 @@ class Communicator:
         with self._lock:
             if self._exchange is exchange:
                 self._exchange = None
-            if exchange.resent:  # their echoes may still come: recognise them after the end
-                self._stale_resends = exchange.resent
+            # The echo a response stood in for may still come: it is ours, not the rig's message.
+            self._late_echo = exchange.datagram if exchange.echo_implied else None
         self._slot.release()
 
     def _watch_echo(self, exchange: Exchange, resent: int) -> None:
@@ -408,6 +421,7 @@ class Communicator:
         if not exchange.heard and not self._closed:
             spelling = protocol.respell(exchange.datagram)
             exchange.resent.add(spelling)
+            self._resent.add(spelling)
             log.debug('%s: no echo after %.3g s, resend %d', self.name, attempt * self.resend_interval, attempt)
             try:
                 self._sock.send(spelling)

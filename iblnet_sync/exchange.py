@@ -34,7 +34,7 @@ class Exchange:
         ``time.monotonic()`` readings; the last two are None until they happen.
     """
 
-    __slots__ = ('datagram', 'event', 'expect_response', 'outcome', 'resent', 'heard',
+    __slots__ = ('datagram', 'event', 'expect_response', 'outcome', 'resent', 'heard', 'echo_implied',
                  'sent_at', 'echo_at', 'response_at', 'timer', '_describe')
 
     def __init__(self, datagram: bytes, event: ExpMessage, expect_response: bool,
@@ -43,6 +43,7 @@ class Exchange:
         self.outcome: Future = Future()
         self.resent: set[bytes] = set()
         self.heard = False
+        self.echo_implied = False  # a response (or the rig's message) stood in for the echo
         self.sent_at = time.monotonic()
         self.echo_at: float | None = None
         self.response_at: float | None = None
@@ -64,16 +65,19 @@ class Exchange:
         name, uri = self._describe()
         return error_type(name, uri, self.event.name, detail, stage=stage)
 
-    def confirm(self) -> None:
-        """Record the echo (once); ends the exchange when no response is expected."""
+    def confirm(self, implied: bool = False) -> None:
+        """Record the echo (once); ends the exchange when no response is expected.
+
+        `implied` means a message from the rig stood in for an echo that has not arrived.
+        """
         if self.echo_at is None:
-            self.echo_at = time.monotonic()
+            self.echo_at, self.echo_implied = time.monotonic(), implied
             if not self.expect_response:
                 self.finish(None)
 
     def respond(self, data: list) -> None:
         """Record the response (which also confirms the echo) and end the exchange."""
-        self.confirm()
+        self.confirm(implied=True)
         self.response_at = time.monotonic()
         self.finish(data)
 
@@ -110,3 +114,6 @@ class Exchange:
             if not self.outcome.done():
                 self.give_up()
             return self.outcome.result(0)
+        except BaseException:  # e.g. KeyboardInterrupt: free the rig for the next exchange
+            self.finish(error=self.error(RigError, 'interrupted while waiting', stage='interrupted'))
+            raise

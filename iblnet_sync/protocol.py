@@ -125,8 +125,10 @@ def encode(event: ExpMessage | int, *fields: Any) -> bytes:
     TypeError
         A field is not JSON-serialisable (raised before anything is sent).
     ValueError
-        The datagram would exceed the UDP maximum of 65535 bytes.
+        An unknown or compound event, or the datagram would exceed the UDP maximum of 65535 bytes.
     """
+    if event != ERROR_CODE:
+        event = as_event(event)  # one event only: OR-ed flags never go on the wire
     try:
         text = json.dumps([int(event), *fields])
     except (TypeError, ValueError) as ex:
@@ -137,17 +139,25 @@ def encode(event: ExpMessage | int, *fields: Any) -> bytes:
     return datagram
 
 
-def respell(datagram: bytes) -> bytes:
-    """Return the same message in another JSON spelling (compact separators).
+def respell(datagram: bytes, sender: str = 'main') -> bytes:
+    """Return the same message in another JSON spelling, for a resend.
 
-    A resend in another spelling decodes to the same value but can be told apart from the
-    original's echo. Returns the input unchanged when no other spelling exists.
+    A resend must be told apart from the original's echo and from a response with the
+    same bytes, and the two sides' resends from each other: the main side resends with
+    compact separators (``[32,20]``), the rig side resends the original followed by a space
+    (``[32, 20] ``). Both decode to the same value, and iblutil echoes them unchanged.
+
+    Parameters
+    ----------
+    datagram : bytes
+        The original datagram, as :func:`encode` spells it.
+    sender : {'main', 'rig'}
+        Which side resends.
     """
-    value = json.loads(datagram)
-    compact = json.dumps(value, separators=(',', ':')).encode()
-    if compact != datagram:
-        return compact
-    return json.dumps(value, separators=(', ', ': ')).encode()
+    if sender == 'rig':
+        return datagram + b' '
+    compact = json.dumps(json.loads(datagram), separators=(',', ':')).encode()
+    return compact if compact != datagram else datagram + b'\t'
 
 
 def decode(datagram: bytes) -> Message:

@@ -23,6 +23,8 @@ from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpSt
 from . import __version__, protocol
 from .communicator import RESEND_INTERVAL, RESENDS
 from .dispatcher import Dispatcher
+from .errors import ClosedError
+from .guards import RecentDatagrams, StormGuard
 
 __all__ = ['RigServer']
 log = logging.getLogger(__name__)
@@ -36,10 +38,18 @@ class _Peer:
     """What the server remembers about one main rig's address (for resends and echoes)."""
 
     request: Any = None                 # the decoded value of the last request
+    request_bytes: bytes = b''          # and its spelling
     answered: bool = False              # its handler finished
-    response: bytes | None = None       # our answer, until the main rig echoes it
-    resent: set = field(default_factory=set)  # spellings of our resends: their echoes are dropped
+    answer: bytes | None = None         # our answer to it
+    response: bytes | None = None       # our answer, while the main rig has not echoed it
+    resent: RecentDatagrams = field(default_factory=RecentDatagrams)  # our resends: their echoes are dropped
     timers: list = field(default_factory=list)
+    storm: StormGuard = field(default_factory=StormGuard)
+
+    @property
+    def is_open(self) -> bool:
+        """bool: the handler runs, or its answer awaits the main rig's echo."""
+        return not self.answered or self.response is not None
 
     def stop_resending(self) -> None:
         for timer in self.timers:
@@ -186,15 +196,20 @@ class RigServer:
         if message.event == protocol.ERROR_CODE:
             log.warning('%s: %s reported an error: %s', self.name, addr, message.data)
             return
+        if not peer.storm.allow(data):
+            return
         self._send(data, addr)  # echo at once
         value = [int(message.event), *message.data]
-        if value == peer.request and (not peer.answered or peer.response is not None):
-            log.debug('%s: repeated %s from %s: not handled twice', self.name, message.event.name, addr)
-            if peer.response is not None:
-                self._send(peer.response, addr)
+        if value == peer.request and (peer.is_open or data != peer.request_bytes):
+            # a duplicate, or the main rig resending (another spelling): never handled twice
+            log.debug('%s: repeated %s from %s: not handled again', self.name, message.event.name, addr)
+            if peer.answered and peer.answer is not None:
+                spelling = protocol.respell(peer.answer, sender='rig')
+                peer.resent.add(spelling)
+                self._send(spelling, addr)
             return
         peer.stop_resending()  # a new request means our last answer arrived
-        peer.request, peer.answered, peer.resent = value, False, set()
+        peer.request, peer.request_bytes, peer.answered, peer.answer = value, data, False, None
         self._dispatcher.run_callback(self._handle, message, addr, peer)
 
     def error_received(self, error: OSError) -> None:
@@ -214,7 +229,7 @@ class RigServer:
         if response is None:
             peer.answered = True
             return
-        self._dispatcher.call_later(0, self._send_response, response, addr, peer)
+        self._later(0, self._send_response, addr, peer, response)
 
     def _respond(self, event: ExpMessage, data: list, handler: Handler | None) -> bytes | None:
         """Run the handler and build the conventional response; update the status."""
@@ -260,11 +275,18 @@ class RigServer:
         return {'subject': subject, 'date': today, 'sequence': sequence}
 
     # --- on the dispatcher thread again ---
-    def _send_response(self, response: bytes, addr: Any, peer: _Peer) -> None:
-        peer.answered, peer.response = True, response
+    def _send_response(self, addr: Any, peer: _Peer, response: bytes) -> None:
+        peer.answered, peer.answer, peer.response = True, response, response
         self._send(response, addr)
         if self.resends:
-            peer.timers.append(self._dispatcher.call_later(self.resend_interval, self._resend, addr, peer, 1))
+            self._later(self.resend_interval, self._resend, addr, peer, 1)
+
+    def _later(self, delay: float, function: Callable, addr: Any, peer: _Peer, *args: Any) -> None:
+        """Run ``function(*args)`` on the network thread after `delay`, unless the server closed."""
+        try:
+            peer.timers.append(self._dispatcher.call_later(delay, function, addr, peer, *args))
+        except ClosedError:
+            pass
 
     def _resend(self, addr: Any, peer: _Peer, attempt: int) -> None:
         if peer.response is None:
@@ -273,10 +295,10 @@ class RigServer:
             log.warning('%s: %s never echoed our response %r', self.name, addr, peer.response[:80])
             peer.stop_resending()
             return
-        spelling = protocol.respell(peer.response)
+        spelling = protocol.respell(peer.response, sender='rig')
         peer.resent.add(spelling)
         self._send(spelling, addr)
-        peer.timers.append(self._dispatcher.call_later(self.resend_interval, self._resend, addr, peer, attempt + 1))
+        self._later(self.resend_interval, self._resend, addr, peer, attempt + 1)
 
     def _send(self, data: bytes, addr: Any) -> None:
         try:

@@ -1,0 +1,74 @@
+"""Guards against the protocol's hazards (no message ids): echo storms and late echoes.
+
+Echo storms: stop echoing the same bytes to the same peer over and over.
+
+If both ends take one datagram for a new message, each echoes the other's echo for ever (the
+protocol has no message ids, see PROTOCOL.md). A real peer never needs the same bytes echoed
+more than a few times within a fraction of a second, while a storm repeats them at the
+round-trip rate; so identical echoes beyond `limit` within `window` seconds are dropped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+__all__ = ['RecentDatagrams', 'StormGuard']
+log = logging.getLogger(__name__)
+
+
+class StormGuard:
+    """Decides whether a datagram may be echoed to one peer.
+
+    Parameters
+    ----------
+    limit : int
+        How many echoes of identical bytes are allowed within `window`.
+    window : float
+        Seconds over which identical echoes are counted.
+    """
+
+    __slots__ = ('limit', 'window', '_last', '_count', '_since')
+
+    def __init__(self, limit: int = 3, window: float = 0.5):
+        self.limit, self.window = limit, window
+        self._last, self._count, self._since = b'', 0, 0.0
+
+    def allow(self, datagram: bytes) -> bool:
+        """Return True if `datagram` may be echoed now (and count it)."""
+        now = time.monotonic()
+        if datagram != self._last or now - self._since > self.window:
+            self._last, self._count, self._since = datagram, 0, now
+        self._count += 1
+        if self._count == self.limit + 1:
+            log.warning('Echo storm: %r bounced %d times in %.3g s; no longer echoed',
+                        datagram[:60], self.limit, now - self._since)
+        return self._count <= self.limit
+
+
+class RecentDatagrams:
+    """The last few resend spellings sent to one peer: an echo of any of them is never a new message.
+
+    Parameters
+    ----------
+    size : int
+        How many are remembered; older ones are forgotten first.
+    """
+
+    __slots__ = ('size', '_items')
+
+    def __init__(self, size: int = 16):
+        self.size, self._items = size, OrderedDict()
+
+    def add(self, datagram: bytes) -> None:
+        """Remember `datagram`."""
+        self._items[datagram] = None
+        self._items.move_to_end(datagram)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __contains__(self, datagram: bytes) -> bool:
+        return datagram in self._items
+
+    def __bool__(self) -> bool:
+        return bool(self._items)

@@ -1,0 +1,143 @@
+"""A lossy UDP relay for fault tests: seeded random drops, duplicates and reordering.
+
+The main side talks to the relay's address as if it were the rig; the relay forwards each
+datagram to the rig and back, losing, repeating or delaying some on purpose.
+
+    python tests/relay.py --loss 0.2 --rounds 500     # a soak between Services and a RigServer
+"""
+from __future__ import annotations
+
+import random
+import selectors
+import socket
+import threading
+import time
+
+
+class LossyRelay:
+    """Forward datagrams between one main side and one rig, badly.
+
+    Parameters
+    ----------
+    rig_address : (str, int)
+        Where the rig listens.
+    loss, duplicate, reorder : float
+        Probability, for each datagram and each direction, to drop it, send it twice, or hold
+        it back until after the next one (at most `hold` seconds).
+    seed : int
+        Seed of the random generator, so a failure can be replayed.
+    """
+
+    def __init__(self, rig_address, loss=0.0, duplicate=0.0, reorder=0.0, seed=0, hold=0.005):
+        self.loss, self.duplicate, self.reorder, self.hold = loss, duplicate, reorder, hold
+        self.random = random.Random(seed)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(('127.0.0.1', 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.connect(rig_address)
+        self.uri = f'udp://127.0.0.1:{self.front.getsockname()[1]}'
+        self.counts = {'forwarded': 0, 'dropped': 0, 'duplicated': 0, 'reordered': 0}
+        self._main_address = None
+        self._held: list = []  # (deadline, send function, data)
+        self._stop_reader, self._stop_writer = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name='lossy-relay', daemon=True)
+        self._thread.start()
+
+    def _forward(self, send, data):
+        roll = self.random.random()
+        if roll < self.loss:
+            self.counts['dropped'] += 1
+            return
+        if roll < self.loss + self.reorder:
+            self.counts['reordered'] += 1
+            self._held.append((time.monotonic() + self.hold, send, data))
+            return
+        send(data)
+        self.counts['forwarded'] += 1
+        if self.random.random() < self.duplicate:
+            self.counts['duplicated'] += 1
+            send(data)
+        self._release_held(everything=True)  # held ones go out after the next datagram
+
+    def _release_held(self, everything=False):
+        now = time.monotonic()
+        keep = []
+        for deadline, send, data in self._held:
+            if everything or deadline <= now:
+                send(data)
+            else:
+                keep.append((deadline, send, data))
+        self._held = keep
+
+    def _to_main(self, data):
+        if self._main_address:
+            self.front.sendto(data, self._main_address)
+
+    def _serve(self):
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.front, selectors.EVENT_READ)
+            selector.register(self.back, selectors.EVENT_READ)
+            selector.register(self._stop_reader, selectors.EVENT_READ)
+            while True:
+                timeout = min((d for d, _, _ in self._held), default=None)
+                timeout = None if timeout is None else max(0.0, timeout - time.monotonic())
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is self._stop_reader:
+                        return
+                    try:
+                        data, addr = key.fileobj.recvfrom(65535)
+                    except OSError:
+                        continue  # e.g. the rig is gone: ICMP port unreachable
+                    if key.fileobj is self.front:
+                        self._main_address = addr
+                        self._forward(self.back.send, data)
+                    else:
+                        self._forward(self._to_main, data)
+                self._release_held()
+
+    def close(self):
+        self._stop_writer.send(b'x')
+        self._thread.join(5)
+        for sock in (self.front, self.back, self._stop_reader, self._stop_writer):
+            sock.close()
+
+
+def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorder: float = 0.0) -> dict:
+    """Run `rounds` EXPSTATUS/EXPSTART rounds from Services to a RigServer through a lossy relay."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from iblnet_sync import RigError, RigServer, Services
+
+    failures = []
+    with RigServer('udp://127.0.0.1:0', name='rig') as rig:
+        host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+        relay = LossyRelay((host, int(port)), loss=loss, duplicate=duplicate, reorder=reorder, seed=seed)
+        try:
+            with Services({'rig': relay.uri}, timeout=10) as services:
+                rig_com = services['rig']
+                for i in range(rounds):
+                    ref = f'2026-11-24_{i + 1}_mouse'
+                    try:
+                        if rig_com.start(ref) != [ref, None]:
+                            failures.append((i, 'wrong answer'))
+                    except RigError as ex:
+                        failures.append((i, str(ex)))
+        finally:
+            relay.close()
+    return {'loss': loss, 'duplicate': duplicate, 'reorder': reorder, 'rounds': rounds,
+            'failed': len(failures), 'failures': failures[:5], **relay.counts}
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='Soak Services against a RigServer through a lossy relay.')
+    parser.add_argument('--loss', type=float, default=0.1)
+    parser.add_argument('--rounds', type=int, default=300)
+    parser.add_argument('--duplicate', type=float, default=0.0)
+    parser.add_argument('--reorder', type=float, default=0.0)
+    parser.add_argument('--seed', type=int, default=1)
+    options = parser.parse_args()
+    start = time.perf_counter()
+    print(soak(options.loss, options.rounds, options.seed, options.duplicate, options.reorder),
+          f'{time.perf_counter() - start:.1f} s')
