@@ -27,10 +27,12 @@ ECHO_TIMEOUT = 1.0
 """float: seconds to wait for an echo (iblutil's default)."""
 RESEND_INTERVAL = 0.2
 """float: seconds without any datagram from the rig before a message is sent again."""
-RESENDS = 3
+RESENDS = 4
 """int: how many times a message is sent again before the rig counts as not echoing."""
 REPEAT_WINDOW = 5.0
 """float: seconds during which a repeated response is echoed but not delivered again."""
+DUPLICATE_WINDOW = 0.01
+"""float: seconds during which the very bytes of the last response are a network duplicate."""
 _REFUSED = (ConnectionRefusedError, ConnectionResetError)  # Linux, and WSAECONNRESET on Windows
 
 Callback = Callable[..., Any] | Future
@@ -99,6 +101,7 @@ class Communicator:
         self._late_echo: bytes | None = None
         self._storm_guard = StormGuard()
         self._last_response: tuple[protocol.Message | None, float] = (None, 0.0)
+        self._last_response_bytes = b''
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in ExpMessage}
         self._closed = False
         self._dispatcher.register(self._sock, self)
@@ -157,12 +160,13 @@ class Communicator:
             The communicator is closed.
         """
         self._check_open()
-        event = protocol.decode(datagram).event
+        message = protocol.decode(datagram)
+        event = message.event
         timeout = self.timeout if timeout is None else timeout
         if not self._slot.acquire(timeout=-1 if timeout is None else timeout):
             raise RigTimeout(self.name, self.server_uri, event.name,
                              f'still busy with another exchange after {timeout:.3g} s', stage='busy')
-        exchange = Exchange(datagram, event, expect_response, lambda: (self.name, self.server_uri))
+        exchange = Exchange(datagram, message, expect_response, lambda: (self.name, self.server_uri))
         exchange.outcome.add_done_callback(lambda _: self._end_exchange(exchange))
         with self._lock:
             self._exchange = exchange
@@ -351,20 +355,28 @@ class Communicator:
         if message.event == protocol.ERROR_CODE:
             self._error_report(message, exchange)
             return
+        now = time.monotonic()
+        repeated = message == self._last_response[0] and now - self._last_response[1] < REPEAT_WINDOW
+        awaited = exchange is not None and exchange.event == message.event and not exchange.done
+        if awaited and repeated and not exchange.echoed:
+            awaited = False  # the previous answer again before our echo: a resent or late copy
+        if awaited and message.event is ExpMessage.EXPSTART and message.data[:1] != exchange.request_data[:1]:
+            awaited = False  # an answer to another start: EXPSTART answers carry the reference
+        if repeated and not awaited and data == self._last_response_bytes and now - self._last_response[1] < DUPLICATE_WINDOW:
+            # The very bytes again at once: a network duplicate, or the late echo of a request
+            # that had the same bytes. Echoing it would look like a new request to the rig.
+            log.debug('%s: duplicate of the last response dropped', self.name)
+            return
         if not self._storm_guard.allow(data):
             return
         try:
             self._sock.send(data)  # echo first: an iblutil rig waits about 1 s for it
         except OSError as ex:
             log.debug('%s: echo failed: %s', self.name, ex)
-        repeated = message == self._last_response[0] and time.monotonic() - self._last_response[1] < REPEAT_WINDOW
-        awaited = exchange is not None and exchange.event == message.event and not exchange.done
-        if awaited and repeated and not exchange.echoed:
-            awaited = False  # the rig resending its previous answer, not answering this request
         if exchange is not None and not repeated:
             exchange.heard = True  # the rig is answering: resending now could disturb it
         if awaited and exchange.expect_response:
-            self._last_response = (message, time.monotonic())
+            self._last_response, self._last_response_bytes = (message, now), data
             self._deliver(message, addr)
             exchange.respond(message.data)  # last: the caller wakes while we go back to select()
             return

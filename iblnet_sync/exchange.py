@@ -5,8 +5,7 @@ import time
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any, Callable
 
-from iblutil.io.net.base import ExpMessage
-
+from .protocol import Message
 from .errors import RigError, RigTimeout
 
 __all__ = ['Exchange']
@@ -21,6 +20,8 @@ class Exchange:
         The bytes first sent (identical to what iblutil sends).
     event : ExpMessage
         The event of the request; the response carries the same event.
+    request_data : list
+        The request's elements after the event code.
     expect_response : bool
         Whether the exchange ends with the rig's response (else with the echo).
     outcome : concurrent.futures.Future
@@ -34,12 +35,13 @@ class Exchange:
         ``time.monotonic()`` readings; the last two are None until they happen.
     """
 
-    __slots__ = ('datagram', 'event', 'expect_response', 'outcome', 'resent', 'heard', 'echo_implied',
+    __slots__ = ('datagram', 'event', 'request_data', 'expect_response', 'outcome', 'resent', 'heard', 'echo_implied',
                  'sent_at', 'echo_at', 'response_at', 'timer', '_describe')
 
-    def __init__(self, datagram: bytes, event: ExpMessage, expect_response: bool,
+    def __init__(self, datagram: bytes, message: Message, expect_response: bool,
                  describe: Callable[[], tuple[str, str]]):
-        self.datagram, self.event, self.expect_response = datagram, event, expect_response
+        self.datagram, self.expect_response = datagram, expect_response
+        self.event, self.request_data = message
         self.outcome: Future = Future()
         self.resent: set[bytes] = set()
         self.heard = False

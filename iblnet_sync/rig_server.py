@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus, validate_uri
 
 from . import __version__, protocol
-from .communicator import RESEND_INTERVAL, RESENDS
+from .communicator import RESEND_INTERVAL
 from .dispatcher import Dispatcher
 from .errors import ClosedError
 from .guards import RecentDatagrams, StormGuard
@@ -29,6 +29,8 @@ from .guards import RecentDatagrams, StormGuard
 __all__ = ['RigServer']
 log = logging.getLogger(__name__)
 Handler = Callable[[list], Any]
+RESPONSE_RESENDS = 8
+"""int: how many times a response is sent again while the main rig has not echoed it."""
 MAX_PEERS = 256
 """int: how many main rig addresses the server remembers (each main rig uses one)."""
 
@@ -42,6 +44,7 @@ class _Peer:
     answered: bool = False              # its handler finished
     answer: bytes | None = None         # our answer to it
     response: bytes | None = None       # our answer, while the main rig has not echoed it
+    owed_echo: bytes | None = None      # the echo of an earlier answer, overtaken by a new request
     resent: RecentDatagrams = field(default_factory=RecentDatagrams)  # our resends: their echoes are dropped
     timers: list = field(default_factory=list)
     storm: StormGuard = field(default_factory=StormGuard)
@@ -56,6 +59,11 @@ class _Peer:
             timer.cancel()
         self.timers.clear()
         self.response = None
+
+    def move_on(self) -> None:
+        """A new request came: our answer must have arrived, but its echo may still be on its way."""
+        self.owed_echo = self.response
+        self.stop_resending()
 
 
 class RigServer:
@@ -93,7 +101,7 @@ class RigServer:
     def __init__(self, uri: str = f'udp://127.0.0.1:{LISTEN_PORT}', name: str | None = None,
                  main_sync: bool = False, exp_ref: str | dict | None = None,
                  experiment_description: dict | None = None, *, resend_interval: float = RESEND_INTERVAL,
-                 resends: int = RESENDS):
+                 resends: int = RESPONSE_RESENDS):
         host, port = _listen_address(uri)
         family = socket.AF_INET6 if ':' in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -185,8 +193,10 @@ class RigServer:
         if peer.response is not None and (data == peer.response or data in peer.resent):
             peer.stop_resending()  # the main rig echoed our response (or a resend of it)
             return
-        if data in peer.resent:
-            log.debug('%s: late echo of a resent response from %s dropped', self.name, addr)
+        if data in peer.resent or data == peer.owed_echo:
+            log.debug('%s: late echo of our response from %s dropped', self.name, addr)
+            if data == peer.owed_echo:
+                peer.owed_echo = None
             return
         try:
             message = protocol.decode(data)
@@ -208,7 +218,7 @@ class RigServer:
                 peer.resent.add(spelling)
                 self._send(spelling, addr)
             return
-        peer.stop_resending()  # a new request means our last answer arrived
+        peer.move_on()
         peer.request, peer.request_bytes, peer.answered, peer.answer = value, data, False, None
         self._dispatcher.run_callback(self._handle, message, addr, peer)
 

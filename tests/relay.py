@@ -102,7 +102,8 @@ class LossyRelay:
             sock.close()
 
 
-def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorder: float = 0.0) -> dict:
+def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorder: float = 0.0,
+         resend_interval: float = 0.2) -> dict:
     """Run `rounds` EXPSTATUS/EXPSTART rounds from Services to a RigServer through a lossy relay."""
     import sys
     from pathlib import Path
@@ -110,17 +111,19 @@ def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorde
     from iblnet_sync import RigError, RigServer, Services
 
     failures = []
-    with RigServer('udp://127.0.0.1:0', name='rig') as rig:
+    with RigServer('udp://127.0.0.1:0', name='rig', resend_interval=resend_interval) as rig:
         host, port = rig.uri[len('udp://'):].rsplit(':', 1)
         relay = LossyRelay((host, int(port)), loss=loss, duplicate=duplicate, reorder=reorder, seed=seed)
         try:
-            with Services({'rig': relay.uri}, timeout=10) as services:
+            with Services({'rig': relay.uri}, timeout=10, resend_interval=resend_interval,
+                          echo_timeout=5 * resend_interval) as services:
                 rig_com = services['rig']
                 for i in range(rounds):
                     ref = f'2026-11-24_{i + 1}_mouse'
                     try:
-                        if rig_com.start(ref) != [ref, None]:
-                            failures.append((i, 'wrong answer'))
+                        answer = rig_com.start(ref)
+                        if answer != [ref, None]:
+                            failures.append((i, f'wrong answer {answer}'))
                     except RigError as ex:
                         failures.append((i, str(ex)))
         finally:
@@ -137,7 +140,9 @@ if __name__ == '__main__':
     parser.add_argument('--duplicate', type=float, default=0.0)
     parser.add_argument('--reorder', type=float, default=0.0)
     parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--resend-interval', type=float, default=0.2)
     options = parser.parse_args()
     start = time.perf_counter()
-    print(soak(options.loss, options.rounds, options.seed, options.duplicate, options.reorder),
+    print(soak(options.loss, options.rounds, options.seed, options.duplicate, options.reorder,
+               options.resend_interval),
           f'{time.perf_counter() - start:.1f} s')
