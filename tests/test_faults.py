@@ -1,0 +1,129 @@
+"""Faults and misuse: a lossy link, echo storms, dead and returning rigs, threads, leaks, Ctrl-C."""
+import os
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from relay import soak
+
+from iblnet_sync import (BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused, RigServer,
+                         Services, protocol)
+
+
+def open_fds() -> int:
+    return len(os.listdir('/proc/self/fd'))
+
+
+def our_threads() -> list:
+    return [t.name for t in threading.enumerate() if t.name.startswith('iblnet_sync')]
+
+
+def test_ten_percent_loss_each_way_fails_no_exchange():
+    # resends every 20 ms instead of 200 ms only to keep the test short; the logic is the same
+    result = soak(loss=0.1, rounds=300, seed=11, resend_interval=0.02)
+    assert result['dropped'] > 50, 'the relay must actually lose datagrams'
+    assert result['failed'] == 0, result['failures']
+
+
+def test_duplicates_and_reordering_give_no_wrong_answer():
+    result = soak(loss=0.05, rounds=200, seed=5, duplicate=0.05, reorder=0.05, resend_interval=0.02)
+    assert result['duplicated'] > 3 and result['reordered'] > 3
+    assert not [f for f in result['failures'] if 'wrong answer' in f[1]], result['failures']
+    assert result['failed'] <= 2, result['failures']
+
+
+def test_echo_storm_dies_out(no_leaked_threads):
+    """A naive peer that echoes everything, even our echoes: the bounces must stop by themselves."""
+    ours, naive = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    naive.settimeout(2)
+    bounces = 0
+    with Communicator('udp://127.0.0.1:11001', 'naive', sock=ours):
+        naive.send(b'[32, 20]')  # an unsolicited message: we echo it, it echoes that back, ...
+        try:
+            while bounces < 1000:
+                naive.send(naive.recv(100))
+                bounces += 1
+                naive.settimeout(0.2)
+        except socket.timeout:
+            pass
+    naive.close()
+    assert 1 <= bounces <= 5, f'{bounces} bounces'
+
+
+def test_rig_that_dies_mid_session_is_refused_then_answers_again(no_leaked_threads):
+    rig = RigServer('udp://127.0.0.1:0', name='cameras')
+    uri = rig.uri
+    with Services({'cameras': uri}, timeout=30) as services:
+        assert services.status('CONNECTED') == {'cameras': [0]}
+        rig.close()
+        with pytest.raises(BroadcastError) as caught:
+            services.status('CONNECTED')  # refused, long before the 30 s timeout
+        assert isinstance(caught.value.failures['cameras'], RigRefused)
+        assert not isinstance(caught.value, TimeoutError)
+        with RigServer(uri, name='cameras'):
+            assert services.status('CONNECTED') == {'cameras': [0]}
+
+
+def test_four_threads_calling_at_once(no_leaked_threads):
+    with RigServer('udp://127.0.0.1:0', name='a') as a, RigServer('udp://127.0.0.1:0', name='b') as b:
+        with Services({'a': a.uri, 'b': b.uri}, timeout=10) as services:
+            def poll(thread):
+                return [services.start(f'2026-11-24_{thread * 100 + i}_mouse') for i in range(25)]
+
+            with ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(poll, range(4)))
+    for thread, answers in enumerate(results):
+        for i, answer in enumerate(answers):
+            ref = f'2026-11-24_{thread * 100 + i}_mouse'
+            assert answer == {'a': [ref, None], 'b': [ref, None]}
+
+
+def test_hundreds_of_connect_close_cycles_leak_nothing():
+    with RigServer('udp://127.0.0.1:0', name='cameras') as rig:
+        with Services({'cameras': rig.uri}) as services:  # warm up imports and the rig's state
+            services.status(0)
+        fds, threads = open_fds(), threading.active_count()
+        for _ in range(300):
+            with Services({'cameras': rig.uri, 'again': rig.uri}, timeout=5) as services:
+                services.status(0)
+        assert open_fds() == fds
+        assert threading.active_count() == threads and not [t for t in our_threads() if 'cameras' not in t]
+
+
+def test_ctrl_c_during_a_blocking_call_leaves_nothing_behind(no_leaked_threads):
+    mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    mute.bind(('127.0.0.1', 0))
+    fds = open_fds()
+
+    def interrupt_when_asked():
+        mute.recv(100)  # the request arrived: the main thread is now blocked waiting
+        os.kill(os.getpid(), signal.SIGINT)
+
+    helper = threading.Thread(target=interrupt_when_asked)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        with Services({'mute': f'udp://127.0.0.1:{mute.getsockname()[1]}'}, timeout=30, resends=0) as services:
+            services.status(0)
+    helper.join(5)
+    mute.close()
+    assert open_fds() == fds - 1
+
+
+def test_misuse_gets_clear_errors(no_leaked_threads):
+    with pytest.raises(ValueError, match="'cameras'"):
+        Services({'cameras': 'udp://127.0.0.1:port'})
+    with pytest.raises(ValueError, match='compound'):
+        protocol.encode(ExpMessage.EXPEND | ExpMessage.EXPINTERRUPT, None)
+    with RigServer('udp://127.0.0.1:0') as rig:
+        services = Services({'cameras': rig.uri})
+        with pytest.raises(TypeError, match='JSON'):
+            services.init({'when': object()})
+        with pytest.raises(ValueError):
+            services.status('SLEEPING')
+        with pytest.raises(ValueError):
+            services.assign_callback('EXPNOTHING', print)
+        services.close()
+        with pytest.raises(ClosedError):
+            services.status(0)
