@@ -190,7 +190,7 @@ class RigServer:
             if len(self._peers) >= MAX_PEERS:  # forget the oldest main rig address
                 self._peers.pop(next(iter(self._peers))).stop_resending()
             peer = self._peers[addr] = _Peer()
-        if peer.response is not None and (data == peer.response or data in peer.resent):
+        if peer.response is not None and data in (peer.response, protocol.respell(peer.response, sender='rig')):
             peer.stop_resending()  # the main rig echoed our response (or a resend of it)
             return
         if data in peer.resent or data == peer.owed_echo:
