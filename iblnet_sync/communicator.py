@@ -171,6 +171,7 @@ class Communicator:
         with self._lock:
             self._exchange = exchange
             self._late_echo = None  # from now on such bytes are this exchange's echo
+            self._storm_guard.reset()
         try:
             self._sock.send(datagram)
         except _REFUSED as ex:

@@ -287,6 +287,7 @@ class RigServer:
     # --- on the dispatcher thread again ---
     def _send_response(self, addr: Any, peer: _Peer, response: bytes) -> None:
         peer.answered, peer.answer, peer.response = True, response, response
+        peer.storm.reset()
         self._send(response, addr)
         if self.resends:
             self._later(self.resend_interval, self._resend, addr, peer, 1)

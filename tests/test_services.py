@@ -108,3 +108,12 @@ def test_junk_and_strangers_do_not_disturb_the_network_thread(iblutil_rigs):
 def test_invalid_uri_names_the_rig(no_leaked_threads):
     with pytest.raises(ValueError, match="'cameras'"):
         Services({'cameras': 'udp://127.0.0.1:0'})
+
+
+def test_fast_polls_with_identical_bytes_every_round(iblutil_rigs):
+    """A CONNECTED rig answers EXPSTATUS [32, 0] with [32, 0]: every round the same bytes, no storm."""
+    rig = iblutil_rigs('cameras')
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        for _ in range(200):
+            assert services.status('CONNECTED') == {'cameras': [0]}
+    assert rig.errors == [] and rig.is_connected
