@@ -86,18 +86,22 @@ class NetworkSession:
         The remote rigs file (default: ``$IBLNET_SYNC_REMOTE_RIGS``, then ``~/.iblnet_sync``).
     network_timeout : float
         Seconds each broadcast may take.
+    network_options : dict, optional
+        Passed to :class:`Services`: ``echo_timeout``, ``resend_interval``, ``resends``.
     **kwargs
         Passed on to the host class.
     """
 
     def __init__(self, *_, remote_rigs: Mapping[str, str] | Iterable[str] | None = None,
-                 remote_rigs_file: str | os.PathLike | None = None, network_timeout: float = 10.0, **kwargs):
+                 remote_rigs_file: str | os.PathLike | None = None, network_timeout: float = 10.0,
+                 network_options: Mapping[str, Any] | None = None, **kwargs):
         self.exp_ref: dict = {}
         self.remote_rigs = RemoteRigs()
         self._one = None
         self._network_stage: ExpStatus | None = None
         self._previous_sigterm = None
-        self.connect(resolve_remote_rigs(remote_rigs, remote_rigs_file), timeout=network_timeout)
+        self.connect(resolve_remote_rigs(remote_rigs, remote_rigs_file), timeout=network_timeout,
+                     **(network_options or {}))
         try:
             super().__init__(**kwargs)
         except BaseException:
@@ -105,10 +109,14 @@ class NetworkSession:
             raise
 
     # --- connection ---
-    def connect(self, remote_rigs: Mapping[str, str] | Iterable[str] | None, timeout: float = 10.0) -> RemoteRigs:
-        """Connect to `remote_rigs` (closing any earlier connection) and listen for Alyx tokens."""
+    def connect(self, remote_rigs: Mapping[str, str] | Iterable[str] | None, timeout: float = 10.0,
+                **options: Any) -> RemoteRigs:
+        """Connect to `remote_rigs` (closing any earlier connection) and listen for Alyx tokens.
+
+        `options` go to :class:`Services` (``echo_timeout``, ``resend_interval``, ``resends``).
+        """
         self.cleanup_mixin_network()
-        self.remote_rigs = RemoteRigs(resolve_remote_rigs(remote_rigs), timeout=timeout)
+        self.remote_rigs = RemoteRigs(resolve_remote_rigs(remote_rigs), timeout=timeout, **options)
         self._network_stage = ExpStatus.CONNECTED
         if self.remote_rigs:
             self.remote_rigs.services.assign_callback(ExpMessage.ALYX, self._on_alyx, return_service=True)

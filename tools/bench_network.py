@@ -170,6 +170,40 @@ def timeout_lateness(trials: int, timeout: float = 0.2) -> list[float]:
     return late
 
 
+def refused_seconds(trials: int) -> list[float]:
+    """How long a broadcast to a port nobody listens on takes to fail as refused (timeout 10 s)."""
+    from iblnet_sync import BroadcastError, Services
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(('127.0.0.1', 0))
+    uri = f'udp://127.0.0.1:{closed.getsockname()[1]}'
+    closed.close()
+    times = []
+    for _ in range(trials):
+        with Services({'ghost': uri}, timeout=10) as services:
+            start = time.perf_counter()
+            try:
+                services.status(0)
+            except BroadcastError:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def leaks_after_cycles(uri: str, cycles: int) -> tuple[int, int]:
+    """Open files and threads gained over `cycles` connect, broadcast, close cycles."""
+    from iblnet_sync import Services
+
+    def open_files():
+        return len(os.listdir('/proc/self/fd')) if os.path.isdir('/proc/self/fd') else 0
+
+    with Services({'rig': uri}) as services:
+        services.status(0)
+    files, threads = open_files(), threading.active_count()
+    for _ in range(cycles):
+        with Services({'rig': uri, 'same': uri}) as services:
+            services.status(0)
+    return open_files() - files, threading.active_count() - threads
+
+
 def threads_for(uris: dict) -> int:
     from iblnet_sync import Services
     before = threading.active_count()
@@ -250,6 +284,9 @@ def main() -> int:
     late = timeout_lateness(5 if args.quick else 20)
     print(f'## Timeout lateness (returned minus deadline, mute rig): median {statistics.median(late) * 1e3:.2f} ms, '
           f'max {max(late) * 1e3:.2f} ms')
+    refused = refused_seconds(5)
+    print(f'## Refused port reported after: median {statistics.median(refused) * 1e3:.2f} ms '
+          f'(timeout 10 s)')
     largest = max(sizes)
     rigs = RigProcess(largest)
     try:
@@ -259,6 +296,9 @@ def main() -> int:
     rigs = RigProcess(1)
     try:
         after_1k, after_all, per_exchange = memory_growth(rigs.uris['rig0'], memory_exchanges)
+        cycles = 300
+        files, threads = leaks_after_cycles(rigs.uris['rig0'], cycles)
+        print(f'## Leaks after {cycles} connect/broadcast/close cycles: {files:+d} open files, {threads:+d} threads')
         print(f'## Memory (RSS): {after_1k} KiB after 1k exchanges, {after_all} KiB after {memory_exchanges:,} '
               f'({after_all - after_1k:+d} KiB); {per_exchange * 1e6:.0f} us per exchange')
     finally:
