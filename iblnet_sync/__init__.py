@@ -3,16 +3,17 @@
 A behaviour task on the main rig tells auxiliary acquisition rigs when an experiment is
 initialised, started and stopped, over iblutil's UDP echo protocol, with plain blocking calls.
 """
-__version__ = '0.1.0'
+from iblutil.io.net.base import ExpMessage, ExpStatus
 
-from iblutil.io.net.base import ExpMessage, ExpStatus  # noqa: E402 (after __version__, which modules import)
-
-from .communicator import Communicator  # noqa: E402
-from .errors import (BroadcastError, BroadcastTimeout, ClosedError, RigError,
-                     RigErrorReport, RigRefused, RigTimeout)
+from .communicator import Communicator
+from .errors import (BroadcastError, BroadcastTimeout, ClosedError, RigError, RigErrorReport,
+                     RigRefused, RigTimeout)
 from .rig_server import RigServer
 from .services import Services
 from .session import NetworkSession, RemoteRigs
+from .version import __version__
 
-__all__ = ['ExpMessage', 'ExpStatus', 'Communicator', 'NetworkSession', 'RemoteRigs', 'RigServer', 'Services', 'BroadcastError', 'BroadcastTimeout',
-           'ClosedError', 'RigError', 'RigErrorReport', 'RigRefused', 'RigTimeout']
+__all__ = [
+    '__version__', 'ExpMessage', 'ExpStatus', 'Communicator', 'NetworkSession', 'RemoteRigs', 'RigServer', 'Services',
+    'BroadcastError', 'BroadcastTimeout', 'ClosedError', 'RigError', 'RigErrorReport', 'RigRefused', 'RigTimeout',
+]

@@ -363,7 +363,8 @@ class Communicator:
             awaited = False  # the previous answer again before our echo: a resent or late copy
         if awaited and message.event is ExpMessage.EXPSTART and message.data[:1] != exchange.request_data[:1]:
             awaited = False  # an answer to another start: EXPSTART answers carry the reference
-        if repeated and not awaited and data == self._last_response_bytes and now - self._last_response[1] < DUPLICATE_WINDOW:
+        just_now = now - self._last_response[1] < DUPLICATE_WINDOW
+        if repeated and not awaited and data == self._last_response_bytes and just_now:
             # The very bytes again at once: a network duplicate, or the late echo of a request
             # that had the same bytes. Echoing it would look like a new request to the rig.
             log.debug('%s: duplicate of the last response dropped', self.name)

@@ -20,11 +20,12 @@ from urllib.parse import urlparse
 
 from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus, validate_uri
 
-from . import __version__, protocol
+from . import protocol
 from .communicator import RESEND_INTERVAL
 from .dispatcher import Dispatcher
 from .errors import ClosedError
 from .guards import RecentDatagrams, StormGuard
+from .version import __version__
 
 __all__ = ['RigServer']
 log = logging.getLogger(__name__)

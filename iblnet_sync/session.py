@@ -21,9 +21,10 @@ from typing import Any, Iterable, Mapping
 
 from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 
-from . import __version__, protocol
+from . import protocol
 from .config import resolve_remote_rigs
 from .services import Services
+from .version import __version__
 
 __all__ = ['NetworkSession', 'RemoteRigs']
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ class FakeRig:
         try:
             self.sock.recv(65535)
             return False
-        except socket.timeout:
+        except TimeoutError:
             return True
         finally:
             self.sock.settimeout(5)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services
+from iblnet_sync import BroadcastError, ExpStatus, RigServer, Services
 
 TODAY = datetime.date.today()
 

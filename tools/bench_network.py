@@ -64,7 +64,8 @@ class RigProcess:
     def __init__(self, n: int):
         self.process = subprocess.Popen([sys.executable, '-c', RIG_PROCESS, str(n)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True)
-        self.uris = {f'rig{i}': f'udp://127.0.0.1:{p}' for i, p in enumerate(json.loads(self.process.stdout.readline()))}
+        ports = json.loads(self.process.stdout.readline())
+        self.uris = {f'rig{i}': f'udp://127.0.0.1:{port}' for i, port in enumerate(ports)}
 
     def close(self):
         self.process.stdin.close()
