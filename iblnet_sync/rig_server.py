@@ -82,8 +82,9 @@ class RigServer:
     main_sync : bool
         Whether this rig decides the experiment reference.
     exp_ref : str, dict, optional
-        The reference to report in EXPINFO. A main-sync rig without one makes one from the
-        subject the main rig sends, today's date and the next sequence number.
+        The reference to report in EXPINFO. A main-sync rig without one makes a new one at
+        each EXPINFO between experiments, from the subject the main rig sends, today's date
+        and the next sequence number for that subject.
     experiment_description : dict, optional
         Reported in EXPINFO.
     resend_interval, resends
@@ -116,6 +117,7 @@ class RigServer:
         self.name = name or self.uri
         self.main_sync = main_sync
         self.exp_ref = protocol.exp_ref_to_dict(exp_ref) if exp_ref else None
+        self._fixed_reference = self.exp_ref is not None
         self.experiment_description = experiment_description or {}
         self.status = ExpStatus.CONNECTED
         self.resend_interval, self.resends = resend_interval, resends
@@ -247,8 +249,9 @@ class RigServer:
         extra = data[-1] if data else None
         if event is ExpMessage.EXPINFO:
             returned = handler(data) if handler else None
-            if self.main_sync and self.exp_ref is None:
-                self.exp_ref = self._new_reference((extra or {}).get('subject') if isinstance(extra, dict) else None)
+            if self.main_sync and not self._fixed_reference and self.status in (ExpStatus.CONNECTED, ExpStatus.STOPPED):
+                subject = extra.get('subject') if isinstance(extra, dict) else None
+                self.exp_ref = self._new_reference(subject)  # a new experiment is being prepared
             info = self.info()
             if isinstance(returned, dict):
                 info.update(returned)
