@@ -118,6 +118,11 @@ class Communicator:
         return self._address[1]
 
     @property
+    def local_address(self) -> tuple:
+        """tuple: this side's (host, port), e.g. for a firewall rule or a packet capture."""
+        return self._sock.getsockname()
+
+    @property
     def is_connected(self) -> bool:
         """bool: True until ``close()``."""
         return not self._closed
