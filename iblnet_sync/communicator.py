@@ -8,14 +8,13 @@ import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable
-from urllib.parse import urlparse
 
 from iblutil.io.net.base import ExpMessage, ExpStatus, validate_uri
 
 from . import protocol
 from .dispatcher import Dispatcher
 from .errors import ClosedError, RigError, RigErrorReport, RigRefused, RigTimeout
-from .exchange import Exchange
+from .exchange import Exchange, remaining
 from .guards import RecentDatagrams, StormGuard
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'RESEND_INTERVAL', 'RESENDS']
@@ -84,16 +83,13 @@ class Communicator:
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
                  resends: int = RESENDS):
         self.server_uri = validate_uri(server_uri)
-        parsed = urlparse(self.server_uri)
-        self._address = (parsed.hostname, parsed.port)
+        self._address = protocol.rig_address(self.server_uri)
         self.name = name or self.server_uri
         if not echo_timeout > 0 or resend_interval <= 0 or resends < 0:
             raise ValueError('echo_timeout and resend_interval must be > 0 and resends >= 0')
         self.timeout, self.echo_timeout = timeout, echo_timeout
         self.resend_interval, self.resends = resend_interval, resends
         self._sock = sock if sock is not None else _open_socket(self.hostname, self.port)
-        self._owns_dispatcher = dispatcher is None
-        self._dispatcher = dispatcher or Dispatcher(f'iblnet_sync-{self.name}')
         self._lock = threading.Lock()  # guards the state below
         self._slot = threading.Lock()  # held for the life of one exchange: one at a time per rig
         self._exchange: Exchange | None = None
@@ -104,7 +100,15 @@ class Communicator:
         self._last_response_bytes = b''
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in ExpMessage}
         self._closed = False
-        self._dispatcher.register(self._sock, self)
+        self._owns_dispatcher = dispatcher is None
+        try:
+            self._dispatcher = dispatcher or Dispatcher(f'iblnet_sync-{self.name}')
+            self._dispatcher.register(self._sock, self)
+        except BaseException:
+            self._sock.close()
+            if self._owns_dispatcher and hasattr(self, '_dispatcher'):
+                self._dispatcher.close()
+            raise
 
     # --- addresses ---
     @property
@@ -189,7 +193,10 @@ class Communicator:
             exchange.finish(error=exchange.error(RigError, 'interrupted', stage='interrupted'))
             raise
         log.debug('%s: sent %r', self.name, datagram)
-        self._watch_echo(exchange, resent=0)
+        try:
+            self._watch_echo(exchange, resent=0)
+        except ClosedError:  # the shared dispatcher was closed under us
+            exchange.finish(error=exchange.error(RigError, 'network thread closed', stage='closed'))
         return exchange
 
     def confirmed_send(self, data: bytes | list | tuple, timeout: float | None = None) -> float:
@@ -221,7 +228,7 @@ class Communicator:
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         exchange = self.submit(datagram, timeout=timeout)
-        return exchange.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return exchange.result(remaining(deadline))
 
     # --- the protocol's calls, each returning the rig's response data ---
     def init(self, data: Any = None, timeout: float | None = None) -> list:
@@ -257,7 +264,7 @@ class Communicator:
             ``[BASE_URL, {USER: TOKEN}]`` when a token was requested, else None.
         """
         datagram = protocol.alyx_message(alyx)
-        if protocol.decode(datagram).data[1]:  # a token to give: the rig only echoes
+        if protocol.gives_token(datagram):  # the rig only echoes
             self.confirmed_send(datagram, timeout)
             return None
         return self.request(datagram, timeout)
@@ -303,7 +310,11 @@ class Communicator:
         return len(removed)
 
     def on_event(self, event: ExpMessage | int | str) -> Future:
-        """Return a Future resolved with ``(data, addr)`` the next time the rig sends `event`."""
+        """Return a Future resolved the next time the rig sends `event`.
+
+        Its result is ``(data, addr)``, or ``(data, addr, event)`` when `event` is several
+        flags OR-ed together.
+        """
         future: Future = Future()
         self.assign_callback(event, future)
         return future
@@ -342,17 +353,18 @@ class Communicator:
             return
         with self._lock:
             exchange = self._exchange
-            if exchange is not None and not exchange.echoed and (data == exchange.datagram or data in exchange.resent):
-                exchange.heard = True
-                exchange.confirm()  # the first datagram equal to what we sent is its echo
-                return
-            if data in self._resent:
-                log.debug('%s: late echo of a resend dropped', self.name)
-                return
-            if data == self._late_echo:
+            is_echo = exchange is not None and not exchange.echoed and (
+                data == exchange.datagram or data in exchange.resent)
+            late_echo = not is_echo and (data in self._resent or data == self._late_echo)
+            if late_echo and data == self._late_echo:
                 self._late_echo = None  # there was one echo to come, and this is it
-                log.debug('%s: late echo dropped', self.name)
-                return
+        if is_echo:
+            exchange.heard = True
+            exchange.confirm()  # the first datagram equal to what we sent is its echo (outside the lock:
+            return              # confirming may end the exchange, whose callback takes the lock)
+        if late_echo:
+            log.debug('%s: late echo of ours dropped', self.name)
+            return
         try:
             message = protocol.decode(data)
         except protocol.DecodeError as ex:
@@ -417,8 +429,9 @@ class Communicator:
         with self._lock:
             if self._exchange is exchange:
                 self._exchange = None
-            # The echo a response stood in for may still come: it is ours, not the rig's message.
-            self._late_echo = exchange.datagram if exchange.echo_implied else None
+            # An echo that has not come yet (a response stood in for it, or we gave up) is
+            # ours if it comes late, not a message of the rig's to echo back and handle.
+            self._late_echo = exchange.datagram if exchange.echo_implied or not exchange.echoed else None
         self._slot.release()
 
     def _watch_echo(self, exchange: Exchange, resent: int) -> None:

@@ -74,6 +74,7 @@ class Dispatcher:
         self._wakes_at: float | None = None  # when the network thread's select() returns at the latest
         self._sequence = itertools.count()
         self._callbacks: ThreadPoolExecutor | None = None
+        self._callback_thread: int | None = None  # ident of the callback thread, once it ran
         self._closing = False
         self._thread = threading.Thread(target=self._serve, name=f'{name}-network', daemon=True)
         self._thread.start()
@@ -85,10 +86,18 @@ class Dispatcher:
         return self._thread.is_alive()
 
     def register(self, sock: socket.socket, endpoint: Endpoint) -> None:
-        """Start reading `sock` (made non-blocking) and passing its datagrams to `endpoint`."""
+        """Start reading `sock` (made non-blocking) and passing its datagrams to `endpoint`.
+
+        Raises
+        ------
+        ClosedError
+            The dispatcher is closed.
+        ValueError, KeyError
+            The socket is closed or already registered.
+        """
         self._check_open()
         sock.setblocking(False)
-        self._run_on_thread(self._selector.register, sock, selectors.EVENT_READ, endpoint)
+        self._run_on_thread(self._selector.register, sock, selectors.EVENT_READ, endpoint).result()
 
     def unregister(self, sock: socket.socket) -> None:
         """Stop reading `sock`; returns once the network thread no longer uses it."""
@@ -137,7 +146,7 @@ class Dispatcher:
         if not on_network_thread:
             self._thread.join()
         if executor is not None:
-            on_callback_thread = threading.current_thread().name.startswith(f'{self.name}-callbacks')
+            on_callback_thread = threading.get_ident() == self._callback_thread
             executor.shutdown(wait=not on_callback_thread, cancel_futures=True)
 
     def __enter__(self) -> Dispatcher:
@@ -177,8 +186,8 @@ class Dispatcher:
         except (KeyError, ValueError):
             pass
 
-    @staticmethod
-    def _call_user(function: Callable, args: tuple) -> None:
+    def _call_user(self, function: Callable, args: tuple) -> None:
+        self._callback_thread = threading.get_ident()
         try:
             function(*args)
         except Exception:

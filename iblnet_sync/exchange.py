@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import Future, InvalidStateError, TimeoutError as FutureTimeout
 from typing import Any, Callable
 
-from .protocol import Message
 from .errors import RigError, RigTimeout
+from .protocol import Message
 
-__all__ = ['Exchange']
+__all__ = ['Exchange', 'remaining']
 
 
 class Exchange:
@@ -84,15 +84,16 @@ class Exchange:
         self.finish(data)
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Resolve the exchange once; later calls are ignored."""
-        if self.outcome.done():
+        """Resolve the exchange once, from any thread; the first call wins, later ones are ignored."""
+        try:
+            if error is not None:
+                self.outcome.set_exception(error)
+            else:
+                self.outcome.set_result(result)
+        except InvalidStateError:
             return
         if self.timer is not None:
             self.timer.cancel()
-        if error is not None:
-            self.outcome.set_exception(error)
-        else:
-            self.outcome.set_result(result)
 
     def give_up(self) -> None:
         """Fail the exchange as timed out, naming the stage it reached and how long it waited."""
@@ -119,3 +120,8 @@ class Exchange:
         except BaseException:  # e.g. KeyboardInterrupt: free the rig for the next exchange
             self.finish(error=self.error(RigError, 'interrupted while waiting', stage='interrupted'))
             raise
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until a ``time.monotonic()`` deadline (never negative); None for no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

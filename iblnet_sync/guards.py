@@ -76,6 +76,3 @@ class RecentDatagrams:
 
     def __contains__(self, datagram: bytes) -> bool:
         return datagram in self._items
-
-    def __bool__(self) -> bool:
-        return bool(self._items)

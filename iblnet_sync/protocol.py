@@ -16,12 +16,14 @@ import datetime
 import json
 from typing import Any, NamedTuple
 
-from iblutil.io.net.base import ExpMessage, ExpStatus
+from urllib.parse import urlparse
+
+from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
 
 __all__ = [
     'DecodeError', 'Message', 'ERROR_CODE', 'MAX_DATAGRAM', 'as_event', 'as_status',
-    'encode', 'decode', 'respell', 'init_message', 'start_message', 'stop_message',
-    'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'error_report',
+    'encode', 'decode', 'respell', 'rig_address', 'init_message', 'start_message', 'stop_message',
+    'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
     'exp_ref_to_str', 'exp_ref_to_dict',
 ]
 
@@ -160,6 +162,29 @@ def respell(datagram: bytes, sender: str = 'main') -> bytes:
     return compact if compact != datagram else datagram + b'\t'
 
 
+def rig_address(uri: str, allow_any_port: bool = False) -> tuple[str, int]:
+    """The (IP address, port) of a rig's URI, validated with iblutil's ``validate_uri``.
+
+    Parameters
+    ----------
+    uri : str
+        ``udp://host:port``, ``host:port`` or ``host`` (port 11001); host names are resolved.
+    allow_any_port : bool
+        Accept port 0 (a listening rig lets the system choose), which ``validate_uri`` refuses.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Not a valid UDP URI.
+    """
+    parsed = urlparse(uri if '://' in str(uri) else f'udp://{uri}')
+    if parsed.scheme != 'udp':
+        raise ValueError(f'Only udp:// is supported, not {uri!r}')
+    any_port = allow_any_port and parsed.port == 0
+    checked = urlparse(validate_uri(f'udp://{parsed.hostname}:{LISTEN_PORT}' if any_port else uri))
+    return checked.hostname, 0 if any_port else checked.port
+
+
 def decode(datagram: bytes) -> Message:
     """Decode a datagram into a :class:`Message`.
 
@@ -291,6 +316,12 @@ def alyx_message(alyx: Any = None) -> bytes:
     logged_in = bool(alyx) and getattr(alyx, 'is_logged_in', False)
     token = {alyx.user: alyx._token} if logged_in else {}
     return encode(ExpMessage.ALYX, base_url, token)
+
+
+def gives_token(datagram: bytes) -> bool:
+    """True for an ALYX message that carries a token (answered by an echo only, not a response)."""
+    message = decode(datagram)
+    return message.event is ExpMessage.ALYX and bool(message.data[1:2] and message.data[1])
 
 
 def error_report(error: BaseException, event: ExpMessage | int) -> bytes:

@@ -16,9 +16,8 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import urlparse
 
-from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus, validate_uri
+from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus
 
 from . import protocol
 from .communicator import RESEND_INTERVAL
@@ -104,7 +103,7 @@ class RigServer:
                  main_sync: bool = False, exp_ref: str | dict | None = None,
                  experiment_description: dict | None = None, *, resend_interval: float = RESEND_INTERVAL,
                  resends: int = RESPONSE_RESENDS):
-        host, port = _listen_address(uri)
+        host, port = protocol.rig_address(uri, allow_any_port=True)
         family = socket.AF_INET6 if ':' in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -126,8 +125,14 @@ class RigServer:
         self._sequences: dict[tuple[str, datetime.date], int] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._dispatcher = Dispatcher(f'iblnet_sync-{self.name}')
-        self._dispatcher.register(self._sock, self)
+        try:
+            self._dispatcher = Dispatcher(f'iblnet_sync-{self.name}')
+            self._dispatcher.register(self._sock, self)
+        except BaseException:
+            self._sock.close()
+            if hasattr(self, '_dispatcher'):
+                self._dispatcher.close()
+            raise
         log.info('%s listening on %s', self.name, self.uri)
 
     # --- public API ---
@@ -232,17 +237,18 @@ class RigServer:
     # --- on the callback thread ---
     def _handle(self, message: protocol.Message, addr: Any, peer: _Peer) -> None:
         event, data = message
+        request = peer.request
         try:
             response = self._respond(event, data, self._handlers.get(event))
         except Exception as ex:
             log.error('%s: handler for %s failed: %r', self.name, event.name, ex)
-            peer.answered = True
-            self._send(protocol.error_report(ex, event), addr)
-            return
-        if response is None:
-            peer.answered = True
-            return
-        self._later(0, self._send_response, addr, peer, response)
+            response = protocol.error_report(ex, event)
+            self._send(response, addr)
+            response = None
+        try:  # the bookkeeping is the network thread's
+            self._dispatcher.call_later(0, self._answered, addr, peer, request, response)
+        except ClosedError:
+            pass
 
     def _respond(self, event: ExpMessage, data: list, handler: Handler | None) -> bytes | None:
         """Run the handler and build the conventional response; update the status."""
@@ -289,15 +295,21 @@ class RigServer:
         return {'subject': subject, 'date': today, 'sequence': sequence}
 
     # --- on the dispatcher thread again ---
-    def _send_response(self, addr: Any, peer: _Peer, response: bytes) -> None:
+    def _answered(self, addr: Any, peer: _Peer, request: Any, response: bytes | None) -> None:
+        """The handler for `request` finished: send its answer, unless a newer request overtook it."""
+        if peer.request is not request:
+            log.debug('%s: answer to an overtaken request not sent', self.name)
+            return
         peer.answered, peer.answer, peer.response = True, response, response
+        if response is None:  # no answer (a token given) or an error report, sent already
+            return
         peer.storm.reset()
         self._send(response, addr)
         if self.resends:
             self._later(self.resend_interval, self._resend, addr, peer, 1)
 
     def _later(self, delay: float, function: Callable, addr: Any, peer: _Peer, *args: Any) -> None:
-        """Run ``function(*args)`` on the network thread after `delay`, unless the server closed."""
+        """On the network thread: schedule a resend for `peer`, unless the server closed."""
         try:
             peer.timers.append(self._dispatcher.call_later(delay, function, addr, peer, *args))
         except ClosedError:
@@ -320,13 +332,3 @@ class RigServer:
             self._sock.sendto(data, addr)
         except OSError as ex:
             log.debug('%s: send to %s failed: %s', self.name, addr, ex)
-
-
-def _listen_address(uri: str) -> tuple[str, int]:
-    """Host and port to bind, accepting port 0 (which ``validate_uri`` refuses)."""
-    parsed = urlparse(uri if '://' in str(uri) else f'udp://{uri}')
-    if parsed.scheme != 'udp':
-        raise ValueError(f'Only udp:// is supported, not {uri!r}')
-    port = parsed.port if parsed.port is not None else LISTEN_PORT
-    checked = urlparse(validate_uri(f'udp://{parsed.hostname}:{port or LISTEN_PORT}'))
-    return checked.hostname, port

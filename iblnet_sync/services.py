@@ -13,7 +13,7 @@ from . import protocol
 from .communicator import DEFAULT_TIMEOUT, Communicator
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
-from .exchange import Exchange
+from .exchange import Exchange, remaining
 
 __all__ = ['Services']
 log = logging.getLogger(__name__)
@@ -125,8 +125,7 @@ class Services(Mapping):
     def alyx(self, alyx: Any = None, concurrent: bool = True) -> dict[str, list | None]:
         """Give every rig this rig's Alyx token, or ask each for its own when `alyx` is not logged in."""
         datagram = protocol.alyx_message(alyx)
-        expect_response = not protocol.decode(datagram).data[1]
-        return self.broadcast(datagram, concurrent=concurrent, expect_response=expect_response)
+        return self.broadcast(datagram, concurrent=concurrent, expect_response=not protocol.gives_token(datagram))
 
     def broadcast(self, datagram: bytes, concurrent: bool = True, reverse: bool = False,
                   expect_response: bool = True) -> dict[str, Any]:
@@ -164,7 +163,7 @@ class Services(Mapping):
         failures: dict[str, RigError] = {}
         for rig in rigs:
             try:
-                exchanges[rig.name] = rig.submit(datagram, expect_response, _remaining(deadline))
+                exchanges[rig.name] = rig.submit(datagram, expect_response, remaining(deadline))
             except RigError as ex:
                 failures[rig.name] = ex
                 continue
@@ -197,15 +196,11 @@ class Services(Mapping):
         self.close()
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
 def _wait_for(exchanges: list[Exchange], deadline: float | None) -> None:
     """Wait until every exchange is done or the deadline passes; fail the late ones then."""
     for exchange in exchanges:
         try:
-            exchange.result(_remaining(deadline))
+            exchange.result(remaining(deadline))
         except RigError:
             pass  # collected by the caller from exchange.outcome
 

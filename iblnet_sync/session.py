@@ -23,12 +23,15 @@ from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 
 from . import protocol
 from .config import resolve_remote_rigs
+from .communicator import DEFAULT_TIMEOUT
 from .services import Services
 from .version import __version__
 
 __all__ = ['NetworkSession', 'RemoteRigs']
 log = logging.getLogger(__name__)
 
+SIGTERM_CLOSE_TIMEOUT = 5.0
+"""float: seconds a SIGTERM waits for the connections to close before the previous handler runs."""
 _METHODS = {  # event -> (Services method, extra keywords)
     ExpMessage.EXPINIT: ('init', {}), ExpMessage.EXPSTART: ('start', {}), ExpMessage.EXPEND: ('stop', {}),
     ExpMessage.EXPINTERRUPT: ('stop', {'immediately': True}), ExpMessage.EXPCLEANUP: ('cleanup', {}),
@@ -47,7 +50,8 @@ class RemoteRigs:
         The connection (iblutil's ``Services`` calls); None when there are no rigs.
     """
 
-    def __init__(self, uris: Mapping[str, str] | None = None, timeout: float | None = 10.0, **options: Any):
+    def __init__(self, uris: Mapping[str, str] | None = None, timeout: float | None = DEFAULT_TIMEOUT,
+                 **options: Any):
         self.uris = dict(uris or {})
         self.services = Services(self.uris, timeout=timeout, **options) if self.uris else None
 
@@ -94,15 +98,15 @@ class NetworkSession:
     """
 
     def __init__(self, *_, remote_rigs: Mapping[str, str] | Iterable[str] | None = None,
-                 remote_rigs_file: str | os.PathLike | None = None, network_timeout: float = 10.0,
+                 remote_rigs_file: str | os.PathLike | None = None, network_timeout: float = DEFAULT_TIMEOUT,
                  network_options: Mapping[str, Any] | None = None, **kwargs):
         self.exp_ref: dict = {}
         self.remote_rigs = RemoteRigs()
         self._one = None
         self._network_stage: ExpStatus | None = None
         self._previous_sigterm = None
-        self.connect(resolve_remote_rigs(remote_rigs, remote_rigs_file), timeout=network_timeout,
-                     **(network_options or {}))
+        self._remote_rigs_file = remote_rigs_file
+        self.connect(remote_rigs, timeout=network_timeout, **(network_options or {}))
         try:
             super().__init__(**kwargs)
         except BaseException:
@@ -110,14 +114,16 @@ class NetworkSession:
             raise
 
     # --- connection ---
-    def connect(self, remote_rigs: Mapping[str, str] | Iterable[str] | None, timeout: float = 10.0,
+    def connect(self, remote_rigs: Mapping[str, str] | Iterable[str] | None, timeout: float = DEFAULT_TIMEOUT,
                 **options: Any) -> RemoteRigs:
         """Connect to `remote_rigs` (closing any earlier connection) and listen for Alyx tokens.
 
+        Names are looked up in the remote rigs file given at construction (or the default one);
         `options` go to :class:`Services` (``echo_timeout``, ``resend_interval``, ``resends``).
         """
+        uris = resolve_remote_rigs(remote_rigs, self._remote_rigs_file)
         self.cleanup_mixin_network()
-        self.remote_rigs = RemoteRigs(resolve_remote_rigs(remote_rigs), timeout=timeout, **options)
+        self.remote_rigs = RemoteRigs(uris, timeout=timeout, **options)
         self._network_stage = ExpStatus.CONNECTED
         if self.remote_rigs:
             self.remote_rigs.services.assign_callback(ExpMessage.ALYX, self._on_alyx, return_service=True)
@@ -239,8 +245,9 @@ class NetworkSession:
         if not getattr(params, 'ALYX_LOGIN', None):
             params = params.set('ALYX_LOGIN', user)
         one.params.save(params, base_url)
-        self._one = _local_one(base_url)
-        self._one.alyx.authenticate(username=user)  # finds the cached token: no request
+        self._one = _local_one(base_url)  # a new instance reads the parameters just saved
+        if user in (getattr(self._one.alyx._par, 'TOKEN', None) or {}):
+            self._one.alyx.authenticate(username=user)  # finds the cached token: no request, no prompt
         log.info('Alyx token for %s on %s installed', user, base_url)
         log.debug('Token: %s', token)
 
@@ -302,9 +309,17 @@ class NetworkSession:
             self._previous_sigterm = None
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """Close the network, then do what the previous handler did.
+
+        The closing runs on a thread of its own: this handler interrupts the main thread
+        wherever it was, possibly holding a lock that closing needs.
+        """
         previous = self._previous_sigterm
         log.warning('SIGTERM: closing the network connections')
-        self.cleanup_mixin_network()
+        self._restore_sigterm()
+        closer = threading.Thread(target=self.cleanup_mixin_network, name='iblnet_sync-sigterm')
+        closer.start()
+        closer.join(SIGTERM_CLOSE_TIMEOUT)
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:
@@ -312,11 +327,15 @@ class NetworkSession:
 
 
 def _local_one(base_url: str | None = None):
-    """A silent local-mode ONE (no cache tables on an acquisition rig is normal: not warned)."""
-    from one.api import ONE
+    """A new silent local-mode ONE, never a cached instance (no cache tables on a rig: not warned).
+
+    ``one.api.ONE`` returns its last instance for the same arguments, which would not see a
+    token saved since; ``OneAlyx`` builds a fresh one from the saved parameters.
+    """
+    from one.api import OneAlyx
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='No cache tables found')
-        return ONE(base_url=base_url, mode='local', silent=True)
+        return OneAlyx(base_url=base_url, mode='local', silent=True)
 
 
 def _main_sync_claims(answers: Mapping[str, Any]) -> list[str]:

@@ -82,7 +82,12 @@ class IblutilRig:
     def is_connected(self) -> bool:
         return bool(self.protocol.is_connected)
 
+    def ask(self, datagram: bytes):
+        """Send our own message to the main rig that last wrote to us (iblutil's confirmed_send)."""
+        self.loops.run(self._send(datagram, self.main_address))
+
     def _on_message(self, data, addr, event):
+        self.main_address = addr
         with self._changed:
             self.received.append((event, data))
             self._changed.notify_all()

@@ -193,3 +193,15 @@ def test_bad_uri_and_bad_event():
     with Communicator(URI, sock=ours) as com, pytest.raises(ValueError):
         com.assign_callback('EXPNOTHING', print)
     theirs.close()
+
+
+def test_confirmed_send_returns_the_echo_round_trip_and_frees_the_rig(pair):
+    com, rig = pair
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(com.confirmed_send, [ExpMessage.ALYX, 'https://alyx.example.org', {'u': {'token': 't'}}])
+        request = rig.recv()
+        rig.send(request)
+        assert sent.result(5) > 0
+        result = pool.submit(com.status, 'CONNECTED')  # the rig is free for the next exchange
+        assert answer(rig, b'[32, 0]') == b'[32, 0]'
+        assert result.result(5) == [0]

@@ -105,3 +105,17 @@ def test_port_in_use_is_a_clear_error(servers):
     rig = servers('cameras')
     with pytest.raises(OSError, match='Cannot listen on'):
         RigServer(rig.uri)
+
+
+def test_token_given_by_the_main_rig_reaches_the_handler_without_an_answer(servers):
+    rig = servers('cameras')
+    given = threading.Event()
+    rig.assign_handler('ALYX', lambda data: given.set())
+
+    class LoggedIn:
+        base_url, user, _token, is_logged_in = 'https://alyx.example.org', 'u', {'token': 't'}, True
+
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        assert services.alyx(LoggedIn()) == {'cameras': None}
+        assert given.wait(5)
+        assert services.status('CONNECTED') == {'cameras': [0]}

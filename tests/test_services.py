@@ -117,3 +117,15 @@ def test_fast_polls_with_identical_bytes_every_round(iblutil_rigs):
         for _ in range(200):
             assert services.status('CONNECTED') == {'cameras': [0]}
     assert rig.errors == [] and rig.is_connected
+
+
+class LoggedInAlyx:
+    base_url, user, _token, is_logged_in = 'https://alyx.example.org', 'main-user', {'token': 'main-token'}, True
+
+
+def test_giving_our_alyx_token_waits_for_the_echo_only(iblutil_rigs):
+    rig = iblutil_rigs('cameras')
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        assert services.alyx(LoggedInAlyx()) == {'cameras': None}
+        assert rig.received[-1] == (ExpMessage.ALYX, ['https://alyx.example.org', {'main-user': {'token': 'main-token'}}])
+        assert services.status('CONNECTED') == {'cameras': [0]}

@@ -176,3 +176,13 @@ def test_alyx_token_from_a_rig_is_installed_without_prompt(iblutil_rigs):
     assert one.params.get(client='https://alyx.example.org', silent=True).TOKEN == {'rig-user': {'token': 'rig-token'}}
     assert Path.home().name.startswith('iblnet_sync_home_'), 'ONE must write under the isolated HOME'
     task.cleanup_mixin_network()
+
+
+def test_a_rig_asking_for_our_token_gets_it(iblutil_rigs):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+    task = Task(remote_rigs={'cameras': rig.uri})
+    task.install_alyx_token('https://alyx.example.org', {'main-user': {'token': 'main-token'}})
+    rig.ask(b'[128, null, {}]')
+    assert rig.wait_for(lambda r: r.received[-1][0] is ExpMessage.ALYX)
+    assert rig.received[-1][1] == ['https://alyx.example.org', {'main-user': {'token': 'main-token'}}]
+    task.cleanup_mixin_network()

@@ -3,7 +3,8 @@
 
 All three clients talk to the same real iblutil rigs (EchoProtocol, server role), which run in
 a child process on loopback. One round is: send EXPSTATUS to every rig, receive each echo and
-response, echo each response back. Also measured: idle CPU, timeout lateness, threads, memory
+response, echo each response back. The three clients run in interleaved blocks of rounds, so
+that a change in the machine's load during the run affects all three alike. Also measured: idle CPU, timeout lateness, threads, memory
 over many exchanges, and import times. Figures go to stdout; nothing here asserts a target.
 
     python tools/bench_network.py              # the full run (a few minutes)
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import gc
 import json
@@ -77,9 +79,8 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def time_rounds(one_round, rounds: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        one_round()
+def timed(one_round, rounds: int) -> list[float]:
+    """Seconds each of `rounds` calls of ``one_round()`` takes."""
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -88,8 +89,9 @@ def time_rounds(one_round, rounds: int, warmup: int = 3) -> list[float]:
     return times
 
 
-# --- the three clients ---
-def raw_floor(uris: dict, rounds: int) -> list[float]:
+# --- the three clients: context managers yielding block(n) -> n round times ---
+@contextlib.contextmanager
+def raw_floor(uris: dict):
     """Blocking sockets and select(), no library: the least any client can do."""
     socks = []
     for uri in uris.values():
@@ -111,37 +113,60 @@ def raw_floor(uris: dict, rounds: int) -> list[float]:
                     sock.send(data)
                     pending.discard(sock)
     try:
-        return time_rounds(one_round, rounds)
+        yield lambda n: timed(one_round, n)
     finally:
         for sock in socks:
             sock.close()
 
 
-def ours(uris: dict, rounds: int) -> list[float]:
+@contextlib.contextmanager
+def ours(uris: dict):
     from iblnet_sync import Services
     with Services(uris, timeout=10) as services:
-        return time_rounds(lambda: services.status(0), rounds)
+        yield lambda n: timed(lambda: services.status(0), n)
 
 
-def iblutil_services(uris: dict, rounds: int) -> list[float]:
+@contextlib.contextmanager
+def iblutil_services(uris: dict):
+    """iblutil's asyncio Services driven the usual way: rounds awaited inside its event loop."""
     import logging
 
     from iblutil.io.net.app import EchoProtocol, Services as AsyncServices
+    logging.getLogger('bench').setLevel(logging.CRITICAL)
+    loop = asyncio.new_event_loop()
 
-    async def run():
+    async def connect():
         rigs = [await EchoProtocol.client(uri, name, log=logging.getLogger('bench')) for name, uri in uris.items()]
-        services = AsyncServices(rigs, timeout=10)
+        return AsyncServices(rigs, timeout=10)
+
+    async def block(n):
         times = []
-        for i in range(rounds + 3):
+        for _ in range(n):
             start = time.perf_counter()
             await services.status(0)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-        services.close()
+            times.append(time.perf_counter() - start)
         return times
 
-    logging.getLogger('bench').setLevel(logging.CRITICAL)
-    return asyncio.run(run())
+    services = loop.run_until_complete(connect())
+    try:
+        yield lambda n: loop.run_until_complete(block(n))
+    finally:
+        services.close()
+        loop.run_until_complete(asyncio.sleep(0))  # let the transports close
+        loop.close()
+
+
+def round_times(uris: dict, rounds: int, block: int = 10) -> dict[str, list[float]]:
+    """Round times of the three clients, in interleaved blocks so that load drift hits all alike."""
+    times = {'raw': [], 'ours': [], 'iblutil': []}
+    with raw_floor(uris) as raw, ours(uris) as our, iblutil_services(uris) as theirs:
+        clients = {'raw': raw, 'ours': our, 'iblutil': theirs}
+        for client in clients.values():
+            client(3)  # warm up
+        for _ in range(max(1, rounds // block)):
+            for name, client in clients.items():
+                times[name] += client(block)
+    return times
 
 
 # --- the other figures ---
@@ -265,10 +290,8 @@ def main() -> int:
         count = rounds.get(n, 20)
         rigs = RigProcess(n)
         try:
-            figures = {}
-            for name, client in (('raw', raw_floor), ('ours', ours), ('iblutil', iblutil_services)):
-                times = client(rigs.uris, count)
-                figures[name] = (statistics.median(times) * 1e3, percentile(times, 0.9) * 1e3)
+            figures = {name: (statistics.median(t) * 1e3, percentile(t, 0.9) * 1e3)
+                       for name, t in round_times(rigs.uris, count).items()}
         finally:
             rigs.close()
         floor = figures['raw'][0]

@@ -81,17 +81,18 @@ def ping(rigs: dict[str, str], count: int, timeout: float, resends: int) -> list
         return [_report(name, services[name].server_uri, services[name].port, rounds[name]) for name in rigs]
 
 
+def _advice(error, port: int) -> str:
+    template = ADVICE.get(error.stage)
+    return template.format(port=port, detail=error.detail) if template else error.detail
+
+
 def _report(name: str, uri: str, port: int, exchanges: list) -> dict:
     ok = [e for e in exchanges if e.outcome.exception() is None]
     echo_ms = [(e.echo_at - e.sent_at) * 1e3 for e in ok]
     response_ms = [(e.response_at - e.sent_at) * 1e3 for e in ok]
     failures = [e.outcome.exception() for e in exchanges if e.outcome.exception() is not None]
     status = ok[-1].outcome.result()[0] if ok else None
-    problem = None
-    if failures:
-        last = failures[-1]
-        problem = {'stage': last.stage,
-                   'advice': ADVICE.get(last.stage, last.detail).format(port=port, detail=last.detail)}
+    problem = {'stage': failures[-1].stage, 'advice': _advice(failures[-1], port)} if failures else None
     return {
         'name': name, 'uri': uri, 'sent': len(exchanges), 'answered': len(ok),
         'loss_percent': 100.0 * (len(exchanges) - len(ok)) / len(exchanges),
@@ -136,11 +137,14 @@ def print_table(reports: list[dict], count: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
+    from iblnet_sync import RigError
     from iblnet_sync.config import ConfigError
     try:
         rigs = load_rigs(args)
         reports = ping(rigs, args.count, args.timeout, args.resends)
-    except (ConfigError, ValueError, TypeError, OSError) as ex:
+    except RigError:
+        raise  # a rig's failure is reported in the table, never here
+    except (ConfigError, ValueError, TypeError, OSError) as ex:  # a bad file or address
         print(f'ping_rigs: {ex}', file=sys.stderr)
         return EXIT_CONFIG
     if args.json:
