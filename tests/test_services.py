@@ -127,5 +127,6 @@ def test_giving_our_alyx_token_waits_for_the_echo_only(iblutil_rigs):
     rig = iblutil_rigs('cameras')
     with Services({'cameras': rig.uri}, timeout=5) as services:
         assert services.alyx(LoggedInAlyx()) == {'cameras': None}
-        assert rig.received[-1] == (ExpMessage.ALYX, ['https://alyx.example.org', {'main-user': {'token': 'main-token'}}])
+        token = {'main-user': {'token': 'main-token'}}
+        assert rig.received[-1] == (ExpMessage.ALYX, ['https://alyx.example.org', token])
         assert services.status('CONNECTED') == {'cameras': [0]}

@@ -4,8 +4,10 @@
 All three clients talk to the same real iblutil rigs (EchoProtocol, server role), which run in
 a child process on loopback. One round is: send EXPSTATUS to every rig, receive each echo and
 response, echo each response back. The three clients run in interleaved blocks of rounds, so
-that a change in the machine's load during the run affects all three alike. Also measured: idle CPU, timeout lateness, threads, memory
-over many exchanges, and import times. Figures go to stdout; nothing here asserts a target.
+that a change in the machine's load during the run affects all three alike. Also measured:
+idle CPU, timeout lateness, time to report a refused port, threads, leaks over connect/close
+cycles, memory over many exchanges, and import times. Figures go to stdout; nothing here
+asserts a target.
 
     python tools/bench_network.py              # the full run (a few minutes)
     python tools/bench_network.py --quick      # a smoke run (seconds)
