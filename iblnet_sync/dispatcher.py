@@ -194,33 +194,38 @@ class Dispatcher:
             log.exception('Callback %r raised', function)
 
     def _serve(self) -> None:
-        while True:
-            with self._lock:
-                if self._closing:
-                    break
-                ops, self._pending_ops = self._pending_ops, []
-                self._wakes_at = self._timers[0][0] if self._timers else None
-            timeout = None if self._wakes_at is None else max(0.0, self._wakes_at - time.monotonic())
+        while not self._closing:
+            try:
+                self._serve_once()
+            except Exception:  # nothing a network or an endpoint does may stop this thread
+                log.exception('Network thread %r: unexpected error; carrying on', self.name)
+        self._release_resources()
+
+    def _serve_once(self) -> None:
+        """Run pending operations, or wait in select() and hand on what arrives, then due timers."""
+        with self._lock:
+            ops, self._pending_ops = self._pending_ops, []
+            self._wakes_at = self._timers[0][0] if self._timers else None
+        if ops:  # they may change the sockets: run them before waiting again
             for function, args, done in ops:
                 try:
                     done.set_result(function(*args))
-                except Exception as ex:  # a bad socket must not stop the thread
+                except Exception as ex:  # e.g. a socket closed before it was registered
                     done.set_exception(ex)
-            if ops:
-                continue  # the ops may have changed the sockets; recompute before waiting
-            try:
-                ready = self._selector.select(timeout)
-            except OSError as ex:  # e.g. a socket closed behind our back
-                log.error('select() failed: %s', ex)
-                self._drop_closed_sockets()
-                continue
-            for key, _ in ready:
-                if key.fileobj is self._wake_reader:
-                    self._drain_wake()
-                else:
-                    self._read(key.fileobj, key.data)
-            self._run_due_timers()
-        self._release_resources()
+            return
+        timeout = None if self._wakes_at is None else max(0.0, self._wakes_at - time.monotonic())
+        try:
+            ready = self._selector.select(timeout)
+        except OSError as ex:  # e.g. a socket closed behind our back
+            log.error('select() failed: %s', ex)
+            self._drop_closed_sockets()
+            return
+        for key, _ in ready:
+            if key.fileobj is self._wake_reader:
+                self._drain_wake()
+            else:
+                self._read(key.fileobj, key.data)
+        self._run_due_timers()
 
     def _drain_wake(self) -> None:
         try:
