@@ -175,29 +175,39 @@ class Communicator:
         if not self._slot.acquire(timeout=-1 if timeout is None else timeout):
             raise RigTimeout(self.name, self.server_uri, event.name,
                              f'still busy with another exchange after {timeout:.3g} s', stage='busy')
-        exchange = Exchange(datagram, message, expect_response, lambda: (self.name, self.server_uri))
-        exchange.outcome.add_done_callback(lambda _: self._end_exchange(exchange))
-        with self._lock:
-            self._exchange = exchange
-            self._late_echo = None  # from now on such bytes are this exchange's echo
-            self._storm_guard.reset()
         try:
-            self._sock.send(datagram)
-        except _REFUSED as ex:
-            exchange.finish(error=self._refused(exchange, ex))
-            return exchange
-        except OSError as ex:
-            exchange.finish(error=exchange.error(RigError, f'send failed: {ex}', stage='send failed'))
-            return exchange
-        except BaseException:  # e.g. KeyboardInterrupt: never leave the slot taken
+            exchange = Exchange(datagram, message, expect_response, lambda: (self.name, self.server_uri))
+            exchange.outcome.add_done_callback(lambda _: self._end_exchange(exchange))  # frees the slot
+        except BaseException:
+            self._slot.release()
+            raise
+        try:
+            self._start(exchange)
+        except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
             exchange.finish(error=exchange.error(RigError, 'interrupted', stage='interrupted'))
             raise
-        log.debug('%s: sent %r', self.name, datagram)
+        return exchange
+
+    def _start(self, exchange: Exchange) -> None:
+        """Make `exchange` the rig's current one, send it and watch for its echo."""
+        with self._lock:
+            self._exchange = exchange
+            if self._late_echo == exchange.datagram:
+                self._late_echo = None  # from now on these bytes are this exchange's echo
+            self._storm_guard.reset()
+        try:
+            self._sock.send(exchange.datagram)
+        except _REFUSED as ex:
+            exchange.finish(error=self._refused(exchange, ex))
+            return
+        except OSError as ex:
+            exchange.finish(error=exchange.error(RigError, f'send failed: {ex}', stage='send failed'))
+            return
+        log.debug('%s: sent %r', self.name, exchange.datagram)
         try:
             self._watch_echo(exchange, resent=0)
         except ClosedError:  # the shared dispatcher was closed under us
             exchange.finish(error=exchange.error(RigError, 'network thread closed', stage='closed'))
-        return exchange
 
     def confirmed_send(self, data: bytes | list | tuple, timeout: float | None = None) -> float:
         """Send a message and block until the rig echoes it.

@@ -161,15 +161,20 @@ class Services(Mapping):
             rigs.reverse()
         exchanges: dict[str, Exchange] = {}
         failures: dict[str, RigError] = {}
-        for rig in rigs:
-            try:
-                exchanges[rig.name] = rig.submit(datagram, expect_response, remaining(deadline))
-            except RigError as ex:
-                failures[rig.name] = ex
-                continue
-            if not concurrent:
-                _wait_for([exchanges[rig.name]], deadline)
-        _wait_for(list(exchanges.values()), deadline)
+        try:
+            for rig in rigs:
+                try:
+                    exchanges[rig.name] = rig.submit(datagram, expect_response, remaining(deadline))
+                except RigError as ex:
+                    failures[rig.name] = ex
+                    continue
+                if not concurrent:
+                    _wait_for([exchanges[rig.name]], deadline)
+            _wait_for(list(exchanges.values()), deadline)
+        except BaseException:  # e.g. Ctrl-C: end every exchange, so that no rig stays busy with one
+            for exchange in exchanges.values():
+                exchange.finish(error=exchange.error(RigError, 'interrupted while waiting', stage='interrupted'))
+            raise
         responses = {}
         for name, exchange in exchanges.items():
             error = exchange.outcome.exception()

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from relay import soak
 
-from iblnet_sync import (BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused, RigServer,
-                         Services, protocol)
+from iblnet_sync import (BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused,
+                         RigServer, Services, protocol)
 
 
 def open_fds() -> int:
@@ -127,3 +127,29 @@ def test_misuse_gets_clear_errors(no_leaked_threads):
         services.close()
         with pytest.raises(ClosedError):
             services.status(0)
+
+
+def test_ctrl_c_during_a_broadcast_frees_every_rig_for_the_interrupt_message(no_leaked_threads):
+    """Ctrl-C while rigs are still working: EXPINTERRUPT must then reach them all at once."""
+    release = threading.Event()
+    with RigServer('udp://127.0.0.1:0', name='slow') as slow, RigServer('udp://127.0.0.1:0', name='mute') as mute:
+        calls = []
+
+        def interrupt_then_wait(data):
+            calls.append((data, threading.get_ident()))
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # the main thread is waiting for both rigs
+            release.wait(10)
+
+        mute.assign_handler('EXPSTART', lambda data: release.wait(10))
+        slow.assign_handler('EXPSTART', interrupt_then_wait)
+        with Services({'mute': mute.uri, 'slow': slow.uri}, timeout=30) as services:  # slow gets it last
+            with pytest.raises(KeyboardInterrupt):
+                services.start('2026-11-24_1_mouse')
+            services.timeout = 0.5  # the rigs' handlers are still busy: they cannot answer yet
+            with pytest.raises(BroadcastError) as caught:
+                services.stop({'error': 'KeyboardInterrupt'}, immediately=True)
+            release.set()
+        stages = {name: error.stage for name, error in caught.value.failures.items()}
+        assert stages == {'mute': 'no response', 'slow': 'no response'}, 'EXPINTERRUPT must reach both rigs'
+        assert len(calls) == 1, calls

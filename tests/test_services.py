@@ -128,5 +128,6 @@ def test_giving_our_alyx_token_waits_for_the_echo_only(iblutil_rigs):
     with Services({'cameras': rig.uri}, timeout=5) as services:
         assert services.alyx(LoggedInAlyx()) == {'cameras': None}
         token = {'main-user': {'token': 'main-token'}}
+        assert rig.wait_for(lambda r: r.received)  # iblutil echoes before it runs its callbacks
         assert rig.received[-1] == (ExpMessage.ALYX, ['https://alyx.example.org', token])
         assert services.status('CONNECTED') == {'cameras': [0]}
