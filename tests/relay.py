@@ -103,33 +103,45 @@ class LossyRelay:
 
 
 def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorder: float = 0.0,
-         resend_interval: float = 0.2) -> dict:
-    """Run `rounds` EXPSTATUS/EXPSTART rounds from Services to a RigServer through a lossy relay."""
+         resend_interval: float = 0.2, resends: int | None = None, iblutil_rig: bool = False) -> dict:
+    """Run `rounds` EXPSTART rounds from Services to a rig through a lossy relay.
+
+    The rig is a RigServer, or with `iblutil_rig` iblutil's own EchoProtocol (which closes its
+    socket for good when an answer of its is not echoed within a second).
+    """
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from iblnet_sync import RigError, RigServer, Services
 
+    if iblutil_rig:
+        from peers import IblutilRig
+        rig = IblutilRig('rig')
+    else:
+        rig = RigServer('udp://127.0.0.1:0', name='rig', resend_interval=resend_interval)
+    options = {'resend_interval': resend_interval, 'echo_timeout': 5 * resend_interval}
+    if resends is not None:
+        options['resends'] = resends
     failures = []
-    with RigServer('udp://127.0.0.1:0', name='rig', resend_interval=resend_interval) as rig:
-        host, port = rig.uri[len('udp://'):].rsplit(':', 1)
-        relay = LossyRelay((host, int(port)), loss=loss, duplicate=duplicate, reorder=reorder, seed=seed)
-        try:
-            with Services({'rig': relay.uri}, timeout=10, resend_interval=resend_interval,
-                          echo_timeout=5 * resend_interval) as services:
-                rig_com = services['rig']
-                for i in range(rounds):
-                    ref = f'2026-11-24_{i + 1}_mouse'
-                    try:
-                        answer = rig_com.start(ref)
-                        if answer != [ref, None]:
-                            failures.append((i, f'wrong answer {answer}'))
-                    except RigError as ex:
-                        failures.append((i, str(ex)))
-        finally:
-            relay.close()
+    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    relay = LossyRelay((host, int(port)), loss=loss, duplicate=duplicate, reorder=reorder, seed=seed)
+    try:
+        with Services({'rig': relay.uri}, timeout=2, **options) as services:
+            for i in range(rounds):
+                ref = f'2026-11-24_{i + 1}_mouse'
+                try:
+                    answer = services['rig'].start(ref)
+                    if answer != [ref, None]:
+                        failures.append((i, f'wrong answer {answer}'))
+                except RigError as ex:
+                    failures.append((i, str(ex)))
+    finally:
+        relay.close()
+        rig.close()
     return {'loss': loss, 'duplicate': duplicate, 'reorder': reorder, 'rounds': rounds,
-            'failed': len(failures), 'failures': failures[:5], **relay.counts}
+            'failed': len(failures), 'first_failure': failures[0][0] if failures else None,
+            'failures': failures[:3], **relay.counts}
 
 
 if __name__ == '__main__':
@@ -141,8 +153,10 @@ if __name__ == '__main__':
     parser.add_argument('--reorder', type=float, default=0.0)
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--resend-interval', type=float, default=0.2)
+    parser.add_argument('--resends', type=int, default=None, help='default: the library default')
+    parser.add_argument('--iblutil-rig', action='store_true', help="iblutil's EchoProtocol as the rig")
     options = parser.parse_args()
     start = time.perf_counter()
     print(soak(options.loss, options.rounds, options.seed, options.duplicate, options.reorder,
-               options.resend_interval),
+               options.resend_interval, options.resends, options.iblutil_rig),
           f'{time.perf_counter() - start:.1f} s')
