@@ -15,7 +15,7 @@ from . import protocol
 from .dispatcher import Dispatcher
 from .errors import ClosedError, RigError, RigErrorReport, RigRefused, RigTimeout
 from .exchange import Exchange, remaining
-from .guards import RecentDatagrams, StormGuard
+from .guards import StormGuard
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'RESEND_INTERVAL', 'RESENDS']
 log = logging.getLogger(__name__)
@@ -69,7 +69,11 @@ class Communicator:
     resend_interval : float
         Seconds of silence from the rig after which a message is sent again.
     resends : int
-        How many times to send again; 0 behaves exactly as iblutil.
+        How many times to send again; 0 behaves exactly as iblutil. Resends go only to a rig
+        that said it takes them (its EXPINFO answer has ``resends: true``, as RigServer's has):
+        an iblutil rig would take a resend for a new message and could handle it twice.
+    assume_resends : bool
+        Resend to this rig from the first message on, before its EXPINFO answer.
 
     Examples
     --------
@@ -81,7 +85,7 @@ class Communicator:
     def __init__(self, server_uri: str, name: str | None = None, *, dispatcher: Dispatcher | None = None,
                  sock: socket.socket | None = None, timeout: float | None = DEFAULT_TIMEOUT,
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
-                 resends: int = RESENDS):
+                 resends: int = RESENDS, assume_resends: bool = False):
         self.server_uri = validate_uri(server_uri)
         self._address = protocol.rig_address(self.server_uri)
         self.name = name or self.server_uri
@@ -89,11 +93,11 @@ class Communicator:
             raise ValueError('echo_timeout and resend_interval must be > 0 and resends >= 0')
         self.timeout, self.echo_timeout = timeout, echo_timeout
         self.resend_interval, self.resends = resend_interval, resends
+        self.takes_resends = assume_resends  # learnt from the rig's EXPINFO answer otherwise
         self._sock = sock if sock is not None else _open_socket(self.hostname, self.port)
         self._lock = threading.Lock()  # guards the state below
         self._slot = threading.Lock()  # held for the life of one exchange: one at a time per rig
         self._exchange: Exchange | None = None
-        self._resent = RecentDatagrams()  # our resend spellings: their echoes are never rig messages
         self._late_echo: bytes | None = None
         self._storm_guard = StormGuard()
         self._last_response: tuple[protocol.Message | None, float] = (None, 0.0)
@@ -365,7 +369,7 @@ class Communicator:
             exchange = self._exchange
             is_echo = exchange is not None and not exchange.echoed and (
                 data == exchange.datagram or data in exchange.resent)
-            late_echo = not is_echo and (data in self._resent or data == self._late_echo)
+            late_echo = not is_echo and (protocol.is_resend(data) or data == self._late_echo)
             if late_echo and data == self._late_echo:
                 self._late_echo = None  # there was one echo to come, and this is it
         if is_echo:
@@ -383,13 +387,16 @@ class Communicator:
         if message.event == protocol.ERROR_CODE:
             self._error_report(message, exchange)
             return
+        if not self.takes_resends and protocol.announces_resends(message):
+            self.takes_resends = True
         now = time.monotonic()
         repeated = message == self._last_response[0] and now - self._last_response[1] < REPEAT_WINDOW
         awaited = exchange is not None and exchange.event == message.event and not exchange.done
         if awaited and repeated and not exchange.echoed:
             awaited = False  # the previous answer again before our echo: a resent or late copy
-        if awaited and message.event is ExpMessage.EXPSTART and message.data[:1] != exchange.request_data[:1]:
-            awaited = False  # an answer to another start: EXPSTART answers carry the reference
+        if awaited and repeated and message.event is ExpMessage.EXPSTART and (
+                message.data[:1] != exchange.request_data[:1]):
+            awaited = False  # the previous start's answer again (EXPSTART answers carry the reference)
         just_now = now - self._last_response[1] < DUPLICATE_WINDOW
         if repeated and not awaited and data == self._last_response_bytes and just_now:
             # The very bytes again at once: a network duplicate, or the late echo of a request
@@ -445,8 +452,9 @@ class Communicator:
         self._slot.release()
 
     def _watch_echo(self, exchange: Exchange, resent: int) -> None:
-        """Schedule the next resend, or the echo deadline when no resend is left."""
-        if resent < self.resends and (resent + 1) * self.resend_interval < self.echo_timeout:
+        """Schedule the next resend, or the echo deadline when no resend is left (or allowed)."""
+        may_resend = self.takes_resends and resent < self.resends
+        if may_resend and (resent + 1) * self.resend_interval < self.echo_timeout:
             exchange.timer = self._dispatcher.call_later(self.resend_interval, self._resend, exchange, resent + 1)
         else:
             delay = self.echo_timeout - resent * self.resend_interval
@@ -463,7 +471,6 @@ class Communicator:
         if not exchange.heard and not self._closed:
             spelling = protocol.respell(exchange.datagram)
             exchange.resent.add(spelling)
-            self._resent.add(spelling)
             log.debug('%s: no echo after %.3g s, resend %d', self.name, attempt * self.resend_interval, attempt)
             try:
                 self._sock.send(spelling)

@@ -1,6 +1,4 @@
-"""Guards against the protocol's hazards (no message ids): echo storms and late echoes.
-
-Echo storms: stop echoing the same bytes to the same peer over and over.
+"""Echo storm guard: stop echoing the same bytes to the same peer over and over.
 
 If both ends take one datagram for a new message, each echoes the other's echo for ever (the
 protocol has no message ids, see PROTOCOL.md). A real peer never needs the same bytes echoed
@@ -14,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 
-__all__ = ['RecentDatagrams', 'StormGuard']
+__all__ = ['StormGuard']
 log = logging.getLogger(__name__)
 
 
@@ -51,28 +48,3 @@ class StormGuard:
             log.warning('Echo storm: %r bounced %d times in %.3g s; no longer echoed',
                         datagram[:60], self.limit, now - self._since)
         return self._count <= self.limit
-
-
-class RecentDatagrams:
-    """The last few resend spellings sent to one peer: an echo of any of them is never a new message.
-
-    Parameters
-    ----------
-    size : int
-        How many are remembered; older ones are forgotten first.
-    """
-
-    __slots__ = ('size', '_items')
-
-    def __init__(self, size: int = 16):
-        self.size, self._items = size, OrderedDict()
-
-    def add(self, datagram: bytes) -> None:
-        """Remember `datagram`."""
-        self._items[datagram] = None
-        self._items.move_to_end(datagram)
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-    def __contains__(self, datagram: bytes) -> bool:
-        return datagram in self._items

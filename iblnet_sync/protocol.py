@@ -22,7 +22,7 @@ from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
 
 __all__ = [
     'DecodeError', 'Message', 'ERROR_CODE', 'MAX_DATAGRAM', 'as_event', 'as_status',
-    'encode', 'decode', 'respell', 'rig_address', 'init_message', 'start_message', 'stop_message',
+    'encode', 'decode', 'respell', 'is_resend', 'announces_resends', 'RESENDS_KEY', 'rig_address', 'init_message', 'start_message', 'stop_message',
     'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
     'exp_ref_to_str', 'exp_ref_to_dict',
 ]
@@ -141,25 +141,37 @@ def encode(event: ExpMessage | int, *fields: Any) -> bytes:
     return datagram
 
 
+RESENDS_KEY = 'resends'
+"""str: the key of EXPINFO's info by which a peer says it takes resends (iblnet_sync sets it)."""
+
+
 def respell(datagram: bytes, sender: str = 'main') -> bytes:
     """Return the same message in another JSON spelling, for a resend.
 
-    A resend must be told apart from the original's echo and from a response with the
-    same bytes, and the two sides' resends from each other: the main side resends with
-    compact separators (``[32,20]``), the rig side resends the original followed by a space
-    (``[32, 20] ``). Both decode to the same value, and iblutil echoes them unchanged.
+    A resend must be told apart from the original's echo, from a response with the same bytes,
+    and the two sides' resends from each other. So the main side resends the original followed
+    by a tab, the rig side followed by a space: no JSON encoder writes either, both decode to
+    the same value, and iblutil echoes them unchanged.
 
     Parameters
     ----------
     datagram : bytes
-        The original datagram, as :func:`encode` spells it.
+        The original datagram.
     sender : {'main', 'rig'}
         Which side resends.
     """
-    if sender == 'rig':
-        return datagram + b' '
-    compact = json.dumps(json.loads(datagram), separators=(',', ':')).encode()
-    return compact if compact != datagram else datagram + b'\t'
+    return datagram + (b' ' if sender == 'rig' else b'\t')
+
+
+def is_resend(datagram: bytes, sender: str = 'main') -> bool:
+    """True if `datagram` is spelled as a resend by `sender` (see :func:`respell`)."""
+    return datagram.endswith(b' ' if sender == 'rig' else b'\t')
+
+
+def announces_resends(message: Message) -> bool:
+    """True for an EXPINFO message whose info says its sender takes resends."""
+    info = message.data[1] if message.event is ExpMessage.EXPINFO and len(message.data) > 1 else None
+    return isinstance(info, dict) and info.get(RESENDS_KEY) is True
 
 
 def rig_address(uri: str, allow_any_port: bool = False) -> tuple[str, int]:

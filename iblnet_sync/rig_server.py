@@ -23,7 +23,7 @@ from . import protocol
 from .communicator import RESEND_INTERVAL
 from .dispatcher import Dispatcher
 from .errors import ClosedError
-from .guards import RecentDatagrams, StormGuard
+from .guards import StormGuard
 from .version import __version__
 
 __all__ = ['RigServer']
@@ -40,12 +40,11 @@ class _Peer:
     """What the server remembers about one main rig's address (for resends and echoes)."""
 
     request: Any = None                 # the decoded value of the last request
-    request_bytes: bytes = b''          # and its spelling
     answered: bool = False              # its handler finished
     answer: bytes | None = None         # our answer to it
     response: bytes | None = None       # our answer, while the main rig has not echoed it
-    owed_echo: bytes | None = None      # the echo of an earlier answer, overtaken by a new request
-    resent: RecentDatagrams = field(default_factory=RecentDatagrams)  # our resends: their echoes are dropped
+    owed_echo: bytes | None = None      # an echo of our answer that may still arrive late
+    takes_resends: bool = False         # the main rig said so in its EXPINFO
     timers: list = field(default_factory=list)
     storm: StormGuard = field(default_factory=StormGuard)
 
@@ -54,16 +53,15 @@ class _Peer:
         """bool: the handler runs, or its answer awaits the main rig's echo."""
         return not self.answered or self.response is not None
 
-    def stop_resending(self) -> None:
+    def stop_resending(self, owed_echo: bytes | None = None) -> None:
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
-        self.response = None
+        self.response, self.owed_echo = None, owed_echo
 
     def move_on(self) -> None:
         """A new request came: our answer must have arrived, but its echo may still be on its way."""
-        self.owed_echo = self.response
-        self.stop_resending()
+        self.stop_resending(owed_echo=self.response)
 
 
 class RigServer:
@@ -87,7 +85,8 @@ class RigServer:
     experiment_description : dict, optional
         Reported in EXPINFO.
     resend_interval, resends
-        How often the rig resends its response until the main rig echoes it (0: never).
+        How often the rig resends its answer until the main rig echoes it (0: never); only to
+        a main rig that said it takes resends (``resends: true`` in its EXPINFO info).
 
     Attributes
     ----------
@@ -162,6 +161,7 @@ class RigServer:
             'exp_ref': protocol.exp_ref_to_str(self.exp_ref), 'main_sync': self.main_sync,
             'master': self.main_sync, 'experiment_description': self.experiment_description,
             'name': self.name, 'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
+            protocol.RESENDS_KEY: True,
         }
 
     @property
@@ -199,10 +199,11 @@ class RigServer:
                 self._peers.pop(next(iter(self._peers))).stop_resending()
             peer = self._peers[addr] = _Peer()
         if peer.response is not None and data in (peer.response, protocol.respell(peer.response, sender='rig')):
-            peer.stop_resending()  # the main rig echoed our response (or a resend of it)
+            # the main rig echoed our answer; if it echoed a resend, the first echo may follow
+            peer.stop_resending(owed_echo=peer.response if data != peer.response else None)
             return
-        if data in peer.resent or data == peer.owed_echo:
-            log.debug('%s: late echo of our response from %s dropped', self.name, addr)
+        if protocol.is_resend(data, sender='rig') or data == peer.owed_echo:
+            log.debug('%s: late echo of our answer from %s dropped', self.name, addr)
             if data == peer.owed_echo:
                 peer.owed_echo = None
             return
@@ -217,27 +218,26 @@ class RigServer:
         if not peer.storm.allow(data):
             return
         self._send(data, addr)  # echo at once
+        if protocol.announces_resends(message):
+            peer.takes_resends = True
         value = [int(message.event), *message.data]
-        if value == peer.request and (peer.is_open or data != peer.request_bytes):
-            # a duplicate, or the main rig resending (another spelling): never handled twice
+        if value == peer.request and (peer.is_open or protocol.is_resend(data)):
+            # a duplicate while the request is open, or the main rig resending: never handled twice
             log.debug('%s: repeated %s from %s: not handled again', self.name, message.event.name, addr)
             if peer.answered and peer.answer is not None:
-                spelling = protocol.respell(peer.answer, sender='rig')
-                peer.resent.add(spelling)
-                self._send(spelling, addr)
+                self._send(protocol.respell(peer.answer, sender='rig'), addr)
             return
         peer.move_on()
-        peer.request, peer.request_bytes, peer.answered, peer.answer = value, data, False, None
-        self._dispatcher.run_callback(self._handle, message, addr, peer)
+        peer.request, peer.answered, peer.answer = value, False, None
+        self._dispatcher.run_callback(self._handle, message, addr, peer, value)
 
     def error_received(self, error: OSError) -> None:
         """A main rig went away (port unreachable): nothing to do but note it."""
         log.debug('%s: socket error: %s', self.name, error)
 
     # --- on the callback thread ---
-    def _handle(self, message: protocol.Message, addr: Any, peer: _Peer) -> None:
+    def _handle(self, message: protocol.Message, addr: Any, peer: _Peer, request: list) -> None:
         event, data = message
-        request = peer.request
         try:
             response = self._respond(event, data, self._handlers.get(event))
         except Exception as ex:
@@ -305,7 +305,7 @@ class RigServer:
             return
         peer.storm.reset()
         self._send(response, addr)
-        if self.resends:
+        if self.resends and peer.takes_resends:  # an iblutil main would take a resend for a new message
             self._later(self.resend_interval, self._resend, addr, peer, 1)
 
     def _later(self, delay: float, function: Callable, addr: Any, peer: _Peer, *args: Any) -> None:
@@ -322,9 +322,7 @@ class RigServer:
             log.warning('%s: %s never echoed our response %r', self.name, addr, peer.response[:80])
             peer.stop_resending()
             return
-        spelling = protocol.respell(peer.response, sender='rig')
-        peer.resent.add(spelling)
-        self._send(spelling, addr)
+        self._send(protocol.respell(peer.response, sender='rig'), addr)
         self._later(self.resend_interval, self._resend, addr, peer, attempt + 1)
 
     def _send(self, data: bytes, addr: Any) -> None:

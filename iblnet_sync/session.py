@@ -171,6 +171,7 @@ class NetworkSession:
             'exp_ref': protocol.exp_ref_to_str(own_ref),
             'experiment_description': dict(getattr(self, 'experiment_description', None) or {}),
             'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
+            protocol.RESENDS_KEY: True,  # this side tells resends and repeats apart
         }
         answers = self.communicate('info', ExpStatus.CONNECTED, info)
         try:

@@ -102,6 +102,22 @@ class LossyRelay:
             sock.close()
 
 
+def handshake(services, attempts: int = 5) -> None:
+    """EXPINFO as NetworkSession sends it first: both sides learn that the other takes resends.
+
+    Before that neither side resends (an iblutil peer would take a resend for a new message),
+    so on a lossy link the first EXPINFO may need asking again, as a session would.
+    """
+    from iblnet_sync import BroadcastError, protocol
+    for attempt in range(attempts):
+        try:
+            services.info('CONNECTED', {protocol.RESENDS_KEY: True})
+            return
+        except BroadcastError:
+            if attempt == attempts - 1:
+                raise
+
+
 def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorder: float = 0.0,
          resend_interval: float = 0.2, resends: int | None = None, iblutil_rig: bool = False) -> dict:
     """Run `rounds` EXPSTART rounds from Services to a rig through a lossy relay.
@@ -128,6 +144,7 @@ def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorde
     relay = LossyRelay((host, int(port)), loss=loss, duplicate=duplicate, reorder=reorder, seed=seed)
     try:
         with Services({'rig': relay.uri}, timeout=2, **options) as services:
+            handshake(services)
             for i in range(rounds):
                 ref = f'2026-11-24_{i + 1}_mouse'
                 try:

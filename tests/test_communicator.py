@@ -205,3 +205,40 @@ def test_confirmed_send_returns_the_echo_round_trip_and_frees_the_rig(pair):
         result = pool.submit(com.status, 'CONNECTED')  # the rig is free for the next exchange
         assert answer(rig, b'[32, 0]') == b'[32, 0]'
         assert result.result(5) == [0]
+
+
+def test_resends_only_to_a_rig_that_said_it_takes_them(no_leaked_threads):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rig = FakeRig(theirs)
+    with Communicator(URI, 'cameras', sock=ours, timeout=5, resend_interval=0.02, echo_timeout=0.2) as com:
+        with pytest.raises(RigTimeout, match='no echo'):
+            com.status('CONNECTED')  # a silent rig of unknown kind: sent once, as iblutil does
+        assert rig.recv() == b'[32, 0]' and rig.nothing_within(0.05)
+        with ThreadPoolExecutor(1) as pool:
+            info = pool.submit(com.info, 'CONNECTED')
+            answer(rig, b'[64, 0, {"main_sync": false, "resends": true}]')
+            assert info.result(5)[1]['resends'] is True
+        assert com.takes_resends
+        with pytest.raises(RigTimeout, match='no echo'):
+            com.status('CONNECTED')  # the rig said it takes resends: now they come
+        assert rig.recv() == b'[32, 0]'
+        assert rig.recv() == b'[32, 0]\t'
+    theirs.close()
+
+
+def test_rig_server_resends_its_answer_only_to_a_main_that_takes_them(no_leaked_threads):
+    from iblnet_sync import RigServer
+    with RigServer('udp://127.0.0.1:0', resend_interval=0.02) as server:
+        host, port = server.uri[len('udp://'):].rsplit(':', 1)
+        for announce, expected_resend in ((False, False), (True, True)):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as main:  # never echoes the answer
+                main.connect((host, int(port)))
+                rig = FakeRig(main)
+                request = protocol.info_message('CONNECTED', {'resends': announce})
+                rig.send(request)
+                assert rig.recv() == request  # the echo
+                first = rig.recv()  # the answer
+                if expected_resend:
+                    assert rig.recv() == first + b' '
+                else:
+                    assert rig.nothing_within(0.1)

@@ -49,9 +49,12 @@ async def main(n):
         factory = functools.partial(EchoProtocol, f'udp://127.0.0.1:{port}', 'server', name=f'rig{i}',
                                     logger=logging.getLogger('rig'))
         _, proto = await loop.create_datagram_endpoint(factory, sock=sock)
-        def answer(data, addr, proto=proto):
+        def answer_status(data, addr, proto=proto):
             loop.create_task(proto.confirmed_send(json.dumps([32, 0]).encode(), addr=addr))
-        proto.assign_callback('EXPSTATUS', answer)
+        def answer_start(data, addr, proto=proto):
+            loop.create_task(proto.confirmed_send(json.dumps([2, data[0], None]).encode(), addr=addr))
+        proto.assign_callback('EXPSTATUS', answer_status)
+        proto.assign_callback('EXPSTART', answer_start)
         ports.append(port)
     print(json.dumps(ports), flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # serve until the parent closes stdin
@@ -198,6 +201,14 @@ def timeout_lateness(trials: int, timeout: float = 0.2) -> list[float]:
     return late
 
 
+def start_times(uris: dict, rounds: int) -> list[float]:
+    """Seconds each ``Services.start(exp_ref)`` takes: the call a task makes when it starts."""
+    from iblnet_sync import Services
+    with Services(uris, timeout=10) as services:
+        services.start('2026-11-24_0_mouse')
+        return timed(lambda: services.start('2026-11-24_1_mouse'), rounds)
+
+
 def refused_seconds(trials: int) -> list[float]:
     """How long a broadcast to a port nobody listens on takes to fail as refused (timeout 10 s)."""
     from iblnet_sync import BroadcastError, Services
@@ -301,10 +312,18 @@ def main() -> int:
               f'{figures["ours"][0]:>11.3f} {figures["ours"][1]:>11.3f} {figures["ours"][0] / floor:>6.2f} | '
               f'{figures["iblutil"][0]:>9.3f} {figures["iblutil"][1]:>9.3f} {figures["iblutil"][0] / floor:>6.2f}')
 
+    for n in (1, 8):
+        rigs = RigProcess(n)
+        try:
+            times = start_times(rigs.uris, 20 if args.quick else 200)
+        finally:
+            rigs.close()
+        print(f'{"" if n > 1 else chr(10)}## Services.start() to {n} iblutil rig(s): median '
+              f'{statistics.median(times) * 1e3:.3f} ms, p90 {percentile(times, 0.9) * 1e3:.3f} ms')
     rigs = RigProcess(8)
     try:
         cpu = idle_cpu(rigs.uris, idle_seconds)
-        print(f'\n## Idle: CPU used by a connected Services (8 rigs) over {idle_seconds:.0f} s: {cpu * 1e3:.2f} ms')
+        print(f'## Idle: CPU used by a connected Services (8 rigs) over {idle_seconds:.0f} s: {cpu * 1e3:.2f} ms')
     finally:
         rigs.close()
     late = timeout_lateness(5 if args.quick else 20)
