@@ -22,7 +22,8 @@ from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
 
 __all__ = [
     'DecodeError', 'Message', 'ERROR_CODE', 'MAX_DATAGRAM', 'as_event', 'as_status',
-    'encode', 'decode', 'respell', 'is_resend', 'announces_resends', 'RESENDS_KEY', 'rig_address', 'init_message', 'start_message', 'stop_message',
+    'encode', 'decode', 'respell', 'is_resend', 'announces_resends', 'RESENDS_KEY', 'rig_address',
+    'init_message', 'start_message', 'stop_message',
     'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
     'exp_ref_to_str', 'exp_ref_to_dict',
 ]
