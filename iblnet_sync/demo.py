@@ -2,7 +2,8 @@
 
 Run it with ``python -m iblnet_sync.demo``. No configuration and no real rigs are needed:
 the auxiliary rigs are :class:`~iblnet_sync.RigServer` instances on loopback, one of them
-the main sync that decides the experiment reference.
+the main sync that decides the experiment reference. ``--rigs FILE`` runs the same task
+against the real rigs named in a remote rigs file.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 
 from iblnet_sync import NetworkSession, RigServer
+from iblnet_sync.config import load_remote_rigs
 
 log = logging.getLogger('iblnet_sync.demo')
 _EVENT_NAMES = {'info': 'EXPINFO', 'init': 'EXPINIT', 'start': 'EXPSTART', 'stop': 'EXPEND'}
@@ -55,19 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo experiment and print its timeline; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--subject', default='demo_mouse')
+    parser.add_argument('--rigs', metavar='FILE', help='run against the real rigs of this remote rigs '
+                        'file (one of them must be the main sync) instead of three local ones')
     parser.add_argument('--verbose', '-v', action='store_true', help='log every datagram')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format='%(relativeCreated)8.1f ms %(threadName)s %(name)s: %(message)s')
-    rigs = [RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True),
-            RigServer('udp://127.0.0.1:0', name='neuropixel'),
-            RigServer('udp://127.0.0.1:0', name='widefield')]
+    if args.rigs:
+        rigs, remote_rigs = [], load_remote_rigs(args.rigs)
+        print(f'Rigs from {args.rigs}: ' + ', '.join(f'{name} ({uri})' for name, uri in remote_rigs.items()))
+    else:
+        rigs = [RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True),
+                RigServer('udp://127.0.0.1:0', name='neuropixel'),
+                RigServer('udp://127.0.0.1:0', name='widefield')]
+        remote_rigs = {rig.name: rig.uri for rig in rigs}
     timeline: list = []
     try:
-        print('Local rigs:')
+        if rigs:
+            print('Local rigs:')
         for rig in rigs:
             print(f'  {rig.name:<11} {rig.uri}{"  (main sync)" if rig.main_sync else ""}')
-        task = DemoTask(remote_rigs={rig.name: rig.uri for rig in rigs}, subject=args.subject, timeline=timeline)
+        task = DemoTask(remote_rigs=remote_rigs, subject=args.subject, timeline=timeline)
         print(f'Experiment reference from the main sync: {task.exp_ref["date"]}_{task.exp_ref["sequence"]}_'
               f'{task.exp_ref["subject"]}')
         trials = task.run()
@@ -75,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for step, milliseconds, responses in timeline:
             answers = ', '.join(f'{name}={_short(data)}' for name, data in responses.items())
             print(f'  {step:<9} {milliseconds:7.2f} ms   {answers}')
-        print('\nFinal rig states: ' + ', '.join(f'{rig.name}={rig.status.name}' for rig in rigs))
+        if rigs:
+            print('\nFinal rig states: ' + ', '.join(f'{rig.name}={rig.status.name}' for rig in rigs))
     finally:
         for rig in rigs:
             rig.close()

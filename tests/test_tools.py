@@ -93,3 +93,12 @@ def test_demo_runs_a_whole_experiment():
     for step in ('EXPINFO', 'EXPINIT', 'EXPSTART', 'EXPEND'):
         assert step in result.stdout
     assert 'main sync' in result.stdout and 'cameras=STOPPED, neuropixel=STOPPED, widefield=STOPPED' in result.stdout
+
+
+def test_demo_runs_against_rigs_named_in_a_file(tmp_path):
+    with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True) as cameras:
+        rigs = tmp_path / 'remote_rigs.yaml'
+        rigs.write_text(f'cameras: {cameras.uri}\n')
+        result = run([sys.executable, '-m', 'iblnet_sync.demo', '--rigs', str(rigs), '--subject', 'mouse'])
+        assert result.returncode == 0, result.stderr
+        assert 'EXPEND' in result.stdout and cameras.status.name == 'STOPPED'
