@@ -361,7 +361,20 @@ class Communicator:
 
     # --- called on the dispatcher thread ---
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        """Match an echo, or echo and deliver a new message from the rig."""
+        """Match an echo, or echo and deliver a new message from the rig.
+
+        The protocol has no message ids, so the rules go by order and spelling:
+
+        1. The first datagram equal to what we sent (or to our resend) is its echo.
+        2. Our resend spelling, or the echo a response already stood in for, arriving later
+           is a late echo of ours: dropped, never echoed back.
+        3. Anything else that decodes is the rig's message: echoed at once (unless the storm
+           guard or the duplicate rule says no), then it answers the exchange in flight if
+           it has its event, else goes to the callbacks.
+        4. The previous answer again is a resent or late copy of it: echoed (the rig awaits
+           that), not delivered twice, and not taken as the answer to a different request
+           (before our echo, or an EXPSTART answer with the previous reference).
+        """
         if isinstance(addr, tuple) and addr and addr[0] != self.hostname:
             log.debug('%s: ignored %d bytes from %s, not the rig', self.name, len(data), addr)
             return
