@@ -42,8 +42,9 @@ class Timer:
         self.when, self.function, self.args, self.cancelled = when, function, args, False
 
     def cancel(self) -> None:
-        """Do not run the function (a no-op once it ran)."""
+        """Do not run the function (a no-op once it ran); drops what it would have used."""
         self.cancelled = True
+        self.function, self.args = None, ()  # it may wait in the heap for a while: keep it small
 
 
 class Dispatcher:
@@ -261,9 +262,10 @@ class Dispatcher:
                 if not self._timers or self._timers[0][0] > now:
                     return
                 timer = heapq.heappop(self._timers)[2]
-            if not timer.cancelled:
-                timer.cancelled = True
-                self._safely(timer.function, *timer.args)
+            function, args = timer.function, timer.args  # read first: another thread may cancel
+            if function is not None and not timer.cancelled:
+                timer.cancel()
+                self._safely(function, *args)
 
     def _drop_closed_sockets(self) -> None:
         for key in list(self._selector.get_map().values()):
