@@ -161,7 +161,7 @@ def iblutil_services(uris: dict):
         loop.close()
 
 
-def round_times(uris: dict, rounds: int, block: int = 10) -> dict[str, list[float]]:
+def round_times(uris: dict, rounds: int, block: int = 50) -> dict[str, list[float]]:
     """Round times of the three clients, in interleaved blocks so that load drift hits all alike."""
     times = {'raw': [], 'ours': [], 'iblutil': []}
     with raw_floor(uris) as raw, ours(uris) as our, iblutil_services(uris) as theirs:
@@ -291,7 +291,7 @@ def main() -> int:
     parser.add_argument('--sizes', default='1,8,64,256', help='numbers of rigs (default 1,8,64,256)')
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(',')]
-    rounds = {1: 500, 8: 300, 64: 100, 256: 40} if not args.quick else {}
+    rounds = {1: 1000, 8: 300, 64: 100, 256: 50} if not args.quick else {}
     idle_seconds, memory_exchanges = (10.0, 100_000) if not args.quick else (1.0, 3_000)
 
     print(f'# iblnet_sync benchmark, {datetime.date.today()}, Python {platform.python_version()}, '
