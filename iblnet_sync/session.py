@@ -24,6 +24,7 @@ from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 from . import protocol
 from .config import resolve_remote_rigs
 from .communicator import DEFAULT_TIMEOUT
+from .errors import BroadcastError
 from .services import Services
 from .version import __version__
 
@@ -173,7 +174,7 @@ class NetworkSession:
             'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
             protocol.RESENDS_KEY: True,  # this side tells resends and repeats apart
         }
-        answers = self.communicate('info', ExpStatus.CONNECTED, info)
+        answers = self._ask_info(info)
         try:
             self.exp_ref = own_ref if main_sync else self._reference_from(answers)
             if main_sync and (claims := _main_sync_claims(answers)):
@@ -184,6 +185,22 @@ class NetworkSession:
         self.communicate('init', {'exp_ref': protocol.exp_ref_to_str(self.exp_ref)})
         self._network_stage = ExpStatus.INITIALIZED
         log.info('Experiment %s initialised on %s', protocol.exp_ref_to_str(self.exp_ref), list(answers))
+
+    def _ask_info(self, info: dict) -> dict:
+        """EXPINFO to every rig, asked once more if only echoes were missing.
+
+        Nothing is resent before the rigs' EXPINFO answers say they take resends, so a lost
+        datagram would fail this first exchange; asking again is safe, even of an iblutil
+        rig: EXPINFO changes nothing, and every answer was echoed at once.
+        """
+        answers = self.communicate('info', ExpStatus.CONNECTED, info, raise_on_exception=False)
+        if isinstance(answers, BroadcastError) and all(e.stage == 'no echo' for e in answers.failures.values()):
+            log.warning('No echo from %s: asking once more', ', '.join(answers.failures))
+            answers = self.communicate('info', ExpStatus.CONNECTED, info, raise_on_exception=False)
+        if isinstance(answers, Exception):
+            self.cleanup_mixin_network()
+            raise answers
+        return answers
 
     def start_mixin_network(self) -> None:
         """EXPSTART with the experiment reference to every rig (once, after init)."""

@@ -186,3 +186,24 @@ def test_a_rig_asking_for_our_token_gets_it(iblutil_rigs):
     assert rig.wait_for(lambda r: r.received[-1][0] is ExpMessage.ALYX)
     assert rig.received[-1][1] == ['https://alyx.example.org', {'main-user': {'token': 'main-token'}}]
     task.cleanup_mixin_network()
+
+
+def test_first_expinfo_is_asked_again_when_it_was_lost(no_leaked_threads):
+    from relay import LossyRelay
+
+    class LoseFirstRequest(LossyRelay):
+        def _forward(self, send, data):
+            if send == self.back.send and not self.counts['dropped']:
+                self.counts['dropped'] += 1  # the main rig's first datagram never arrives
+                return
+            super()._forward(send, data)
+
+    with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True, exp_ref=f'{TODAY}_5_mouse') as rig:
+        host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+        relay = LoseFirstRequest((host, int(port)))
+        try:
+            task = Task(remote_rigs={'cameras': relay.uri}, network_options={'echo_timeout': 0.1})
+            assert relay.counts['dropped'] == 1 and task.exp_ref['sequence'] == 5
+            task.cleanup_mixin_network()
+        finally:
+            relay.close()
