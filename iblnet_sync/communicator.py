@@ -472,6 +472,8 @@ class Communicator:
         else:
             delay = self.echo_timeout - resent * self.resend_interval
             exchange.timer = self._dispatcher.call_later(delay, self._echo_overdue, exchange)
+        if exchange.done:  # it ended while the timer was being made: finish() could not cancel it
+            exchange.timer.cancel()
 
     def _echo_overdue(self, exchange: Exchange) -> None:
         if not exchange.echoed:

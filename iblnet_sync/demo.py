@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         trials = task.run()
         print(f'\nTimeline ({trials} trials run between EXPSTART and EXPEND):')
         for step, milliseconds, responses in timeline:
-            answers = ', '.join(f'{name}={_short(data)}' for name, data in responses.items())
+            if isinstance(responses, Exception):  # a failed attempt that was asked again
+                answers = f'failed, asked again: {str(responses).splitlines()[0]}'
+            else:
+                answers = ', '.join(f'{name}={_short(data)}' for name, data in responses.items())
             print(f'  {step:<9} {milliseconds:7.2f} ms   {answers}')
         if rigs:
             print('\nFinal rig states: ' + ', '.join(f'{rig.name}={rig.status.name}' for rig in rigs))

@@ -320,7 +320,7 @@ class RigServer:
             return
         if attempt > self.resends:
             log.warning('%s: %s never echoed our response %r', self.name, addr, peer.response[:80])
-            peer.stop_resending()
+            peer.stop_resending(owed_echo=peer.response)  # its echo may still come, late
             return
         self._send(protocol.respell(peer.response, sender='rig'), addr)
         self._later(self.resend_interval, self._resend, addr, peer, attempt + 1)

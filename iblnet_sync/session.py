@@ -24,7 +24,7 @@ from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 from . import protocol
 from .config import resolve_remote_rigs
 from .communicator import DEFAULT_TIMEOUT
-from .errors import BroadcastError
+from .errors import BroadcastError, BroadcastTimeout, RigError
 from .services import Services
 from .version import __version__
 
@@ -187,16 +187,27 @@ class NetworkSession:
         log.info('Experiment %s initialised on %s', protocol.exp_ref_to_str(self.exp_ref), list(answers))
 
     def _ask_info(self, info: dict) -> dict:
-        """EXPINFO to every rig, asked once more if only echoes were missing.
+        """EXPINFO to every rig; the rigs that only failed to echo are asked once more.
 
-        Nothing is resent before the rigs' EXPINFO answers say they take resends, so a lost
-        datagram would fail this first exchange; asking again is safe, even of an iblutil
-        rig: EXPINFO changes nothing, and every answer was echoed at once.
+        Nothing is resent before the rigs' EXPINFO answers say they take resends, so one lost
+        datagram would fail this first exchange. The second request is spelled as a resend
+        (see :func:`protocol.respell`), so that a late echo of the first is never taken for
+        it, and a RigServer that did get the first repeats its answer instead of making a new
+        one. EXPINFO changes nothing on an iblutil rig, and its answers were echoed at once.
         """
         answers = self.communicate('info', ExpStatus.CONNECTED, info, raise_on_exception=False)
         if isinstance(answers, BroadcastError) and all(e.stage == 'no echo' for e in answers.failures.values()):
             log.warning('No echo from %s: asking once more', ', '.join(answers.failures))
-            answers = self.communicate('info', ExpStatus.CONNECTED, info, raise_on_exception=False)
+            services, retry = self.remote_rigs.services, protocol.respell(protocol.info_message('CONNECTED', info))
+            failures, responses = dict(answers.failures), dict(answers.responses)
+            for name in list(failures):
+                try:
+                    responses[name] = services[name].request(retry, services.timeout)
+                    del failures[name]
+                except RigError as ex:
+                    failures[name] = ex
+            answers = BroadcastTimeout('EXPINFO', failures, responses) if failures else {
+                name: responses[name] for name in services if name in responses}
         if isinstance(answers, Exception):
             self.cleanup_mixin_network()
             raise answers

@@ -188,7 +188,7 @@ def test_a_rig_asking_for_our_token_gets_it(iblutil_rigs):
     task.cleanup_mixin_network()
 
 
-def test_first_expinfo_is_asked_again_when_it_was_lost(no_leaked_threads):
+def test_first_expinfo_is_asked_again_of_the_rig_that_lost_it(no_leaked_threads):
     from relay import LossyRelay
 
     class LoseFirstRequest(LossyRelay):
@@ -198,12 +198,17 @@ def test_first_expinfo_is_asked_again_when_it_was_lost(no_leaked_threads):
                 return
             super()._forward(send, data)
 
-    with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True, exp_ref=f'{TODAY}_5_mouse') as rig:
-        host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    with RigServer('udp://127.0.0.1:0', name='cameras') as cameras, \
+            RigServer('udp://127.0.0.1:0', name='ephys', main_sync=True) as ephys:
+        host, port = cameras.uri[len('udp://'):].rsplit(':', 1)
         relay = LoseFirstRequest((host, int(port)))
         try:
-            task = Task(remote_rigs={'cameras': relay.uri}, network_options={'echo_timeout': 0.1})
-            assert relay.counts['dropped'] == 1 and task.exp_ref['sequence'] == 5
+            task = Task(remote_rigs={'cameras': relay.uri, 'ephys': ephys.uri},
+                        network_options={'echo_timeout': 0.1})
+            assert relay.counts['dropped'] == 1
+            # asked again of cameras only: ephys, the main sync, made one reference, not two
+            assert task.exp_ref == {'subject': 'mouse', 'date': TODAY, 'sequence': 1}
+            assert cameras.status.name == ephys.status.name == 'INITIALIZED'
             task.cleanup_mixin_network()
         finally:
             relay.close()
