@@ -503,6 +503,8 @@ class Communicator:
             exchange.finish(error=exchange.error(RigErrorReport, str(text)))
 
     def _deliver(self, message: protocol.Message, addr: Any) -> None:
+        if not self._callbacks[message.event]:  # the usual case: nobody listens for it
+            return
         with self._lock:
             entries = self._callbacks[message.event]
             once = [e for e in entries if isinstance(e[0], Future)]

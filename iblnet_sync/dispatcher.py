@@ -257,6 +257,8 @@ class Dispatcher:
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
+        if self._wakes_at is None or self._wakes_at > now:  # nothing due (the usual case)
+            return
         while True:
             with self._lock:
                 if not self._timers or self._timers[0][0] > now:
