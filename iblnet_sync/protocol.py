@@ -217,7 +217,7 @@ def decode(datagram: bytes) -> Message:
         Not UTF-8 JSON, not an array of at least two elements, or an unknown or compound code.
     """
     try:
-        value = json.loads(datagram)
+        value = json.loads(datagram.decode())  # decoding first skips json's encoding detection
     except (UnicodeDecodeError, ValueError) as ex:
         raise DecodeError(f'not UTF-8 JSON ({ex})') from None
     except RecursionError:

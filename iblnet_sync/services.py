@@ -154,7 +154,6 @@ class Services(Mapping):
         BroadcastError
             A rig failed otherwise (refused, error report, socket error).
         """
-        event = protocol.decode(datagram).event
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         rigs = list(self._rigs.values())
         if reverse:
@@ -184,7 +183,7 @@ class Services(Mapping):
                 failures[name] = error
         if failures:
             kind = BroadcastTimeout if any(isinstance(e, TimeoutError) for e in failures.values()) else BroadcastError
-            raise kind(event.name, failures, responses)
+            raise kind(next(iter(failures.values())).event, failures, responses)
         return responses
 
     # --- closing ---
