@@ -188,7 +188,7 @@ class Communicator:
         try:
             self._start(exchange)
         except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
-            exchange.finish(error=exchange.error(RigError, 'interrupted', stage='interrupted'))
+            exchange.interrupt()
             raise
         return exchange
 
@@ -381,7 +381,7 @@ class Communicator:
         with self._lock:
             exchange = self._exchange
             is_echo = exchange is not None and not exchange.echoed and (
-                data == exchange.datagram or data in exchange.resent)
+                data == exchange.datagram or data == protocol.respell(exchange.datagram))
             late_echo = not is_echo and (protocol.is_resend(data) or data == self._late_echo)
             if late_echo and data == self._late_echo:
                 self._late_echo = None  # there was one echo to come, and this is it
@@ -485,7 +485,6 @@ class Communicator:
             return
         if not exchange.heard and not self._closed:
             spelling = protocol.respell(exchange.datagram)
-            exchange.resent.add(spelling)
             log.debug('%s: no echo after %.3g s, resend %d', self.name, attempt * self.resend_interval, attempt)
             try:
                 self._sock.send(spelling)

@@ -27,15 +27,13 @@ class Exchange:
     outcome : concurrent.futures.Future
         Resolved with the response data (a list without the event code), or with None when
         no response is expected; fails with a :class:`RigError`.
-    resent : set of bytes
-        The other spellings sent again; their echoes are ours, never messages from the rig.
     heard : bool
         Whether anything came back from the rig since the first send.
     sent_at, echo_at, response_at : float
         ``time.monotonic()`` readings; the last two are None until they happen.
     """
 
-    __slots__ = ('datagram', 'event', 'request_data', 'expect_response', 'outcome', 'resent', 'heard', 'echo_implied',
+    __slots__ = ('datagram', 'event', 'request_data', 'expect_response', 'outcome', 'heard', 'echo_implied',
                  'sent_at', 'echo_at', 'response_at', 'timer', '_describe')
 
     def __init__(self, datagram: bytes, message: Message, expect_response: bool,
@@ -43,7 +41,6 @@ class Exchange:
         self.datagram, self.expect_response = datagram, expect_response
         self.event, self.request_data = message
         self.outcome: Future = Future()
-        self.resent: set[bytes] = set()
         self.heard = False
         self.echo_implied = False  # a response (or the rig's message) stood in for the echo
         self.sent_at = time.monotonic()
@@ -118,8 +115,12 @@ class Exchange:
                 self.give_up()
             return self.outcome.result(0)
         except BaseException:  # e.g. KeyboardInterrupt: free the rig for the next exchange
-            self.finish(error=self.error(RigError, 'interrupted while waiting', stage='interrupted'))
+            self.interrupt()
             raise
+
+    def interrupt(self) -> None:
+        """Fail the exchange because its caller was interrupted (Ctrl-C), freeing the rig."""
+        self.finish(error=self.error(RigError, 'interrupted while waiting', stage='interrupted'))
 
 
 def remaining(deadline: float | None) -> float | None:

@@ -172,7 +172,7 @@ class Services(Mapping):
             _wait_for(list(exchanges.values()), deadline)
         except BaseException:  # e.g. Ctrl-C: end every exchange, so that no rig stays busy with one
             for exchange in exchanges.values():
-                exchange.finish(error=exchange.error(RigError, 'interrupted while waiting', stage='interrupted'))
+                exchange.interrupt()
             raise
         responses = {}
         for name, exchange in exchanges.items():
