@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import zlib
 from typing import Any, NamedTuple
 
 from urllib.parse import urlparse
@@ -22,7 +23,8 @@ from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
 
 __all__ = [
     'DecodeError', 'Message', 'ERROR_CODE', 'MAX_DATAGRAM', 'as_event', 'as_status',
-    'encode', 'decode', 'respell', 'is_resend', 'announces_resends', 'RESENDS_KEY', 'rig_address',
+    'encode', 'decode', 'parse', 'Parsed', 'tag', 'digest', 'announces_peer', 'TooLarge', 'MAX_PAYLOAD',
+    'RESEND_SUFFIX', 'PEER_SUFFIX', 'PEER_KEY', 'PEER_VERSION', 'rig_address',
     'init_message', 'start_message', 'stop_message',
     'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
     'exp_ref_to_str', 'exp_ref_to_dict',
@@ -31,7 +33,7 @@ __all__ = [
 ERROR_CODE = 0
 """int: event code of an error report ``[0, "Type: message", EVENT]``; never echoed."""
 MAX_DATAGRAM = 65535
-"""int: the largest datagram expected (the UDP maximum)."""
+"""int: the largest datagram that may arrive (the receive buffer size)."""
 
 
 _SINGLE_EVENTS = {int(e): e for e in ExpMessage}
@@ -128,7 +130,9 @@ def encode(event: ExpMessage | int, *fields: Any) -> bytes:
     TypeError
         A field is not JSON-serialisable (raised before anything is sent).
     ValueError
-        An unknown or compound event, or the datagram would exceed the UDP maximum of 65535 bytes.
+        An unknown or compound event.
+    TooLarge
+        The datagram would exceed the 65,507 bytes that a UDP datagram carries over IPv4.
     """
     if event != ERROR_CODE:
         event = as_event(event)  # one event only: OR-ed flags never go on the wire
@@ -137,42 +141,80 @@ def encode(event: ExpMessage | int, *fields: Any) -> bytes:
     except (TypeError, ValueError) as ex:
         raise TypeError(f'Message data must be JSON-serialisable: {ex}') from None
     datagram = text.encode()
-    if len(datagram) > MAX_DATAGRAM:
-        raise ValueError(f'Message of {len(datagram)} bytes exceeds the UDP maximum of {MAX_DATAGRAM}')
+    if len(datagram) > MAX_PAYLOAD:
+        raise TooLarge(f'Message of {len(datagram):,} bytes: a UDP datagram carries at most {MAX_PAYLOAD:,}')
     return datagram
 
 
-RESENDS_KEY = 'resends'
-"""str: the key of EXPINFO's info by which a peer says it takes resends (iblnet_sync sets it)."""
+MAX_PAYLOAD = 65507
+"""int: the most bytes one UDP datagram can carry over IPv4 (65,535 minus IP and UDP headers)."""
+RESEND_SUFFIX = b'\t'
+"""bytes: ends a main's resend to a rig not yet known to be iblnet_sync (no JSON encoder writes it)."""
+PEER_SUFFIX = b'\n'
+"""bytes: ends a rig's plain answer: says "this rig runs iblnet_sync" (json.loads ignores it)."""
+PEER_KEY = 'iblnet_sync'
+"""str: key of a main's EXPINFO info saying "this main runs iblnet_sync" (value: PEER_VERSION)."""
+PEER_VERSION = 1
+"""int: version of the tagged format that iblnet_sync peers use between themselves."""
 
 
-def respell(datagram: bytes, sender: str = 'main') -> bytes:
-    """Return the same message in another JSON spelling, for a resend.
+class TooLarge(ValueError):
+    """A message that no UDP datagram can carry."""
 
-    A resend must be told apart from the original's echo, from a response with the same bytes,
-    and the two sides' resends from each other. So the main side resends the original followed
-    by a tab, the rig side followed by a space: no JSON encoder writes either, both decode to
-    the same value, and iblutil echoes them unchanged.
 
-    Parameters
+class Parsed(NamedTuple):
+    """A decoded datagram, plain (as iblutil sends) or tagged (between iblnet_sync peers).
+
+    Attributes
     ----------
-    datagram : bytes
-        The original datagram.
-    sender : {'main', 'rig'}
-        Which side resends.
+    message : Message
+        The event and its data.
+    msg_id : str, None
+        The tag of a tagged message (unique per sender), None for a plain one.
+    reply_to : str, None
+        For a tagged answer, the tag (or :func:`digest`) of the request it answers.
     """
-    return datagram + (b' ' if sender == 'rig' else b'\t')
+
+    message: Message
+    msg_id: str | None = None
+    reply_to: str | None = None
 
 
-def is_resend(datagram: bytes, sender: str = 'main') -> bool:
-    """True if `datagram` is spelled as a resend by `sender` (see :func:`respell`)."""
-    return datagram.endswith(b' ' if sender == 'rig' else b'\t')
+def tag(datagram: bytes, msg_id: str, reply_to: str | None = None) -> bytes:
+    """Wrap a plain datagram in the tagged format: ``{"id": ID, "re": REPLY_TO, "msg": [...]}``.
+
+    Only sent to a peer known to run iblnet_sync; an iblutil peer would drop it as not a list.
+    """
+    return b'{"id": %s, "re": %s, "msg": %s}' % (json.dumps(msg_id).encode(), json.dumps(reply_to).encode(),
+                                                  datagram.rstrip())
 
 
-def announces_resends(message: Message) -> bool:
-    """True for an EXPINFO message whose info says its sender takes resends."""
+def digest(datagram: bytes) -> str:
+    """A short fingerprint of a plain request, by which a tagged answer names it."""
+    return f'{zlib.crc32(datagram.rstrip()):08x}'
+
+
+def parse(datagram: bytes) -> Parsed:
+    """Decode a plain or tagged datagram.
+
+    Raises
+    ------
+    DecodeError
+        Neither a plain message nor a well-formed tagged one.
+    """
+    if datagram[:1] != b'{':
+        return Parsed(decode(datagram))
+    value = _loads(datagram)
+    if not isinstance(value, dict) or not isinstance(value.get('id'), str):
+        raise DecodeError('a JSON object that is not a tagged message')
+    reply_to = value.get('re')
+    return Parsed(_message(value.get('msg')), value['id'], reply_to if isinstance(reply_to, str) else None)
+
+
+def announces_peer(message: Message) -> bool:
+    """True for an EXPINFO message whose info says that its sender runs iblnet_sync."""
     info = message.data[1] if message.event is ExpMessage.EXPINFO and len(message.data) > 1 else None
-    return isinstance(info, dict) and info.get(RESENDS_KEY) is True
+    return isinstance(info, dict) and info.get(PEER_KEY) == PEER_VERSION
 
 
 def rig_address(uri: str, allow_any_port: bool = False) -> tuple[str, int]:
@@ -190,10 +232,22 @@ def rig_address(uri: str, allow_any_port: bool = False) -> tuple[str, int]:
     ValueError, TypeError
         Not a valid UDP URI.
     """
-    parsed = urlparse(uri if '://' in str(uri) else f'udp://{uri}')
+    if not isinstance(uri, str):
+        raise TypeError(f'A rig address must be a string like "udp://10.0.0.7:11001", not {type(uri).__name__}')
+    text = uri.strip()
+    if text.split('://', 1)[-1].count(':') > 1 or '[' in text:
+        raise ValueError(f'{uri!r}: IPv6 addresses are not supported; give the rig\'s IPv4 address or host name')
+    parsed = urlparse(text if '://' in text else f'udp://{text}')
     if parsed.scheme != 'udp':
-        raise ValueError(f'Only udp:// is supported, not {uri!r}')
-    any_port = allow_any_port and parsed.port == 0
+        raise ValueError(f'{uri!r}: only udp:// is supported')
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f'{uri!r}: the port must be a number from 1 to 65535') from None
+    if port == 0 and not allow_any_port:
+        raise ValueError(f'{uri!r}: port 0 is not a rig\'s port; give the port the rig listens on '
+                         f'({LISTEN_PORT} by default)')
+    any_port = allow_any_port and port == 0
     checked = urlparse(validate_uri(f'udp://{parsed.hostname}:{LISTEN_PORT}' if any_port else uri))
     return checked.hostname, 0 if any_port else checked.port
 
@@ -216,12 +270,19 @@ def decode(datagram: bytes) -> Message:
     DecodeError
         Not UTF-8 JSON, not an array of at least two elements, or an unknown or compound code.
     """
+    return _message(_loads(datagram))
+
+
+def _loads(datagram: bytes) -> Any:
     try:
-        value = json.loads(datagram.decode())  # decoding first skips json's encoding detection
+        return json.loads(datagram.decode())  # decoding first skips json's encoding detection
     except (UnicodeDecodeError, ValueError) as ex:
         raise DecodeError(f'not UTF-8 JSON ({ex})') from None
     except RecursionError:
         raise DecodeError('JSON nested too deeply') from None
+
+
+def _message(value: Any) -> Message:
     if not isinstance(value, list) or len(value) < 2:
         raise DecodeError(f'expected a JSON array of at least two elements, got {type(value).__name__}')
     code = value[0]

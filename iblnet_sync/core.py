@@ -1,0 +1,579 @@
+"""The conversation with one peer, as pure state machines: no sockets, no threads, no clock.
+
+:class:`MainConversation` is the main rig's side of the conversation with one auxiliary rig;
+:class:`RigConversation` is an auxiliary rig's side of the conversation with one main rig.
+Each is fed inputs (a datagram received at time ``now``, the timer, a request or an answer
+from the application, a failure of the socket) and returns events: :class:`Send` a datagram,
+and what happened to the application's exchanges. The caller (an adapter holding the socket)
+sends what it is told and calls :meth:`tick` at :attr:`wakeup`. Every rule about echoes,
+resends, duplicates, late answers and storms is a row of the tables below, and nowhere else.
+
+Two ways of speaking
+--------------------
+*Plain*: iblutil's bytes, byte for byte. Every message is echoed by its receiver with the same
+bytes; the protocol has no message ids, so an echo is told from a new message by order only.
+*Tagged*: between two iblnet_sync peers, each message is wrapped as ``{"id": ID, "re": REF,
+"msg": [...]}``. ``ID`` is unique per sender (``m`` or ``r``, a random nonce per conversation
+object, a counter), ``REF`` names the request an answer is for. A tag tells an echo (our ID)
+from a new message (theirs), a resend or duplicate (an ID seen before) from a new request, and
+a late answer (another REF) from the awaited one: no time windows and no guessing.
+
+How two iblnet_sync peers find each other, without sending an iblutil peer anything iblutil
+would not send:
+- A rig ends each plain answer with a newline (:data:`~iblnet_sync.protocol.PEER_SUFFIX`),
+  which JSON ignores and an iblutil main echoes unchanged. A main that receives such an answer
+  (or any tagged datagram) tags everything it sends that rig from then on.
+- A main's EXPINFO info may say ``"iblnet_sync": 1`` (NetworkSession's does); a rig that reads
+  it tags its answer at once, naming the plain request by :func:`~iblnet_sync.protocol.digest`.
+- A rig that receives a tagged datagram tags everything it sends that main.
+
+Main side (:class:`MainConversation`): one exchange at a time
+------------------------------------------------------------
+States of the exchange: IDLE (none), SENT (awaiting the echo), ECHOED (awaiting the answer).
+
+====  ============  ===============================================  ==========================================
+row   state         input                                            what happens
+====  ============  ===============================================  ==========================================
+M1    IDLE          request                                          send (tagged with a new ID once the rig is
+                                                                     known to be iblnet_sync); -> SENT
+M2    SENT          timer, nothing heard from the rig yet, resends   send again: the same bytes when tagged, the
+                    left                                             plain bytes + tab otherwise
+M3    SENT          timer, tagged, not echoed, resends left          send the same tagged bytes again
+M4    SENT          timer, no resend left, echo deadline passed      fail: 'no echo'
+M5    SENT/ECHOED   timer, caller's deadline passed                  fail: 'no echo' or 'no response'
+M6    SENT          plain datagram equal to a spelling we sent       the echo; -> ECHOED (or done when no answer
+                                                                     is expected); other spellings become stale
+M7    any           other plain datagram ending with a tab           late echo of one of our resends: dropped
+M8    any           tagged datagram with our ID                      the echo if it is the current exchange's
+                                                                     (M6), else a late echo: dropped
+M9    any           tagged datagram with the rig's ID seen before    duplicate or resend: echoed, not delivered
+M10   SENT/ECHOED   tagged answer whose REF is the exchange's        echoed; the answer (or error report):
+                                                                     done
+M11   any           tagged answer with another REF                   late answer: echoed, dropped
+M12   any           tagged message without REF                       echoed; the rig's message: delivered
+M13   any           plain error report ``[0, text, EVENT]``          never echoed; fails the exchange of that
+                                                                     event, else delivered as a message
+M14   ECHOED        plain datagram equal to the request, the event   duplicate echo: dropped (such an answer
+                    never answered with the same bytes (EXPINFO)     would carry the rig's own info)
+M15   SENT/ECHOED   plain message of the exchange's event (EXPSTART:  echoed; the answer (it implies the echo):
+                    naming the request's reference)                  done
+M16   any           other plain message                              echoed; delivered (iblutil's rule: what is
+                                                                     not an awaited echo is new)
+M17   any           junk (not a message)                             dropped, never echoed
+M18   SENT/ECHOED   abort (socket refused, closed, interrupted)      fail with that stage
+M19   rig tagged    plain datagram ending with a newline, the        a late plain answer: echoed (the rig
+      (exchange     exchange (if any) tagged                         awaits it), not delivered
+      tagged)
+M20   same          other plain datagram (not an error report)       a late echo of an earlier plain request
+                                                                     of ours: dropped
+====  ============  ===============================================  ==========================================
+
+A plain resend (M2) goes out only while nothing at all came back: then either the request
+was lost (an iblutil rig saw nothing) or its echo was, and an iblutil main in that case
+fails too (it takes the rig's answer for a wrong echo and closes), so the rig is never worse
+off. Once anything came back, plain resends stop.
+
+Rig side (:class:`RigConversation`): the last request of one main rig
+----------------------------------------------------------------------
+States: IDLE, HANDLING (the handler runs), ANSWERED (the answer awaits its echo), DONE.
+
+====  ============  ===============================================  ==========================================
+row   state         input                                            what happens
+====  ============  ===============================================  ==========================================
+R1    any           junk, or a plain error report                    dropped, never echoed (junk makes no entry)
+R2    ANSWERED      datagram equal to our answer (plain), or a       the echo: -> DONE, resends stop
+                    tagged one with our answer's ID
+R3    any           tagged datagram with our ID, not awaited, or a   late echo of one of our answers: dropped
+                    plain one ending with a newline
+R4    any           tagged request with an ID seen before            echoed; not handled again; the answer is
+                                                                     sent again if it awaits its echo
+R5    any           tagged request with a new ID                     echoed; the current request is superseded
+                                                                     (its answer is not sent); -> HANDLING
+R6    HANDLING/     plain request equal to the current one           a duplicate or a bounce of our echo:
+      ANSWERED                                                       dropped (echoing it could start a storm)
+R7    HANDLING/     the current plain request + tab (a main resend)  echoed; the answer is sent again if any
+      ANSWERED
+R8    DONE          the current plain request + tab                  stale resend: dropped
+R9    any other     plain request                                    echoed; supersedes the current one;
+                                                                     -> HANDLING (tagged from now on if its
+                                                                     EXPINFO info announces iblnet_sync)
+R10   HANDLING      the handler's answer                             sent (plain + newline, or tagged with REF);
+                                                                     -> ANSWERED, or DONE when there is none
+R11   ANSWERED      timer, tagged, resends left                      the answer is sent again
+R12   ANSWERED      timer, deadline passed                           -> DONE (an iblutil rig would close here;
+                                                                     we keep serving)
+R13   superseded    the handler's answer                             not sent
+====  ============  ===============================================  ==========================================
+
+A rig never resends a plain answer: an iblutil main that already got it would take the copy
+for a new message and, if it was waiting for another echo by then, close.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Union
+
+from iblutil.io.net.base import ExpMessage
+
+from . import protocol
+from .protocol import DecodeError, Message
+
+__all__ = ['MainConversation', 'RigConversation', 'Send', 'Echoed', 'Answered', 'Failed', 'Delivered',
+           'Handle', 'GaveUp', 'Event', 'RESEND_INTERVAL', 'ECHO_TIMEOUT', 'RESENDS', 'ANSWER_RESENDS']
+log = logging.getLogger(__name__)
+
+RESEND_INTERVAL = 0.2
+"""float: seconds without an echo after which a message is sent again."""
+ECHO_TIMEOUT = 1.0
+"""float: seconds to wait for an echo once no resend is left (iblutil's default)."""
+RESENDS = 50
+"""int: how many times a request is sent again at most (10 s at the default interval)."""
+ANSWER_RESENDS = 50
+"""int: how many times a rig sends a tagged answer again while it is not echoed."""
+SEEN_IDS = 64
+"""int: how many of the peer's message IDs are remembered to recognise duplicates."""
+NEVER_REPEATED = frozenset({ExpMessage.EXPINFO})
+"""Events whose answer never has the request's bytes: the answer carries the rig's own info."""
+
+
+# --- events: what the conversation tells its adapter ---
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `datagram` to the peer."""
+
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Echoed:
+    """The echo of exchange `exchange` arrived (or an answer implied it) at time `at`."""
+
+    exchange: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Exchange `exchange` ended: the rig's answer data (None when only an echo was expected)."""
+
+    exchange: int
+    data: list | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Exchange `exchange` failed at `stage` ('no echo', 'no response', 'error report', ...)."""
+
+    exchange: int
+    stage: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The peer sent a message of its own (an error report has event 0): for the callbacks."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """Rig side: run the handler for request `request` and pass its answer to ``answer()``."""
+
+    request: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    """Rig side: our answer `datagram` was never echoed."""
+
+    datagram: bytes
+
+
+Event = Union[Send, Echoed, Answered, Failed, Delivered, Handle, GaveUp]
+
+
+class _Seen:
+    """The last `size` message IDs of the peer (an ordered set with a bound)."""
+
+    __slots__ = ('_ids', '_size')
+
+    def __init__(self, size: int = SEEN_IDS):
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, msg_id: str) -> bool:
+        """Remember `msg_id`; False if it was seen already."""
+        if msg_id in self._ids:
+            return False
+        self._ids[msg_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
+def _parse(data: bytes) -> protocol.Parsed | None:
+    try:
+        return protocol.parse(data)
+    except DecodeError as ex:
+        log.debug('dropped datagram %r: %s', data[:60], ex)
+        return None
+
+
+# --- the main side ---
+class _Exchange:
+    """The main side's current request."""
+
+    __slots__ = ('token', 'event', 'plain', 'tagged', 'ref', 'spellings', 'sent', 'expect_answer', 'echoed',
+                 'heard', 'deadline', 'resends_left', 'next_send', 'echo_deadline')
+
+    def __init__(self, token: int, event: ExpMessage, plain: bytes, expect_answer: bool, deadline: float | None):
+        self.token, self.event, self.plain, self.expect_answer = token, event, plain, expect_answer
+        self.tagged = False               # sent in the tagged format
+        self.ref = ''                     # our tag when tagged, else the plain request's digest
+        self.spellings: set[bytes] = set()  # every spelling sent: its echo confirms the exchange
+        self.sent = b''                   # what goes out on a resend
+        self.echoed = self.heard = False
+        self.deadline = deadline
+        self.resends_left = 0
+        self.next_send: float | None = None
+        self.echo_deadline: float | None = None
+
+
+class MainConversation:
+    """The main rig's conversation with one auxiliary rig (see the module's table, rows M1-M18).
+
+    Parameters
+    ----------
+    nonce : str
+        A random string unique to this object: makes its tags unique across restarts.
+    resend_interval : float
+        Seconds without an echo before a request is sent again.
+    resends : int
+        How many times a request may be sent again (0: never, as iblutil).
+    echo_timeout : float
+        Seconds to wait for the echo after the last send.
+    tagged : bool
+        Whether the rig is already known to run iblnet_sync.
+    """
+
+    def __init__(self, nonce: str, resend_interval: float = RESEND_INTERVAL, resends: int = RESENDS,
+                 echo_timeout: float = ECHO_TIMEOUT, tagged: bool = False):
+        self.resend_interval, self.resends, self.echo_timeout = resend_interval, resends, echo_timeout
+        self.tagged = tagged
+        self._prefix = f'm{nonce}.'
+        self._count = 0
+        self._exchange: _Exchange | None = None
+        self._seen = _Seen()
+
+    @property
+    def busy(self) -> bool:
+        """bool: an exchange is in progress."""
+        return self._exchange is not None
+
+    @property
+    def wakeup(self) -> float | None:
+        """float: when :meth:`tick` must be called next (None: not needed)."""
+        x = self._exchange
+        if x is None:
+            return None
+        times = [t for t in (x.next_send, x.echo_deadline if not x.echoed else None, x.deadline) if t is not None]
+        return min(times) if times else None
+
+    # --- inputs ---
+    def request(self, plain: bytes, now: float, expect_answer: bool = True, deadline: float | None = None) -> list[Event]:
+        """Start an exchange (M1): `plain` is the message as iblutil would send it.
+
+        Returns the events; the exchange's token is ``self.token`` of the Echoed/Answered/Failed that end it,
+        also returned by :attr:`current`.
+        """
+        if self._exchange is not None:
+            raise RuntimeError('one exchange at a time: the previous one has not ended')
+        message = protocol.decode(plain)
+        self._count += 1
+        x = _Exchange(self._count, message.event, plain, expect_answer, deadline)
+        if self.tagged:
+            x.tagged, x.ref = True, f'{self._prefix}{self._count}'
+            x.sent = protocol.tag(plain, x.ref)
+        else:
+            x.ref, x.sent = protocol.digest(plain), plain
+        x.spellings.add(x.sent)
+        x.resends_left = self.resends
+        self._exchange = x
+        self._schedule(x, now)
+        return [Send(x.sent)]
+
+    @property
+    def current(self) -> int | None:
+        """int: the token of the exchange in progress."""
+        return None if self._exchange is None else self._exchange.token
+
+    def tick(self, now: float) -> list[Event]:
+        """The timer (M2-M5): resend, or fail what is overdue."""
+        x = self._exchange
+        if x is None:
+            return []
+        if x.deadline is not None and now >= x.deadline:
+            return self._give_up(x, now)
+        if not x.echoed and x.echo_deadline is not None and now >= x.echo_deadline:
+            return self._give_up(x, now)
+        if x.next_send is not None and now >= x.next_send:
+            if not x.echoed and (x.tagged or not x.heard) and x.resends_left > 0:
+                x.resends_left -= 1
+                if not x.tagged:
+                    x.sent = x.plain + protocol.RESEND_SUFFIX
+                x.spellings.add(x.sent)
+                self._schedule(x, now)
+                return [Send(x.sent)]
+            x.next_send = None
+        return []
+
+    def abort(self, stage: str, detail: str) -> list[Event]:
+        """End the exchange in progress with a failure (M18): refused, closed, interrupted."""
+        x = self._exchange
+        if x is None:
+            return []
+        self._end(x)
+        return [Failed(x.token, stage, detail)]
+
+    def give_up(self, now: float) -> list[Event]:
+        """End the exchange in progress as timed out now (the caller's deadline passed)."""
+        x = self._exchange
+        return [] if x is None else self._give_up(x, now)
+
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        """A datagram from the rig (M6-M17)."""
+        x = self._exchange
+        if data[:1] == b'{':
+            return self._receive_tagged(data, x, now)
+        if x is not None and not x.echoed and data in x.spellings:  # M6
+            return self._echoed(x, now)
+        if data.endswith(protocol.RESEND_SUFFIX):  # M7
+            return []
+        parsed = _parse(data)
+        if parsed is None:  # M17
+            return []
+        message, from_peer = parsed.message, data.endswith(protocol.PEER_SUFFIX)
+        self.tagged = self.tagged or from_peer
+        if x is not None:
+            x.heard = True
+        if self.tagged and (x is None or x.tagged) and message.event != protocol.ERROR_CODE:
+            # an iblnet_sync rig now tags what it sends: plain means late
+            return [Send(data)] if from_peer else []  # M19: late plain answer; M20: late echo of ours
+        if message.event == protocol.ERROR_CODE:  # M13
+            return self._error_report(x if x is None or not x.tagged else None, message)
+        if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED:  # M14
+            return []
+        events: list[Event] = [Send(data)]
+        if x is not None and x.expect_answer and message.event == x.event and _same_reference(x, message):  # M15
+            events += self._answered(x, message.data, now)
+        else:  # M16
+            events.append(Delivered(message))
+        return events
+
+    # --- internals ---
+    def _receive_tagged(self, data: bytes, x: _Exchange | None, now: float) -> list[Event]:
+        parsed = _parse(data)
+        if parsed is None or parsed.msg_id is None:  # M17
+            return []
+        self.tagged = True
+        if parsed.msg_id.startswith(self._prefix):  # M8
+            if x is not None and not x.echoed and parsed.msg_id == x.ref:
+                return self._echoed(x, now)
+            return []
+        if x is not None:
+            x.heard = True
+        events: list[Event] = [Send(data)]  # tagged datagrams are always echoed: echoes are never re-echoed
+        if not self._seen.add(parsed.msg_id):  # M9
+            return events
+        message = parsed.message
+        if parsed.reply_to is None:  # M12
+            return events + [Delivered(message)]
+        if x is None or parsed.reply_to != x.ref:  # M11
+            log.debug('late answer %r dropped', data[:60])
+            return events
+        if message.event == protocol.ERROR_CODE:  # M10
+            return events + self._error_report(x, message, matched=True)
+        return events + self._answered(x, message.data, now)
+
+    def _schedule(self, x: _Exchange, now: float) -> None:
+        x.next_send = now + self.resend_interval if x.resends_left > 0 else None
+        x.echo_deadline = None if x.resends_left > 0 else now + self.echo_timeout
+
+    def _echoed(self, x: _Exchange, now: float) -> list[Event]:
+        x.echoed = x.heard = True
+        x.next_send = None
+        if not x.expect_answer:
+            self._end(x)
+            return [Echoed(x.token, now), Answered(x.token, None, now)]
+        return [Echoed(x.token, now)]
+
+    def _answered(self, x: _Exchange, data: list, now: float) -> list[Event]:
+        events: list[Event] = [] if x.echoed else [Echoed(x.token, now)]
+        x.echoed = True
+        self._end(x)
+        return events + [Answered(x.token, data, now)]
+
+    def _error_report(self, x: _Exchange | None, message: Message, matched: bool = False) -> list[Event]:
+        text, event = (list(message.data) + [None, None])[:2]
+        if x is not None and (matched or event is None or event == x.event):
+            self._end(x)
+            return [Failed(x.token, 'error report', str(text))]
+        return [Delivered(message)]
+
+    def _give_up(self, x: _Exchange, now: float) -> list[Event]:
+        self._end(x)
+        if x.echoed:
+            return [Failed(x.token, 'no response', 'echoed but no answer')]
+        return [Failed(x.token, 'no echo', 'no echo')]
+
+    def _end(self, x: _Exchange) -> None:
+        self._exchange = None
+
+
+def _same_reference(x: _Exchange, message: Message) -> bool:
+    """An EXPSTART answer names the reference it started: it must be the request's."""
+    if x.event is not ExpMessage.EXPSTART:
+        return True
+    return message.data[:1] == protocol.decode(x.plain).data[:1]
+
+
+# --- the rig side ---
+IDLE, HANDLING, ANSWERED, DONE = 'IDLE', 'HANDLING', 'ANSWERED', 'DONE'
+
+
+class RigConversation:
+    """An auxiliary rig's conversation with one main rig address (rows R1-R13).
+
+    Parameters
+    ----------
+    nonce : str
+        A random string unique to this rig: makes its tags unique across restarts.
+    resend_interval : float
+        Seconds between sends of a tagged answer that is not echoed.
+    resends : int
+        How many times a tagged answer is sent again.
+    echo_timeout : float
+        Seconds a plain answer waits for its echo.
+    """
+
+    def __init__(self, nonce: str, resend_interval: float = RESEND_INTERVAL, resends: int = ANSWER_RESENDS,
+                 echo_timeout: float = ECHO_TIMEOUT):
+        self.resend_interval, self.resends, self.echo_timeout = resend_interval, resends, echo_timeout
+        self.tagged = False               # the main runs iblnet_sync
+        self.state = IDLE
+        self.last_active = 0.0
+        self._prefix = f'r{nonce}.'
+        self._count = 0
+        self._request = 0                 # token of the current request
+        self._plain = b''                 # the current plain request (no suffix)
+        self._ref: str | None = None      # what our answer names: the request's tag or digest
+        self._answer = b''                # our answer, while it awaits its echo
+        self._answer_id: str | None = None
+        self._resends_left = 0
+        self._next_send: float | None = None
+        self._deadline: float | None = None
+        self._seen = _Seen()
+
+    @property
+    def wakeup(self) -> float | None:
+        """float: when :meth:`tick` must be called next (None: not needed)."""
+        if self.state != ANSWERED:
+            return None
+        times = [t for t in (self._next_send, self._deadline) if t is not None]
+        return min(times) if times else None
+
+    def is_current(self, request: int) -> bool:
+        """bool: `request` has not been superseded by a newer one (its handler may run)."""
+        return request == self._request and self.state == HANDLING
+
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        """A datagram from the main rig (R1-R9)."""
+        if self.state == ANSWERED and data == self._answer:  # R2, plain
+            self.state = DONE
+            return []
+        if data.endswith(protocol.PEER_SUFFIX):  # R3: only a rig ends a datagram so: a late echo of ours
+            return []
+        parsed = _parse(data)
+        if parsed is None or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):  # R1
+            if parsed is not None:
+                log.warning('The main rig reported an error: %s', parsed.message.data)
+            return []
+        self.last_active = now
+        if parsed.msg_id is not None:
+            return self._receive_tagged(data, parsed, now)
+        stripped = data[:-1] if data.endswith(protocol.RESEND_SUFFIX) else data
+        if self.state in (HANDLING, ANSWERED) and data == self._plain:  # R6
+            return []
+        if stripped == self._plain and data != stripped:
+            if self.state == DONE:  # R8
+                return []
+            return [Send(data)] + ([Send(self._answer)] if self.state == ANSWERED else [])  # R7
+        if protocol.announces_peer(parsed.message):  # R9
+            self.tagged = True
+        return [Send(data)] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
+
+    def answer(self, request: int, answer: bytes | None, now: float) -> list[Event]:
+        """The handler of `request` finished (R10, R13): `answer` is a plain datagram or None."""
+        if not self.is_current(request):  # R13
+            return []
+        if answer is None:
+            self.state = DONE
+            return []
+        if self.tagged:
+            self._count += 1
+            self._answer_id = f'{self._prefix}{self._count}'
+            self._answer = protocol.tag(answer, self._answer_id, self._ref)
+            self._resends_left = self.resends
+            self._next_send = now + self.resend_interval
+            self._deadline = now + self.resend_interval * (self.resends + 1)
+        elif answer[1:2] == b'0':  # a plain error report is never echoed
+            self.state = DONE
+            return [Send(answer)]
+        else:
+            self._answer_id = None
+            self._answer = answer + protocol.PEER_SUFFIX
+            self._next_send, self._deadline = None, now + self.echo_timeout
+        self.state = ANSWERED
+        return [Send(self._answer)]
+
+    def tick(self, now: float) -> list[Event]:
+        """The timer (R11, R12)."""
+        if self.state != ANSWERED:
+            return []
+        if self._deadline is not None and now >= self._deadline:  # R12
+            self.state = DONE
+            return [GaveUp(self._answer)]
+        if self._next_send is not None and now >= self._next_send and self._resends_left > 0:  # R11
+            self._resends_left -= 1
+            self._next_send = now + self.resend_interval
+            return [Send(self._answer)]
+        return []
+
+    # --- internals ---
+    def _receive_tagged(self, data: bytes, parsed: protocol.Parsed, now: float) -> list[Event]:
+        self.tagged = True
+        msg_id = parsed.msg_id or ''
+        if msg_id.startswith(self._prefix):  # R2 or R3
+            if self.state == ANSWERED and msg_id == self._answer_id:
+                self.state = DONE
+            return []
+        if not self._seen.add(msg_id):  # R4
+            return [Send(data)] + ([Send(self._answer)] if self.state == ANSWERED else [])
+        return [Send(data)] + self._new_request(b'', msg_id, parsed.message)  # R5
+
+    def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
+        self._request += 1
+        self._plain, self._ref = plain, ref
+        self._answer, self._answer_id = b'', None
+        self.state = HANDLING
+        return [Handle(self._request, message)]
+
+
+def events_of(events: list[Event], kind: type) -> list[Any]:
+    """The events of one kind, e.g. ``events_of(events, Send)``."""
+    return [e for e in events if isinstance(e, kind)]

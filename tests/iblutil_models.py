@@ -1,0 +1,165 @@
+"""Behavioural models of iblutil's main (client role, ``Services``) and rig (server role), for the simulator.
+
+They take the same inputs and give the same events as the cores of :mod:`iblnet_sync.core`, and
+reproduce what iblutil 1.20's ``EchoProtocol`` does with each datagram (checked against the real
+one over loopback by ``test_iblutil_models.py``):
+
+- every datagram that is not an awaited echo is echoed at once, unless its second character
+  is ``0``, then handed to the callbacks if it decodes as a JSON list of two or more elements;
+- while the echo of a confirmed send is awaited, the next datagram from the peer completes
+  the wait if it has the same bytes, and otherwise fails it: the protocol closes (dies);
+- a wait longer than the echo timeout (1 s) also closes it;
+- a second confirmed send replaces the first, whose wait can then only time out.
+"""
+from __future__ import annotations
+
+import json
+
+from iblnet_sync import core, protocol
+from iblnet_sync.protocol import ExpMessage
+
+ECHO_TIMEOUT = 1.0
+
+
+def _decode(data: bytes) -> protocol.Message | None:
+    """What iblutil's callbacks would receive, or None where iblutil warns or raises."""
+    try:
+        value = json.loads(data)
+        if not isinstance(value, list) or len(value) < 2 or not value[0]:
+            return None
+        return protocol.Message(ExpMessage.validate(value[0], allow_bitwise=False), value[1:])
+    except (ValueError, TypeError):
+        return None
+
+
+def _echoes(data: bytes) -> bool:
+    """iblutil echoes a datagram unless its second character is '0' (or it is not text at all)."""
+    try:
+        return data.decode()[1] != '0'
+    except (UnicodeDecodeError, IndexError):
+        return False
+
+
+class _Peer:
+    def __init__(self) -> None:
+        self.alive = True
+        self.died_at: float | None = None
+        self.awaiting: bytes | None = None
+        self.echo_deadline: float | None = None
+
+    def die(self, now: float) -> None:
+        if self.alive:
+            self.alive, self.died_at = False, now
+        self.awaiting = self.echo_deadline = None
+
+
+class IblutilMain(_Peer):
+    """iblutil's ``Services`` with one rig: a confirmed send, then the first message of the event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = 0
+        self.want: ExpMessage | None = None
+        self.open = False
+
+    @property
+    def wakeup(self) -> float | None:
+        return self.echo_deadline
+
+    def request(self, plain: bytes, now: float, expect_answer: bool = True,
+                deadline: float | None = None) -> list[core.Event]:
+        self.token += 1
+        if not self.alive:
+            return [core.Failed(self.token, 'closed', 'the protocol closed')]
+        self.want = protocol.decode(plain).event if expect_answer else None
+        self.open = True
+        self.awaiting, self.echo_deadline = plain, now + ECHO_TIMEOUT
+        return [core.Send(plain)]
+
+    def receive(self, data: bytes, now: float) -> list[core.Event]:
+        if not self.alive:
+            return []
+        if self.awaiting is not None:
+            if data != self.awaiting:
+                return self._fail(now, 'the rig sent something else than the echo')
+            self.awaiting = self.echo_deadline = None
+            if self.want is None and self.open:
+                self.open = False
+                return [core.Echoed(self.token, now), core.Answered(self.token, None, now)]
+            return [core.Echoed(self.token, now)]
+        events: list[core.Event] = [core.Send(data)] if _echoes(data) else []
+        message = _decode(data)
+        if message is not None and self.open and message.event == self.want:
+            self.open = False
+            events.append(core.Answered(self.token, message.data, now))
+        return events
+
+    def tick(self, now: float) -> list[core.Event]:
+        if self.awaiting is not None and self.echo_deadline is not None and now >= self.echo_deadline:
+            return self._fail(now, 'no echo')
+        return []
+
+    def give_up(self, now: float) -> list[core.Event]:
+        if not self.open:
+            return []
+        self.open = False
+        return [core.Failed(self.token, 'no response', 'timed out')]
+
+    def abort(self, stage: str, detail: str) -> list[core.Event]:
+        return []  # iblutil ignores socket errors; the echo wait times out
+
+    def _fail(self, now: float, why: str) -> list[core.Event]:
+        self.die(now)
+        if self.open:
+            self.open = False
+            return [core.Failed(self.token, 'closed', why)]
+        return []
+
+
+class IblutilRig(_Peer):
+    """An iblutil rig: echoes, runs its callback for every message, answers with a confirmed send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.replaced: list[float] = []  # deadlines of waits that a newer send replaced
+
+    @property
+    def wakeup(self) -> float | None:
+        times = [t for t in [self.echo_deadline, *self.replaced] if t is not None]
+        return min(times) if times else None
+
+    def is_current(self, request: int) -> bool:
+        return self.alive  # iblutil runs the callback of every message it takes for new
+
+    def receive(self, data: bytes, now: float) -> list[core.Event]:
+        if not self.alive:
+            return []
+        if self.awaiting is not None:
+            if data != self.awaiting:
+                self.die(now)
+                return []
+            self.awaiting = self.echo_deadline = None
+            return []
+        events: list[core.Event] = [core.Send(data)] if _echoes(data) else []
+        message = _decode(data)
+        if message is not None:
+            self.count += 1
+            events.append(core.Handle(self.count, message))
+        return events
+
+    def answer(self, request: int, answer: bytes | None, now: float) -> list[core.Event]:
+        if not self.alive or answer is None:
+            return []
+        if answer[1:2] == b'0':  # a failed callback's report: sent, never confirmed
+            return [core.Send(answer)]
+        if self.awaiting is not None and self.echo_deadline is not None:
+            self.replaced.append(self.echo_deadline)
+        self.awaiting, self.echo_deadline = answer, now + ECHO_TIMEOUT
+        return [core.Send(answer)]
+
+    def tick(self, now: float) -> list[core.Event]:
+        due = [t for t in [self.echo_deadline, *self.replaced] if t is not None and now >= t]
+        if due:
+            self.die(now)
+        return []
