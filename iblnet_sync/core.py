@@ -43,7 +43,8 @@ M4    SENT          timer, no resend left, echo deadline passed      fail: 'no e
 M5    SENT/ECHOED   timer, caller's deadline passed                  fail: 'no echo' or 'no response'
 M6    SENT          plain datagram equal to a spelling we sent       the echo; -> ECHOED (or done when no answer
                                                                      is expected); other spellings become stale
-M7    any           other plain datagram ending with a tab           late echo of one of our resends: dropped
+M7    any           other plain datagram ending with a tab, or equal  late echo: dropped (the answer came before
+                    to a request whose echo is owed                  the echo, or a resend's echo did)
 M8    any           tagged datagram with our ID                      the echo if it is the current exchange's
                                                                      (M6), else a late echo: dropped
 M9    any           tagged datagram with the rig's ID seen before    duplicate or resend: echoed, not delivered
@@ -66,6 +67,8 @@ M19   rig tagged    plain datagram ending with a newline, the        a late plai
       tagged)
 M20   same          other plain datagram (not an error report)       a late echo of an earlier plain request
                                                                      of ours: dropped
+M21   any           plain datagram we echoed 8 times in a row, with  an echo storm (both ends take the same
+                    no request of ours in between                    bytes for new): no longer echoed
 ====  ============  ===============================================  ==========================================
 
 A plain resend (M2) goes out only while nothing at all came back: then either the request
@@ -89,11 +92,12 @@ R4    any           tagged request with an ID seen before            echoed; not
                                                                      sent again if it awaits its echo
 R5    any           tagged request with a new ID                     echoed; the current request is superseded
                                                                      (its answer is not sent); -> HANDLING
-R6    HANDLING/     plain request equal to the current one           a duplicate or a bounce of our echo:
-      ANSWERED                                                       dropped (echoing it could start a storm)
-R7    HANDLING/     the current plain request + tab (a main resend)  echoed; the answer is sent again if any
-      ANSWERED
-R8    DONE          the current plain request + tab                  stale resend: dropped
+R6    HANDLING/     the current plain request again, or + tab (a     asked again, a resend, a duplicate or a
+R7    ANSWERED      resend of our main)                              bounce of our echo: echoed (at most 8
+                                                                     times: a bounce loop ends there), never
+                                                                     handled again; the answer is sent again
+R8    DONE          the last plain request + tab; once the main is   a late copy: dropped
+                    tagged, any of the last 8 plain requests
 R9    any other     plain request                                    echoed; supersedes the current one;
                                                                      -> HANDLING (tagged from now on if its
                                                                      EXPINFO info announces iblnet_sync)
@@ -134,6 +138,8 @@ ANSWER_RESENDS = 50
 """int: how many times a rig sends a tagged answer again while it is not echoed."""
 SEEN_IDS = 64
 """int: how many of the peer's message IDs are remembered to recognise duplicates."""
+STORM_ECHOES = 8
+"""int: echoes of the same plain bytes in a row, with nothing else in between, that make a storm."""
 NEVER_REPEATED = frozenset({ExpMessage.EXPINFO})
 """Events whose answer never has the request's bytes: the answer carries the rig's own info."""
 
@@ -228,7 +234,7 @@ def _parse(data: bytes) -> protocol.Parsed | None:
 class _Exchange:
     """The main side's current request."""
 
-    __slots__ = ('token', 'event', 'plain', 'tagged', 'ref', 'spellings', 'sent', 'expect_answer', 'echoed',
+    __slots__ = ('token', 'event', 'plain', 'tagged', 'ref', 'spellings', 'sent', 'expect_answer', 'echoed', 'echo_seen',
                  'heard', 'deadline', 'resends_left', 'next_send', 'echo_deadline')
 
     def __init__(self, token: int, event: ExpMessage, plain: bytes, expect_answer: bool, deadline: float | None):
@@ -238,6 +244,7 @@ class _Exchange:
         self.spellings: set[bytes] = set()  # every spelling sent: its echo confirms the exchange
         self.sent = b''                   # what goes out on a resend
         self.echoed = self.heard = False
+        self.echo_seen: bytes | None = None  # the spelling whose echo came (None: implied or never)
         self.deadline = deadline
         self.resends_left = 0
         self.next_send: float | None = None
@@ -269,6 +276,8 @@ class MainConversation:
         self._count = 0
         self._exchange: _Exchange | None = None
         self._seen = _Seen()
+        self._owed: list[bytes] = []      # plain requests whose echo may still come after their exchange
+        self._echoed_last, self._echoed_times = b'', 0  # the storm count (M21)
 
     @property
     def busy(self) -> bool:
@@ -303,6 +312,9 @@ class MainConversation:
             x.ref, x.sent = protocol.digest(plain), plain
         x.spellings.add(x.sent)
         x.resends_left = self.resends
+        self._echoed_times = 0
+        if plain in self._owed:  # from now on these bytes are this exchange's echo
+            self._owed.remove(plain)
         self._exchange = x
         self._schedule(x, now)
         return [Send(x.sent)]
@@ -351,8 +363,12 @@ class MainConversation:
         if data[:1] == b'{':
             return self._receive_tagged(data, x, now)
         if x is not None and not x.echoed and data in x.spellings:  # M6
+            x.echo_seen = data
             return self._echoed(x, now)
         if data.endswith(protocol.RESEND_SUFFIX):  # M7
+            return []
+        if data in self._owed:  # M7
+            self._owed.remove(data)
             return []
         parsed = _parse(data)
         if parsed is None:  # M17
@@ -367,6 +383,12 @@ class MainConversation:
         if message.event == protocol.ERROR_CODE:  # M13
             return self._error_report(x if x is None or not x.tagged else None, message)
         if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED:  # M14
+            return []
+        self._echoed_times = self._echoed_times + 1 if data == self._echoed_last else 1
+        self._echoed_last = data
+        if self._echoed_times > STORM_ECHOES:  # M21
+            if self._echoed_times == STORM_ECHOES + 1:
+                log.warning('echo storm: %r bounced %d times in a row; no longer echoed', data[:60], STORM_ECHOES)
             return []
         events: list[Event] = [Send(data)]
         if x is not None and x.expect_answer and message.event == x.event and _same_reference(x, message):  # M15
@@ -432,7 +454,10 @@ class MainConversation:
         return [Failed(x.token, 'no echo', 'no echo')]
 
     def _end(self, x: _Exchange) -> None:
+        """Forget the exchange; a plain echo that may still come is remembered as owed."""
         self._exchange = None
+        if not x.tagged and x.echo_seen != x.plain:
+            self._owed = (self._owed + [x.plain])[-4:]
 
 
 def _same_reference(x: _Exchange, message: Message) -> bool:
@@ -478,6 +503,8 @@ class RigConversation:
         self._next_send: float | None = None
         self._deadline: float | None = None
         self._seen = _Seen()
+        self._repeats = 0                 # copies of the current plain request received (R6, R7)
+        self._plains: list[bytes] = []    # the last plain requests (R8)
 
     @property
     def wakeup(self) -> float | None:
@@ -507,12 +534,15 @@ class RigConversation:
         if parsed.msg_id is not None:
             return self._receive_tagged(data, parsed, now)
         stripped = data[:-1] if data.endswith(protocol.RESEND_SUFFIX) else data
-        if self.state in (HANDLING, ANSWERED) and data == self._plain:  # R6
-            return []
-        if stripped == self._plain and data != stripped:
-            if self.state == DONE:  # R8
+        if stripped == self._plain or (self.tagged and stripped in self._plains):
+            open_ = stripped == self._plain and self.state in (HANDLING, ANSWERED)
+            if (self.tagged and not open_) or (not open_ and data != stripped):  # R8
                 return []
-            return [Send(data)] + ([Send(self._answer)] if self.state == ANSWERED else [])  # R7
+            if open_:  # R6, R7: asked again while we work on it, or a bounce of our echo (counted)
+                self._repeats += 1
+                if self._repeats > STORM_ECHOES:
+                    return []
+                return [Send(data)] + ([Send(self._answer)] if self.state == ANSWERED else [])
         if protocol.announces_peer(parsed.message):  # R9
             self.tagged = True
         return [Send(data)] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
@@ -568,7 +598,11 @@ class RigConversation:
 
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
         self._request += 1
-        self._plain, self._ref = plain, ref
+        self._repeats = 0
+        if plain:
+            self._plain = plain  # the last plain request: its copies may still arrive
+            self._plains = (self._plains + [plain])[-8:]
+        self._ref = ref
         self._answer, self._answer_id = b'', None
         self.state = HANDLING
         return [Handle(self._request, message)]

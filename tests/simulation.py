@@ -74,7 +74,8 @@ class Scenario:
         calm = r.random() < 0.2
         loss_max = 0.0 if calm else r.choice([0.05, 0.1, 0.2, 0.2, 0.4])
         slow = r.random() < 0.15
-        calls: list[tuple[str, Any]] = [('info', None), ('init', None), ('start', None)]
+        calls: list[tuple[str, Any]] = [('status', None)] * (r.random() < 0.25)  # a bare Services, or a ping
+        calls += [('info', None), ('init', None), ('start', None)]
         calls += [('status', None)] * r.randint(0, 3)
         calls += [('alyx', None)] * (r.random() < 0.2)
         calls += [('stop', r.random() < 0.2), ('cleanup', None)]
@@ -88,7 +89,7 @@ class Scenario:
             delay=r.uniform(0.0001, 0.002), junk=0 if calm else r.choice([0, 0, 1, 4]),
             handler_delay=r.choice([0.001, 0.01, 0.3]) if not slow else r.choice([1.5, 4.0, 12.0]),
             timeout=DEFAULT_TIMEOUT if r.random() < 0.8 else r.choice([0.05, 0.3, 1.0, 3.0]),
-            same_bytes=r.random() < 0.5, announce=r.random() < 0.5,
+            same_bytes=r.random() < 0.5, announce=pairing[0] == 'ours',
             fail_rate=0.0 if r.random() < 0.7 else 0.1, calls=calls)
 
     @property
@@ -215,7 +216,9 @@ class Run:
         message = event.message
         value = protocol.encode(message.event, *message.data)
         k = len(self.handlings)
-        if self.requests[value] <= sum(1 for h in self.handlings if h[1] == value) and self.kind_rig == 'ours':
+        handled = sum(1 for h in self.handlings if h[1] == value)
+        if handled >= self.requests[value] and self.kind_rig == 'ours' and self.kind_main == 'ours':
+            # (an iblutil main takes a duplicated echo for a new request and sends it: iblutil's own flaw)
             self.violations.add('handled_once')
         if self.r.random() < self.s.fail_rate:
             answer_value: list = ['error', k]
@@ -253,7 +256,7 @@ class Run:
     def request_for(self, call: str, arg: Any, n: int) -> bytes:
         if call == 'info':
             info = {'subject': 'mouse', 'main_sync': False}
-            if self.s.announce and self.kind_main == 'ours':
+            if self.s.announce:  # the same bytes whoever the main, so that traces compare
                 info[protocol.PEER_KEY] = protocol.PEER_VERSION
             return protocol.info_message('CONNECTED', info)
         if call == 'init':
@@ -283,6 +286,7 @@ class Run:
             self._outcome = None
             if self.net.sent >= STORM:
                 break
+            tagged = getattr(self.main, 'tagged', False)
             self.main_events(self.main.request(plain, started, True, deadline))
             self.net.run_until(lambda: self._outcome is not None, deadline)
             if self._outcome is None:  # the caller's own wait ends at the deadline
@@ -292,7 +296,8 @@ class Run:
             if self.net.now > deadline + 1e-9 and self.kind_main == 'ours':
                 self.violations.add('deadline')
             self.results.append((n, call, self._outcome))
-            if self.kind_main == self.kind_rig == 'ours':  # with iblutil peers, iblutil's own ambiguities
+            if self.kind_main == self.kind_rig == 'ours' and tagged:
+                # (plain exchanges, before the peers know each other, have iblutil's ambiguities)
                 self.check_answer(plain, started, self._outcome)
         end = self.net.now
         self.net.run_until(lambda: False, end + QUIET)
@@ -318,7 +323,10 @@ class Run:
 
     @property
     def failed_calls(self) -> int:
-        return sum(1 for _, _, (kind, _) in self.results if kind == 'failed')
+        """Failed calls, but for a first call that is not an announced EXPINFO: until the rig's
+        first answer tells that it runs iblnet_sync, the main is as fragile as iblutil's."""
+        first_agrees = bool(self.results) and self.results[0][1] == 'info' and self.s.announce
+        return sum(1 for n, _, (kind, _) in self.results if kind == 'failed' and (n > 0 or first_agrees))
 
     @property
     def iblutil_dead(self) -> bool:
@@ -348,7 +356,7 @@ def simulate(seed: int, trace: Callable[[str], None] | None = None) -> tuple[Sce
             violations.add('bounded')
     elif run.iblutil_dead or run.stormed:  # compare with iblutil's own counterpart on the same network
         reference = Run(scenario, main='iblutil', rig='iblutil').execute()
-        if run.iblutil_dead and not reference.iblutil_dead:
+        if run.iblutil_dead and not reference.iblutil_dead and not reference.stormed:
             violations.add('iblutil_alive')
         if run.stormed and not reference.stormed:
             violations.add('bounded')
