@@ -387,7 +387,8 @@ class RigAgent:
     def _on_event(self, event: str, data: list) -> Any:
         """Stop the long-running commands this event ends, then do the event's actions in order."""
         received = time.monotonic()
-        log.info('%s received %s', event, json.dumps(data, default=str)[:200])
+        level = logging.INFO if event != 'EXPSTATUS' or event in self.config.on else logging.DEBUG  # polled often
+        log.log(level, '%s received %s', event, json.dumps(data, default=str)[:200])
         values = placeholder_values(event, data, self.server.exp_ref)
         problems = self._stop_long_running(lambda child: event == 'EXPINTERRUPT' or child.action.until == event)
         returned = None
@@ -400,7 +401,7 @@ class RigAgent:
                 self._run_quick(action, values, received)
         if problems:
             raise CommandFailed('; '.join(problems))
-        log.info('%s handled in %s', event, _seconds_since(received))
+        log.log(level, '%s handled in %s', event, _seconds_since(received))
         return returned
 
     def _start(self, action: Action, values: Mapping[str, str], received: float) -> Child:
@@ -488,8 +489,11 @@ class _StopSignals:
 
     def wait(self) -> str:
         """Block until a stop signal arrives; return its name."""
-        select.select([self._reader], [], [])
-        return signal.Signals(self._reader.recv(1)[0]).name
+        while True:
+            select.select([self._reader], [], [])
+            signum = self._reader.recv(1)[0]
+            if signum in _STOP_SIGNALS:  # another signal with a Python handler may write here too
+                return signal.Signals(signum).name
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():

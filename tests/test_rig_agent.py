@@ -6,10 +6,10 @@ import datetime
 import functools
 import logging
 import os
-import queue
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,9 +27,15 @@ from iblnet_sync.rig_config import EXAMPLE_CONFIG, RigConfigError, load_config, 
 REF = '2026-11-24_3_mouse'
 DEADLINE = 10.0
 POSIX_ONLY = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX signals and process groups')
+AGENT = [sys.executable, '-m', 'iblnet_sync.rig']
 
 
 # --- helpers ---
+def agent_env() -> dict[str, str]:
+    """The environment for the agent as a program: this iblnet_sync first on its path."""
+    return {**os.environ, 'PYTHONPATH': str(Path(iblnet_sync.__file__).parents[1])}
+
+
 def python(code: str) -> list[str]:
     """A command running `code` in this Python (no braces in `code`: they are placeholders)."""
     return [sys.executable, '-c', code]
@@ -120,8 +126,7 @@ class AgentProcess(Lines):
 
     def __init__(self, config: Path, *args: str):
         super().__init__()
-        env = {**os.environ, 'PYTHONPATH': str(Path(iblnet_sync.__file__).parents[1])}
-        self.process = subprocess.Popen([sys.executable, '-m', 'iblnet_sync.rig', str(config), *args], env=env,
+        self.process = subprocess.Popen([*AGENT, str(config), *args], env=agent_env(),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -185,6 +190,7 @@ def agents(no_leaked_threads, log_lines):
 
 @pytest.fixture
 def agent_processes():
+    """Start agents as programs from a config mapping; all killed if still running, and reaped, after the test."""
     made = []
 
     def make(config: dict, tmp_path: Path, *args: str) -> AgentProcess:
@@ -318,9 +324,9 @@ def test_recorder_that_died_is_reported_at_its_until_event(tmp_path, agents, log
 
 def test_quick_command_over_its_timeout_is_stopped_and_reported(tmp_path, agents, log_lines):
     agent = agents({'EXPINIT': {'run': recorder(f'{tmp_path}/stopped'), 'timeout': 0.5}})
-    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
-        with pytest.raises(BroadcastError, match='did not end within its timeout of 0.5 s'):
-            services.init({'exp_ref': REF})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services, \
+            pytest.raises(BroadcastError, match='did not end within its timeout of 0.5 s'):
+        services.init({'exp_ref': REF})
     pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
     assert not is_running(pid) and (tmp_path / 'stopped').exists()
 
@@ -428,9 +434,8 @@ def test_bad_config_is_one_line_naming_the_key_and_exit_2(tmp_path, capsys, cont
 def test_bad_config_exits_2_as_a_program(tmp_path):
     file = tmp_path / 'rig.yaml'
     file.write_text('name: cameras\non:\n  EXPSTART: [unclosed\n')
-    env = {**os.environ, 'PYTHONPATH': str(Path(iblnet_sync.__file__).parents[1])}
-    done = subprocess.run([sys.executable, '-m', 'iblnet_sync.rig', str(file)], env=env, capture_output=True,
-                          text=True, timeout=DEADLINE)
+    done = subprocess.run([*AGENT, str(file)], env=agent_env(), capture_output=True, text=True, timeout=DEADLINE,
+                          check=False)
     assert done.returncode == 2
     assert done.stderr.count('\n') == 1 and 'not valid YAML' in done.stderr
 
@@ -450,3 +455,11 @@ def test_example_config_is_a_valid_config(capsys):
     assert config.on['EXPSTART'][0].until == 'EXPEND'
     assert config.on['EXPEND'][0].run[:2] == ('python', 'copy_videos.py')
     assert EXAMPLE_CONFIG.count('\n# ') > 5, 'commented'
+
+
+def test_port_taken_is_one_error_line_and_exit_1(tmp_path, agent_processes):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(('127.0.0.1', 0))
+        agent = agent_processes({'name': 'cameras', 'listen': f'udp://127.0.0.1:{taken.getsockname()[1]}'}, tmp_path)
+        assert agent.process.wait(DEADLINE) == 1
+    agent.wait_for('ERROR .*Cannot listen on udp://127.0.0.1')
