@@ -1,0 +1,466 @@
+"""The rig agent (iblnet-rig): whole lifecycles driven by our Services and iblutil's, real commands, clean stops."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import iblnet_sync
+from iblnet_sync import BroadcastError, ExpStatus, Services
+from iblnet_sync.rig import CommandFailed, RigAgent, main, placeholder_values, render
+from iblnet_sync.rig_config import EXAMPLE_CONFIG, RigConfigError, load_config, parse_config
+
+REF = '2026-11-24_3_mouse'
+DEADLINE = 10.0
+POSIX_ONLY = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX signals and process groups')
+NEEDS_PIDFD = pytest.mark.skipif(not hasattr(os, 'pidfd_open'), reason='waits for a grandchild by its pidfd (Linux)')
+AGENT = [sys.executable, '-m', 'iblnet_sync.rig']
+
+
+# --- helpers ---
+def agent_env() -> dict[str, str]:
+    """The environment for the agent as a program: this iblnet_sync first on its path."""
+    return {**os.environ, 'PYTHONPATH': str(Path(iblnet_sync.__file__).parents[1])}
+
+
+def python(code: str) -> list[str]:
+    """A command running `code` in this Python (no braces in `code`: they are placeholders)."""
+    return [sys.executable, '-c', code]
+
+
+def touch(path: str) -> list[str]:
+    """A command creating the file `path` (placeholders allowed)."""
+    return python('import pathlib, sys; pathlib.Path(sys.argv[1]).touch()') + [path]
+
+
+def recorder(stopped_file: str, ignore_sigint: bool = False, grandchild: bool = False) -> list[str]:
+    """A long-running command: says 'recording PID [GRANDCHILD_PID]' on stderr, writes `stopped_file` on Ctrl-C."""
+    code = ['import os, pathlib, signal, subprocess, sys, time']
+    if ignore_sigint:
+        code.append('signal.signal(signal.SIGINT, signal.SIG_IGN)')
+    if grandchild:
+        code.append("g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); extra = ' %d' % g.pid")
+    else:
+        code.append("extra = ''")
+    code += ['try:',
+             "    sys.stderr.write('recording %d%s' % (os.getpid(), extra) + chr(10)); sys.stderr.flush()",
+             '    time.sleep(60)',
+             'except KeyboardInterrupt:',
+             '    pathlib.Path(sys.argv[1]).touch()']
+    return python('\n'.join(code)) + [stopped_file]
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(pid: int, timeout: float = DEADLINE) -> bool:
+    """Wait until process `pid` (not necessarily our child) has ended, by its pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+class Lines:
+    """Lines to wait for with a deadline: ``wait_for(pattern)`` returns the first match at or after the cursor."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._cursor = 0
+
+    def add(self, line: str) -> None:
+        with self._changed:
+            self.lines.append(line)
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = DEADLINE) -> re.Match:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for index in range(self._cursor, len(self.lines)):
+                    if match := re.search(pattern, self.lines[index]):
+                        self._cursor = index + 1
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f'no line matching {pattern!r} in:\n' + '\n'.join(self.lines))
+                self._changed.wait(remaining)
+
+
+class LogLines(Lines, logging.Handler):
+    """The in-process agent's log records, as lines."""
+
+    def __init__(self) -> None:
+        Lines.__init__(self)
+        logging.Handler.__init__(self, logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.add(record.getMessage())
+
+
+class AgentProcess(Lines):
+    """``python -m iblnet_sync.rig CONFIG ARGS`` with its output (stdout and stderr) read line by line."""
+
+    def __init__(self, config: Path, *args: str):
+        super().__init__()
+        self.process = subprocess.Popen([*AGENT, str(config), *args], env=agent_env(),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.add(line.rstrip())
+
+    @functools.cached_property
+    def uri(self) -> str:
+        return self.wait_for(r'listening on (udp://\S+)').group(1)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(DEADLINE)
+        self._reader.join(DEADLINE)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+def close_iblutil_main(main_rig) -> None:
+    """Close iblutil's Services and let its transports finish closing before the loop stops."""
+    async def close() -> None:
+        main_rig.services.close()
+        await asyncio.sleep(0)  # one loop turn: the transports' connection_lost runs
+
+    main_rig.loops.run(close())
+    main_rig.loops.close()
+
+
+@pytest.fixture
+def log_lines():
+    lines = LogLines()
+    logger = logging.getLogger('iblnet_sync.rig')
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(lines)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def agents(no_leaked_threads, log_lines):
+    """Make in-process agents from a config mapping (listening on loopback, port 0); all closed after the test."""
+    made = []
+
+    def make(on: dict, **keys) -> RigAgent:
+        content = {'name': 'cameras', 'listen': 'udp://127.0.0.1:0', 'on': on, **keys}
+        agent = RigAgent(parse_config(content))
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        agent.close()
+
+
+@pytest.fixture
+def agent_processes():
+    """Start agents as programs from a config mapping; all killed if still running, and reaped, after the test."""
+    made = []
+
+    def make(config: dict, tmp_path: Path, *args: str) -> AgentProcess:
+        file = tmp_path / 'rig.yaml'
+        file.write_text(yaml.safe_dump(config))
+        made.append(AgentProcess(file, *args))
+        return made[-1]
+
+    yield make
+    for process in made:
+        process.close()
+
+
+@pytest.fixture
+def hooks_module(tmp_path):
+    """A module next to the config file, for ``call:`` actions; forgotten after the test."""
+    name = f'rig_hooks_{os.getpid()}_{threading.get_ident()}'
+    (tmp_path / f'{name}.py').write_text(
+        'calls = []\n'
+        'def cleanup(data):\n'
+        '    calls.append(data)\n'
+        '    return {"cleaned": len(calls)}\n')
+    path = list(sys.path)
+    yield name
+    sys.path[:] = path
+    sys.modules.pop(name, None)
+
+
+def lifecycle_actions(tmp_path: Path) -> dict:
+    """Quick commands at EXPINIT and EXPEND that leave files named after the reference; a recorder from
+    EXPSTART to EXPEND."""
+    return {
+        'EXPINIT': {'run': touch(f'{tmp_path}/{{exp_ref}}.init')},
+        'EXPSTART': {'run': recorder(f'{tmp_path}/{{exp_ref}}.stopped'), 'until': 'EXPEND'},
+        'EXPEND': {'run': subprocess.list2cmdline(touch(f'{tmp_path}/{{subject}}-{{date}}-{{sequence}}.end'))},
+    }
+
+
+# --- whole lifecycles ---
+def test_lifecycle_driven_by_our_services(tmp_path, no_leaked_threads, log_lines, hooks_module):
+    on = {**lifecycle_actions(tmp_path), 'EXPCLEANUP': {'call': f'{hooks_module}:cleanup'}}
+    file = tmp_path / 'rig.yaml'
+    file.write_text(yaml.safe_dump({'name': 'cameras', 'listen': 'udp://127.0.0.1:0', 'on': on}))
+    agent = RigAgent(load_config(file))  # the hooks module sits next to the file
+    try:
+        with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+            assert services.info('CONNECTED', {'subject': 'mouse'})['cameras'][1]['name'] == 'cameras'
+            assert services.init({'exp_ref': REF}) == {'cameras': [10, None]}
+            assert (tmp_path / f'{REF}.init').exists()
+            assert services.start(REF) == {'cameras': [REF, None]}
+            pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
+            assert is_running(pid)
+            assert services.stop() == {'cameras': [None]}
+            assert (tmp_path / f'{REF}.stopped').exists(), 'the recorder was stopped with Ctrl-C'
+            assert not is_running(pid)
+            log_lines.wait_for(r'on\.EXPSTART: stopped .* after')
+            assert (tmp_path / 'mouse-2026-11-24-3.end').exists()
+            assert services.cleanup() == {'cameras': [{'cleaned': 1}]}
+            assert sys.modules[hooks_module].calls == [[None]]
+    finally:
+        agent.close()
+
+
+def test_lifecycle_driven_by_iblutil_services(tmp_path, agents, log_lines):
+    from peers import IblutilMain
+    agent = agents(lifecycle_actions(tmp_path), main_sync=True, exp_ref=REF)
+    main_rig = IblutilMain({'cameras': agent.server.uri}, timeout=DEADLINE)
+    try:
+        assert main_rig.call('info', ExpStatus.CONNECTED, {'subject': 'mouse'})['cameras'][1]['exp_ref'] == REF
+        assert main_rig.call('init', {'exp_ref': REF}) == {'cameras': [10, None]}
+        assert (tmp_path / f'{REF}.init').exists()
+        assert main_rig.call('start', REF) == {'cameras': [REF, None]}
+        pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
+        assert main_rig.call('stop', immediately=True) == {'cameras': [None]}  # EXPINTERRUPT stops it too
+        assert (tmp_path / f'{REF}.stopped').exists()
+        assert not is_running(pid)
+        assert not (tmp_path / 'mouse-2026-11-24-3.end').exists(), 'EXPEND actions do not run at EXPINTERRUPT'
+        assert main_rig.call('status', ExpStatus.STOPPED) == {'cameras': [int(ExpStatus.STOPPED)]}
+        assert main_rig.services['cameras'].is_connected
+    finally:
+        close_iblutil_main(main_rig)
+
+
+def test_placeholders_take_the_keys_the_main_rig_sent(tmp_path, agents):
+    agent = agents({'EXPSTART': {'run': touch(f'{tmp_path}/{{event}}-{{rate}}-{{subject}}')}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        services.start(REF, {'rate': 60})
+    assert (tmp_path / 'EXPSTART-60-mouse').exists()
+
+
+def test_actions_listed_for_one_event_run_in_order(tmp_path, agents):
+    agent = agents({'EXPINIT': [{'run': touch(f'{tmp_path}/first')},
+                                {'run': python('import pathlib, sys; assert pathlib.Path(sys.argv[1]).exists()')
+                                 + [f'{tmp_path}/first']}]})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        assert services.init({'exp_ref': REF}) == {'cameras': [10, None]}
+
+
+# --- failures reach the main rig ---
+def test_failing_command_reaches_the_main_rig_with_its_stderr(agents):
+    failing = python("import sys; sys.stderr.write('camera 2 not found' + chr(10)); sys.exit(3)")
+    agent = agents({'EXPINIT': {'run': failing}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        with pytest.raises(BroadcastError, match='camera 2 not found') as caught:
+            services.init({'exp_ref': REF})
+        failure = caught.value.failures['cameras']
+        assert failure.stage == 'error report'
+        assert 'CommandFailed' in str(failure) and 'exit status 3' in str(failure)
+        assert services.status('CONNECTED') == {'cameras': [0]}, 'the agent keeps serving'
+
+
+def test_command_that_cannot_start_is_an_error_report(agents):
+    agent = agents({'EXPSTART': {'run': ['no-such-program-iblnet', '{exp_ref}'], 'until': 'EXPEND'}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        with pytest.raises(BroadcastError, match='no-such-program-iblnet.* cannot start') as caught:
+            services.start(REF)
+        assert caught.value.failures['cameras'].stage == 'error report'
+        assert services.stop() == {'cameras': [None]}
+
+
+def test_recorder_that_died_is_reported_at_its_until_event(tmp_path, agents, log_lines):
+    crashing = python("import sys; sys.stderr.write('disk full' + chr(10)); sys.exit(1)")
+    agent = agents({'EXPSTART': {'run': crashing, 'until': 'EXPEND'}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        services.start(REF)
+        log_lines.wait_for('disk full')
+        log_lines.wait_for('on.EXPSTART: .* ended by itself before EXPEND, exit status 1')
+        with pytest.raises(BroadcastError, match='(?s)had already ended.*disk full'):
+            services.stop()
+
+
+def test_quick_command_over_its_timeout_is_stopped_and_reported(tmp_path, agents, log_lines):
+    agent = agents({'EXPINIT': {'run': recorder(f'{tmp_path}/stopped'), 'timeout': 0.5}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services, \
+            pytest.raises(BroadcastError, match='did not end within its timeout of 0.5 s'):
+        services.init({'exp_ref': REF})
+    pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
+    assert not is_running(pid) and (tmp_path / 'stopped').exists()
+
+
+def test_missing_placeholder_is_reported():
+    with pytest.raises(CommandFailed, match=r"'exp_ref' has no value.*known: event"):
+        render(['copy', '{exp_ref}'], placeholder_values('EXPEND', [None], None))
+
+
+def test_placeholder_values_come_from_the_message_then_the_rig():
+    assert placeholder_values('EXPINIT', [{'exp_ref': REF}], None)['subject'] == 'mouse'
+    assert placeholder_values('EXPEND', [None], {'subject': 'rat', 'date': datetime.date(2026, 1, 2),
+                                                  'sequence': 1})['exp_ref'] == '2026-01-02_1_rat'
+    assert render('copy {sequence} {event}', placeholder_values('EXPSTART', [REF, None], None)) == 'copy 3 EXPSTART'
+
+
+# --- stopping ---
+@POSIX_ONLY
+def test_recorder_that_ignores_ctrl_c_is_terminated_after_its_grace(tmp_path, agents, log_lines):
+    agent = agents({'EXPSTART': {'run': recorder(f'{tmp_path}/stopped', ignore_sigint=True), 'until': 'EXPEND',
+                                 'grace': 0.3}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        services.start(REF)
+        pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
+        assert services.stop() == {'cameras': [None]}
+    log_lines.wait_for('still running after 0.3 s: sending SIGTERM')
+    assert not is_running(pid) and not (tmp_path / 'stopped').exists()
+
+
+@NEEDS_PIDFD
+@pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
+def test_stopping_the_agent_stops_its_children_and_theirs(tmp_path, agent_processes, stop_signal):
+    config = {'name': 'from-file', 'listen': 'udp://127.0.0.1:0',
+              'on': {'EXPSTART': {'run': recorder(f'{tmp_path}/stopped', grandchild=True), 'until': 'EXPEND'}}}
+    agent = agent_processes(config, tmp_path, '--name', 'cameras', '--main-sync', '--log-file', str(tmp_path / 'log'))
+    with Services({'cameras': agent.uri}, timeout=DEADLINE) as services:
+        info = services.info('CONNECTED', {'subject': 'mouse'})['cameras'][1]
+        assert (info['name'], info['main_sync']) == ('cameras', True), 'the flags replace the file'
+        services.start(REF)
+        child, grandchild = map(int, agent.wait_for(r'recording (\d+) (\d+)').groups())
+        agent.process.send_signal(stop_signal)
+        assert agent.process.wait(DEADLINE) == 0
+    agent.wait_for(f'{stop_signal.name} received: stopping cameras')
+    assert (tmp_path / 'stopped').exists(), 'the recorder was stopped with Ctrl-C'
+    assert wait_gone(child) and wait_gone(grandchild), 'no orphan left'
+    log = (tmp_path / 'log').read_text()
+    assert 'EXPSTART received' in log and 'cameras stopped' in log
+
+
+def test_closing_the_agent_stops_a_running_quick_command(tmp_path, agents, log_lines):
+    agent = agents({'EXPINIT': {'run': recorder(f'{tmp_path}/stopped')}})
+    failures: list[BroadcastError] = []
+
+    def init() -> None:
+        try:
+            services.init({'exp_ref': REF})
+        except BroadcastError as ex:
+            failures.append(ex)
+
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        answer = threading.Thread(target=init)
+        answer.start()
+        pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
+        agent.close()
+        assert not is_running(pid) and (tmp_path / 'stopped').exists()
+        answer.join(DEADLINE)
+    assert failures and 'was stopped by the agent' in str(failures[0])
+
+
+def test_start_to_child_latency_is_logged(tmp_path, agents, log_lines):
+    agent = agents({'EXPSTART': {'run': recorder(f'{tmp_path}/stopped'), 'until': 'EXPEND'}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        services.start(REF)
+        latency = float(log_lines.wait_for(r'on\.EXPSTART: started .* \(pid \d+, ([\d.]+) ms after').group(1))
+        log_lines.wait_for('recording')
+        services.stop()
+    assert 0 < latency < 1000
+
+
+# --- configuration ---
+BAD_CONFIGS = [
+    ({'name': 'cameras', 'colour': 'red'}, 'colour'),
+    ({'listen': 'http://127.0.0.1:0'}, 'listen'),
+    ({'main_sync': 'maybe'}, 'main_sync'),
+    ({'exp_ref': 'yesterday'}, 'exp_ref'),
+    ({'on': {'EXPSTOP': {'run': 'true'}}}, 'on.EXPSTOP'),
+    ({'on': {'EXPSTART': {'run': 'x', 'until': 'EXPSTOP'}}}, 'on.EXPSTART.until'),
+    ({'on': {'EXPSTART': {'run': 'x', 'call': 'a:b'}}}, 'on.EXPSTART'),
+    ({'on': {'EXPSTART': {'run': 'x', 'until': 'EXPEND', 'timeout': 3}}}, 'on.EXPSTART.timeout'),
+    ({'on': {'EXPSTART': {'run': 'x', 'grace': -1}}}, 'on.EXPSTART.grace'),
+    ({'on': {'EXPEND': [{'run': 'x'}, {'run': 'copy {}'}]}}, 'on.EXPEND[1].run'),
+    ({'on': {'EXPINIT': {'call': 'no_such_module_iblnet:prepare'}}}, 'on.EXPINIT.call'),
+]
+
+
+@pytest.mark.parametrize('content, key', BAD_CONFIGS)
+def test_bad_config_is_one_line_naming_the_key_and_exit_2(tmp_path, capsys, content, key):
+    file = tmp_path / 'rig.yaml'
+    file.write_text(yaml.safe_dump({'listen': 'udp://127.0.0.1:0', **content}))
+    assert main([str(file)]) == 2
+    error = capsys.readouterr().err
+    assert error.count('\n') == 1 and f': {key}: ' in error, error
+
+
+def test_bad_config_exits_2_as_a_program(tmp_path):
+    file = tmp_path / 'rig.yaml'
+    file.write_text('name: cameras\non:\n  EXPSTART: [unclosed\n')
+    done = subprocess.run([*AGENT, str(file)], env=agent_env(), capture_output=True, text=True, timeout=DEADLINE,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr.count('\n') == 1 and 'not valid YAML' in done.stderr
+
+
+def test_flags_replace_the_file(tmp_path):
+    file = tmp_path / 'rig.yaml'
+    file.write_text('name: cameras\nlisten: udp://0.0.0.0:11001\n')
+    config = load_config(file, {'listen': 'udp://127.0.0.1:0', 'name': None, 'main_sync': True})
+    assert (config.name, config.listen, config.main_sync) == ('cameras', 'udp://127.0.0.1:0', True)
+    with pytest.raises(RigConfigError, match='listen'):
+        load_config(file, {'listen': 'nowhere:x'})
+
+
+def test_example_config_is_a_valid_config(capsys):
+    assert main(['--example-config']) == 0
+    config = parse_config(yaml.safe_load(capsys.readouterr().out))
+    assert config.on['EXPSTART'][0].until == 'EXPEND'
+    assert config.on['EXPEND'][0].run[:2] == ('python', 'copy_videos.py')
+    assert EXAMPLE_CONFIG.count('\n# ') > 5, 'commented'
+
+
+def test_port_taken_is_one_error_line_and_exit_1(tmp_path, agent_processes):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(('127.0.0.1', 0))
+        agent = agent_processes({'name': 'cameras', 'listen': f'udp://127.0.0.1:{taken.getsockname()[1]}'}, tmp_path)
+        assert agent.process.wait(DEADLINE) == 1
+    agent.wait_for('ERROR .*Cannot listen on udp://127.0.0.1')
