@@ -427,3 +427,18 @@ def test_a_crash_whose_interrupt_fails_is_raised_and_the_interrupt_logged_once(i
     reports = [r.getMessage() for r in caplog.records if r.name == 'iblnet_sync.session']
     assert len(reports) == 1 and reports[0].startswith('EXPINTERRUPT did not reach every rig')
     assert events(rig)[-1] is ExpMessage.EXPINTERRUPT and not task.remote_rigs.is_connected
+
+
+def test_a_host_taking_any_keyword_gets_them_all(tmp_path):
+    class AnyKeywords:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class Open(NetworkSession, AnyKeywords):
+        pass
+
+    settings = {'iblrig_remote_data_path': str(tmp_path)}
+    task = Open('mouse', remote_rigs=None, iblrig_settings=settings, stub='x.yaml')
+    assert task.args == ('mouse',) and task.kwargs == {'iblrig_settings': settings, 'stub': 'x.yaml'}
+    with pytest.raises(TypeError, match=r"'subject'.*NetworkSession takes remote_rigs.*object, which takes none"):
+        type('Bare', (NetworkSession,), {})(remote_rigs=None, subject='mouse')
