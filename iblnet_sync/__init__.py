@@ -6,6 +6,7 @@ initialised, started and stopped, over iblutil's UDP echo protocol, with plain b
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from .communicator import Communicator
+from .config import ConfigError
 from .errors import (BroadcastError, BroadcastTimeout, ClosedError, RigError, RigErrorReport,
                      RigRefused, RigTimeout)
 from .rig_server import RigServer
@@ -15,5 +16,6 @@ from .version import __version__
 
 __all__ = [
     '__version__', 'ExpMessage', 'ExpStatus', 'Communicator', 'NetworkSession', 'RemoteRigs', 'RigServer', 'Services',
-    'BroadcastError', 'BroadcastTimeout', 'ClosedError', 'RigError', 'RigErrorReport', 'RigRefused', 'RigTimeout',
+    'BroadcastError', 'BroadcastTimeout', 'ClosedError', 'ConfigError', 'RigError', 'RigErrorReport', 'RigRefused',
+    'RigTimeout',
 ]

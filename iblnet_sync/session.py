@@ -11,19 +11,23 @@ Examples
 from __future__ import annotations
 
 import datetime
+import difflib
+import inspect
 import logging
 import os
 import signal
 import threading
 import traceback
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from types import MappingProxyType
+from typing import Any, NoReturn
 
 from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 
 from . import protocol
+from .communicator import DEFAULT_TIMEOUT, Communicator
 from .config import resolve_remote_rigs
-from .communicator import DEFAULT_TIMEOUT
 from .errors import BroadcastError, BroadcastTimeout, RigError
 from .services import Services
 from .version import __version__
@@ -38,22 +42,27 @@ _METHODS = {  # event -> (Services method, extra keywords)
     ExpMessage.EXPINTERRUPT: ('stop', {'immediately': True}), ExpMessage.EXPCLEANUP: ('cleanup', {}),
     ExpMessage.EXPSTATUS: ('status', {}), ExpMessage.EXPINFO: ('info', {}), ExpMessage.ALYX: ('alyx', {}),
 }
+_OWN_KEYWORDS = ('remote_rigs', 'remote_rigs_file', 'iblrig_settings', 'network_timeout', 'network_options')
 
 
-class RemoteRigs:
-    """The task's remote rigs: their URIs and, once connected, the :class:`Services`.
+class RemoteRigs(Mapping):
+    """The task's remote rigs: a read-only mapping of rig name to URI and, once connected, the :class:`Services`.
+
+    Read-only as iblutil's ``Services`` is: item assignment, ``del``, ``pop``, ``popitem``,
+    ``clear``, ``update`` and ``setdefault`` raise ``TypeError``. To change the rigs, call
+    :meth:`NetworkSession.connect` again.
 
     Attributes
     ----------
-    uris : dict of str to str
-        Rig name to URI.
+    uris : mapping of str to str
+        Rig name to URI (read-only).
     services : Services, None
         The connection (iblutil's ``Services`` calls); None when there are no rigs.
     """
 
     def __init__(self, uris: Mapping[str, str] | None = None, timeout: float | None = DEFAULT_TIMEOUT,
                  **options: Any):
-        self.uris = dict(uris or {})
+        self.uris: Mapping[str, str] = MappingProxyType(dict(uris or {}))
         self.services = Services(self.uris, timeout=timeout, **options) if self.uris else None
 
     @property
@@ -61,14 +70,25 @@ class RemoteRigs:
         """bool: True while there are rigs and their connections are open."""
         return self.services is not None and self.services.is_connected
 
-    def __bool__(self) -> bool:
-        return bool(self.uris)
+    def __getitem__(self, name: str) -> str:
+        return self.uris[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.uris)
 
     def __len__(self) -> int:
         return len(self.uris)
 
+    def __bool__(self) -> bool:
+        return bool(self.uris)
+
     def __repr__(self) -> str:
-        return f'<RemoteRigs {self.uris} {"connected" if self.is_connected else "closed"}>'
+        return f'<RemoteRigs {dict(self.uris)} {"connected" if self.is_connected else "closed"}>'
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError('RemoteRigs is read-only; connect() again to change the rigs')
+
+    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _read_only
 
     def close(self) -> None:
         """Close the connections; idempotent."""
@@ -84,49 +104,137 @@ class NetworkSession:
     text, ``SESSION_NUMBER``) and ``experiment_description``. With no remote rigs every step
     is a no-op and no thread is started.
 
+    **The session number comes from the main sync.** :meth:`init_mixin_network` (run by the
+    host's ``init_mixin_*`` loop, as iblrig's ``BaseSession`` does before it computes its
+    paths, or called by hand) agrees on the experiment reference ``exp_ref``. When a remote
+    rig is the main sync, it then sets ``session_info['SESSION_NUMBER']`` to
+    ``exp_ref['sequence']`` and names that rig in ``main_sync_rig``; when this rig is the main
+    sync, its own number stands. Either way it then calls :meth:`on_exp_ref` with the
+    reference, before any rig is initialised. So:
+
+    - a host whose path logic reads ``SESSION_NUMBER`` needs nothing more;
+    - a host that numbers its session folder itself (iblrig's ``_init_paths`` takes the next
+      free number on disk) is overridden in the task, as iblrig's own ``NetworkSession`` does:
+
+      >>> class Task(NetworkSession, BehaviourTask):
+      ...     def _init_paths(self, *args, **kwargs):
+      ...         if self.main_sync_rig is None:  # this rig decides, or no network: as the host does
+      ...             return super()._init_paths(*args, **kwargs)
+      ...         info = self.session_info      # SESSION_NUMBER is already exp_ref['sequence']
+      ...         return Path(DATA, info['SUBJECT_NAME'], info['SESSION_START_TIME'][:10],
+      ...                     f'{self.exp_ref["sequence"]:03d}')
+    - a host that computed its paths before the network step recomputes them in
+      :meth:`on_exp_ref`.
+
+    When this rig is the main sync, ``SESSION_NUMBER`` must be set before the network step:
+    it is the sequence of the reference sent to the rigs (1 when unset, with a warning).
+
     Parameters
     ----------
+    *args
+        Passed on to the host class.
     remote_rigs : dict, list of str, None
-        Rig name to URI, or names looked up in the remote rigs file.
+        Rig name to URI, or names (a list that may nest lists) looked up in the remote rigs file.
     remote_rigs_file : str, PathLike, optional
-        The remote rigs file (default: ``$IBLNET_SYNC_REMOTE_RIGS``, then ``~/.iblnet_sync``).
-    network_timeout : float
-        Seconds each broadcast may take.
+        The remote rigs file or its folder (default: iblrig's remote data folder when
+        `iblrig_settings` names one, then ``$IBLNET_SYNC_REMOTE_RIGS``, then ``~/.iblnet_sync``).
+    iblrig_settings : mapping, optional
+        iblrig's settings: ``remote_devices.yaml`` is looked for in its ``iblrig_remote_data_path``.
+        Passed on to the host class too when its ``__init__`` takes it (iblrig's does).
+    network_timeout : float, None
+        Seconds each broadcast may take (> 0; None waits for ever).
     network_options : dict, optional
-        Passed to :class:`Services`: ``echo_timeout``, ``resend_interval``, ``resends``.
+        Passed to :class:`Services`: ``echo_timeout``, ``resend_interval``, ``resends``,
+        ``assume_resends``.
     **kwargs
         Passed on to the host class.
+
+    Raises
+    ------
+    TypeError
+        A keyword that neither NetworkSession nor the host class takes (the message names it
+        and the nearest keyword); `network_options` not a mapping, or an option not known.
+    ValueError
+        `network_timeout` <= 0; a rig name not in the remote rigs file.
+    ConfigError
+        The remote rigs file is missing or malformed.
+
+    All of these are raised before any connection opens.
+
+    Attributes
+    ----------
+    exp_ref : dict
+        The agreed experiment reference (``subject``, ``date``, ``sequence``); empty before.
+    main_sync_rig : str, None
+        The remote rig that decided the reference; None when this rig did or there is no network.
+    remote_rigs : RemoteRigs
+        The rigs (read-only mapping of name to URI) and their connection.
     """
 
-    def __init__(self, *_, remote_rigs: Mapping[str, str] | Iterable[str] | None = None,
-                 remote_rigs_file: str | os.PathLike | None = None, network_timeout: float = DEFAULT_TIMEOUT,
-                 network_options: Mapping[str, Any] | None = None, **kwargs):
+    def __init__(self, *args: Any, remote_rigs: Mapping[str, str] | Iterable[Any] | None = None,
+                 remote_rigs_file: str | os.PathLike | None = None, network_timeout: float | None = DEFAULT_TIMEOUT,
+                 network_options: Mapping[str, Any] | None = None, **kwargs: Any):
         self.exp_ref: dict = {}
+        self.main_sync_rig: str | None = None
         self.remote_rigs = RemoteRigs()
-        self._one = None
+        self._one: Any = None  # one.api.OneAlyx, made on first use
         self._network_stage: ExpStatus | None = None
-        self._previous_sigterm = None
+        self._previous_sigterm: Any = None  # the SIGTERM handler to restore
         self._remote_rigs_file = remote_rigs_file
+        self._iblrig_settings = kwargs.get('iblrig_settings')
+        if network_options is not None and not isinstance(network_options, Mapping):
+            raise TypeError(f'network_options must be a mapping such as {{"echo_timeout": 1.0}}, '
+                            f'not {type(network_options).__name__}')
+        kwargs = self._host_keywords(kwargs)
         self.connect(remote_rigs, timeout=network_timeout, **(network_options or {}))
         try:
-            super().__init__(**kwargs)
+            super().__init__(*args, **kwargs)
         except BaseException:
             self.cleanup_mixin_network()
             raise
 
+    def _host_keywords(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keywords for the host class; a TypeError naming any that it does not take.
+
+        ``iblrig_settings`` is read here and passed on only if the host takes it. A host whose
+        ``__init__`` takes ``**kwargs`` (or cannot be inspected) gets everything.
+        """
+        host, accepted = _host_init(type(self))
+        if accepted is None:
+            return kwargs
+        kwargs = {k: v for k, v in kwargs.items() if k != 'iblrig_settings' or k in accepted}
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown:
+            named = []
+            for keyword in unknown:
+                near = difflib.get_close_matches(keyword, [*_OWN_KEYWORDS, *accepted], n=1)
+                named.append(f'{keyword!r}' + (f' (did you mean {near[0]!r}?)' if near else ''))
+            raise TypeError(f'{type(self).__name__}() got unexpected keyword argument(s) {", ".join(named)}: '
+                            f'NetworkSession takes {", ".join(_OWN_KEYWORDS)} and passes the others to '
+                            f'{host.__qualname__}, which takes {", ".join(sorted(accepted)) or "none"}')
+        return kwargs
+
     # --- connection ---
-    def connect(self, remote_rigs: Mapping[str, str] | Iterable[str] | None, timeout: float = DEFAULT_TIMEOUT,
-                **options: Any) -> RemoteRigs:
+    def connect(self, remote_rigs: Mapping[str, str] | Iterable[Any] | None,
+                timeout: float | None = DEFAULT_TIMEOUT, **options: Any) -> RemoteRigs:
         """Connect to `remote_rigs` (closing any earlier connection) and listen for Alyx tokens.
 
-        Names are looked up in the remote rigs file given at construction (or the default one);
-        `options` go to :class:`Services` (``echo_timeout``, ``resend_interval``, ``resends``).
+        Names are looked up in the remote rigs file given at construction (or found from
+        ``iblrig_settings``, or the default one); `options` go to :class:`Services`
+        (``echo_timeout``, ``resend_interval``, ``resends``, ``assume_resends``).
+
+        Raises
+        ------
+        TypeError, ValueError, ConfigError
+            A bad timeout, option, name or file; raised before anything opens.
         """
-        uris = resolve_remote_rigs(remote_rigs, self._remote_rigs_file)
+        _check_timeout(timeout)
+        _check_options(options)
+        uris = resolve_remote_rigs(remote_rigs, self._remote_rigs_file, self._iblrig_settings)
         self.cleanup_mixin_network()
         self.remote_rigs = RemoteRigs(uris, timeout=timeout, **options)
         self._network_stage = ExpStatus.CONNECTED
-        if self.remote_rigs:
+        if self.remote_rigs.services is not None:
             self.remote_rigs.services.assign_callback(ExpMessage.ALYX, self._on_alyx, return_service=True)
             self._catch_sigterm()
             log.info('Connected to %s', ', '.join(f'{n} ({u})' for n, u in self.remote_rigs.uris.items()))
@@ -134,6 +242,9 @@ class NetworkSession:
 
     def communicate(self, message: ExpMessage | int | str, *args: Any, raise_on_exception: bool = True) -> Any:
         """Broadcast one message to every remote rig and return ``{rig: response data}``.
+
+        A failure is not logged here: it is raised, or returned, once, and whoever handles it
+        reports it.
 
         Parameters
         ----------
@@ -143,18 +254,18 @@ class NetworkSession:
         *args
             The method's arguments.
         raise_on_exception : bool
-            On failure, clean up the network and re-raise; otherwise return the exception.
+            On failure, clean up the network and raise; otherwise return the exception.
         """
         if not self.remote_rigs.is_connected:
             return {}
+        options: dict[str, Any] = {}
         if isinstance(message, str) and message.lower() in {m for m, _ in _METHODS.values()}:
-            method, options = message.lower(), {}
+            method = message.lower()
         else:
             method, options = _METHODS[protocol.as_event(message)]
         try:
             return getattr(self.remote_rigs.services, method)(*args, **options)
         except Exception as ex:
-            log.error('Network %s failed: %s', method, ex)
             if raise_on_exception:
                 self.cleanup_mixin_network()
                 raise
@@ -162,7 +273,12 @@ class NetworkSession:
 
     # --- the lifecycle ---
     def init_mixin_network(self) -> None:
-        """EXPINFO to every rig, agree on the experiment reference, then EXPINIT (once)."""
+        """EXPINFO to every rig, agree on the experiment reference, then EXPINIT (once).
+
+        Between the two, with a remote main sync, ``session_info['SESSION_NUMBER']`` becomes
+        the reference's sequence; then :meth:`on_exp_ref` is called. If either check or the
+        hook raises, no rig is initialised and the connections are closed.
+        """
         if not self.remote_rigs or self._network_stage is not ExpStatus.CONNECTED:
             return
         main_sync = bool(self._host('hardware_settings').get('MAIN_SYNC', False))
@@ -176,10 +292,15 @@ class NetworkSession:
         }
         answers = self._ask_info(info)
         try:
-            self.exp_ref = own_ref if main_sync else self._reference_from(answers)
-            if main_sync and (claims := _main_sync_claims(answers)):
-                raise RuntimeError(f'This rig is the main sync, but {", ".join(claims)} also claim(s) to be')
-        except Exception:
+            if own_ref is not None:  # this rig is the main sync
+                if claims := _main_sync_claims(answers):
+                    raise RuntimeError(f'This rig is the main sync, but {", ".join(claims)} also claim(s) to be')
+                self.exp_ref = own_ref
+            else:
+                self.main_sync_rig, self.exp_ref = self._reference_from(answers)
+                self._take_session_number(self.exp_ref['sequence'])
+            self.on_exp_ref(dict(self.exp_ref))
+        except BaseException:
             self.cleanup_mixin_network()
             raise
         self.communicate('init', {'exp_ref': protocol.exp_ref_to_str(self.exp_ref)})
@@ -212,6 +333,27 @@ class NetworkSession:
             self.cleanup_mixin_network()
             raise answers
         return answers
+
+    def on_exp_ref(self, exp_ref: dict) -> None:
+        """Called once the rigs agreed on the experiment reference, before any rig is initialised.
+
+        Does nothing; override it in the task to act on the reference, e.g. a host that
+        computed its session folder before the network step recomputes it here. By then
+        ``self.exp_ref`` is set and, when a remote rig is the main sync (``self.main_sync_rig``),
+        ``session_info['SESSION_NUMBER']`` is ``exp_ref['sequence']``. Raising here aborts the
+        experiment: the rigs are not initialised and the connections are closed.
+
+        Parameters
+        ----------
+        exp_ref : dict
+            A copy of the reference: ``subject`` (str), ``date`` (datetime.date), ``sequence`` (int).
+
+        Examples
+        --------
+        >>> class Task(NetworkSession, BehaviourTask):
+        ...     def on_exp_ref(self, exp_ref):
+        ...         self.paths = self._init_paths()  # again, now numbered from exp_ref['sequence']
+        """
 
     def start_mixin_network(self) -> None:
         """EXPSTART with the experiment reference to every rig (once, after init)."""
@@ -246,7 +388,9 @@ class NetworkSession:
             result = host_run(*args, **kwargs) if host_run else None
         except BaseException as ex:
             if self.remote_rigs.is_connected and self._network_stage is ExpStatus.RUNNING:
-                self.communicate('stop', _interrupt_data(ex), True, raise_on_exception=False)
+                failure = self.communicate('stop', _interrupt_data(ex), True, raise_on_exception=False)
+                if isinstance(failure, Exception):  # the task's own error is raised below: this one is only logged
+                    log.warning('EXPINTERRUPT did not reach every rig: %s', failure)
             self.cleanup_mixin_network()
             raise
         self.stop_mixin_network()
@@ -303,12 +447,21 @@ class NetworkSession:
 
     def _own_reference(self) -> dict:
         number = self._host('session_info').get('SESSION_NUMBER')
-        if number is None:
-            log.warning('session_info has no SESSION_NUMBER; using sequence 1')
+        if not number:
+            log.warning('session_info has SESSION_NUMBER %r; using sequence 1', number)
         return {'subject': self._subject(), 'date': self._start_date(), 'sequence': int(number or 1)}
 
-    def _reference_from(self, answers: Mapping[str, Any]) -> dict:
-        """The main sync rig's reference, checked against this task's subject and date."""
+    def _take_session_number(self, sequence: int) -> None:
+        """The main sync's sequence becomes the host's ``SESSION_NUMBER``."""
+        info = getattr(self, 'session_info', None)
+        if isinstance(info, MutableMapping):
+            info['SESSION_NUMBER'] = sequence
+            log.info('Session number %d, from main sync rig %s', sequence, self.main_sync_rig)
+        else:
+            log.warning('The host has no session_info mapping: cannot set SESSION_NUMBER to %d', sequence)
+
+    def _reference_from(self, answers: Mapping[str, Any]) -> tuple[str, dict]:
+        """The main sync rig's name and its reference, checked against this task's subject and date."""
         from one.converters import ConversionMixin
         claims = _main_sync_claims(answers)
         if len(claims) != 1:
@@ -325,7 +478,7 @@ class NetworkSession:
             raise ValueError(f'Main sync rig {rig!r} has subject {ref["subject"]!r}, this task {self._subject()!r}')
         if ref['date'] != self._start_date():
             raise RuntimeError(f'Main sync rig {rig!r} has date {ref["date"]}, this task started {self._start_date()}')
-        return ref
+        return rig, ref
 
     def _catch_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread() or self._previous_sigterm is not None:
@@ -383,3 +536,57 @@ def _interrupt_data(error: BaseException) -> dict:
         'traceback': ''.join(traceback.format_exception(type(error), error, error.__traceback__)),
         'file': last.filename if last else None, 'line_no': last.lineno if last else None,
     }
+
+
+def _host_init(cls: type) -> tuple[type, set[str] | None]:
+    """The class whose ``__init__`` follows NetworkSession's in `cls`'s MRO, and the keywords it takes.
+
+    The keywords are None when it takes any (``**kwargs``) or its signature cannot be read.
+    """
+    mro = cls.__mro__
+    host: type = object
+    for host in mro[mro.index(NetworkSession) + 1:]:
+        if '__init__' in vars(host):
+            break
+    if host is object:
+        return host, set()
+    try:
+        parameters = list(inspect.signature(vars(host)['__init__']).parameters.values())[1:]  # without self
+    except (TypeError, ValueError):
+        return host, None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return host, None
+    return host, {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_timeout(timeout: Any) -> None:
+    """A TypeError or ValueError unless `timeout` is a number of seconds > 0, or None."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f'network_timeout must be a number of seconds, not {timeout!r}')
+    if not timeout > 0:  # also refuses NaN
+        raise ValueError(f'network_timeout must be > 0 seconds, not {timeout!r}')
+
+
+def _option_names() -> set[str] | None:
+    """The options ``Services`` and each rig's ``Communicator`` take by keyword; None if any goes."""
+    names: set[str] = set()
+    for function in (Services.__init__, Communicator.__init__):
+        parameters = inspect.signature(function).parameters.values()
+        if function is Communicator.__init__ and any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return None
+        names |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
+    return names - {'timeout', 'dispatcher', 'sock'}  # set by NetworkSession and Services themselves
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """A TypeError naming any network option that is not known (with the nearest known one)."""
+    known = _option_names()
+    unknown = [name for name in options if known is not None and name not in known]
+    if unknown:
+        named = []
+        for name in unknown:
+            near = difflib.get_close_matches(name, sorted(known or ()), n=1)
+            named.append(f'{name!r}' + (f' (did you mean {near[0]!r}?)' if near else ''))
+        raise TypeError(f'Unknown network option(s) {", ".join(named)}; the options are {", ".join(sorted(known or ()))}')

@@ -1,21 +1,46 @@
 """NetworkSession on a legacy task class, against real iblutil rigs and RigServers."""
+import asyncio
 import datetime
+import logging
+import operator
 import os
 import signal
 import threading
 from pathlib import Path
 
 import pytest
-from legacy_task import Task
+from legacy_task import FolderTask, LegacyTask, Task
 
-from iblnet_sync import BroadcastTimeout, ExpMessage, RigServer
-from iblnet_sync.config import ConfigError
+import iblnet_sync.session
+from iblnet_sync import BroadcastTimeout, ConfigError, ExpMessage, NetworkSession, RigServer, Services
 
 TODAY = datetime.date.today()
 
 
 def events(rig):
     return [event for event, _ in rig.received]
+
+
+@pytest.fixture
+def iblutil_rigs(iblutil_rigs):
+    """conftest's iblutil rigs, each transport closed on its loop before the loop stops.
+
+    Closing a transport schedules its socket's closing on the loop; a loop stopped in the
+    same turn never runs it, and the transport warns (ResourceWarning) when collected.
+    """
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(iblutil_rigs(*args, **kwargs))
+        return made[-1]
+
+    async def close(rig):
+        rig.protocol.close()
+        await asyncio.sleep(0)  # one loop turn: the transport's scheduled close runs
+
+    yield make
+    for rig in made:
+        rig.loops.run(close(rig))
 
 
 @pytest.fixture
@@ -212,3 +237,208 @@ def test_first_expinfo_is_asked_again_of_the_rig_that_lost_it(no_leaked_threads)
             task.cleanup_mixin_network()
         finally:
             relay.close()
+
+
+# --- the drop-in contract: the session number comes from the main sync ---
+@pytest.fixture
+def data_root(tmp_path):
+    """A data folder where sessions 001 to 003 of today exist: the host's own numbering would pick 004."""
+    for number in ('001', '002', '003'):
+        (tmp_path / 'data' / 'mouse' / str(TODAY) / number).mkdir(parents=True)
+    return tmp_path / 'data'
+
+
+@pytest.mark.parametrize('main_kind', ['iblutil', 'RigServer'])
+def test_iblrig_style_task_takes_the_main_syncs_number_and_folder(main_kind, iblutil_rigs, data_root,
+                                                                    no_leaked_threads):
+    reference = f'{TODAY}_2_mouse'
+    with RigServer('udp://127.0.0.1:0', name='ephys', main_sync=main_kind == 'RigServer', exp_ref=reference) as ours:
+        theirs = iblutil_rigs('cameras', main_sync=main_kind == 'iblutil', exp_ref=reference)
+        task = FolderTask(remote_rigs={'cameras': theirs.uri, 'ephys': ours.uri}, data_root=data_root)
+        try:
+            assert task.main_sync_rig == ('cameras' if main_kind == 'iblutil' else 'ephys')
+            assert task.number_before_paths == 2  # set before the host computed its paths
+            assert task.session_info['SESSION_NUMBER'] == 2
+            assert task.paths['SESSION_FOLDER'] == data_root / 'mouse' / str(TODAY) / '002'
+            assert theirs.received[1][1] == [{'exp_ref': reference}] and ours.status.name == 'INITIALIZED'
+            assert task.run() == data_root / 'mouse' / str(TODAY) / '002'
+        finally:
+            task.cleanup_mixin_network()
+
+
+def test_iblrig_style_task_without_network_numbers_as_its_host(data_root, no_leaked_threads):
+    task = FolderTask(remote_rigs=None, data_root=data_root)
+    assert task.main_sync_rig is None and task.session_info['SESSION_NUMBER'] == 4
+    assert task.paths['SESSION_FOLDER'].name == '004'
+
+
+def test_this_rig_as_main_sync_keeps_its_number_and_hears_its_reference(iblutil_rigs):
+    seen = []
+
+    class Recording(Task):
+        def on_exp_ref(self, exp_ref):
+            seen.append((exp_ref, self.session_info['SESSION_NUMBER']))
+
+    rig = iblutil_rigs('cameras')
+    task = Recording(remote_rigs={'cameras': rig.uri}, main_sync=True, session_number=7)
+    task.cleanup_mixin_network()
+    assert seen == [({'subject': 'mouse', 'date': TODAY, 'sequence': 7}, 7)]
+    assert task.main_sync_rig is None and task.session_info['SESSION_NUMBER'] == 7
+
+
+def test_on_exp_ref_is_called_once_after_the_number_and_before_init(iblutil_rigs, no_leaked_threads):
+    seen = []
+
+    class Recording(Task):
+        def on_exp_ref(self, exp_ref):
+            seen.append((exp_ref, self.session_info['SESSION_NUMBER'], events(rig)))
+
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_5_mouse')
+    task = Recording(remote_rigs={'cameras': rig.uri}, session_number=1)
+    task.init_mixin_network()  # again: nothing more happens
+    task.cleanup_mixin_network()
+    assert seen == [({'subject': 'mouse', 'date': TODAY, 'sequence': 5}, 5, [ExpMessage.EXPINFO])]
+    assert task.session_info['SESSION_NUMBER'] == 5 and events(rig)[-1] is ExpMessage.EXPINIT
+
+
+def test_on_exp_ref_raising_initialises_no_rig(iblutil_rigs, no_leaked_threads):
+    class Refusing(Task):
+        def on_exp_ref(self, exp_ref):
+            raise FileExistsError(f'session {exp_ref["sequence"]} already has data')
+
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_3_mouse')
+    with pytest.raises(FileExistsError, match='session 3'):
+        Refusing(remote_rigs={'cameras': rig.uri})
+    assert events(rig) == [ExpMessage.EXPINFO]
+
+
+def test_positional_arguments_reach_the_host():
+    task = Task('rat', remote_rigs=None)
+    assert task.session_info['SUBJECT_NAME'] == 'rat'
+
+
+# --- where the rigs file is ---
+def test_nested_names_and_iblrig_settings_find_remote_devices_yaml(iblutil_rigs, tmp_path, data_root):
+    cameras = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_2_mouse')
+    ephys = iblutil_rigs('neuropixel')
+    remote = tmp_path / 'remote'
+    remote.mkdir()
+    (remote / 'remote_devices.yaml').write_text(f'cameras: {cameras.uri}\nneuropixel: {ephys.uri}\n')
+    settings = {'iblrig_remote_data_path': str(remote), 'ALYX_LAB': 'lab'}
+    task = FolderTask(remote_rigs=[['cameras'], [None, 'neuropixel', 'cameras']], iblrig_settings=settings,
+                      data_root=data_root)
+    task.cleanup_mixin_network()
+    assert dict(task.remote_rigs) == {'cameras': cameras.uri, 'neuropixel': ephys.uri}
+    assert task.iblrig_settings == settings  # the host takes iblrig_settings: it got them too
+    assert task.paths['SESSION_FOLDER'].name == '002'
+    plain = Task(remote_rigs=['cameras'], iblrig_settings=settings, run_init_mixins=False)  # a host without them
+    plain.cleanup_mixin_network()
+    assert dict(plain.remote_rigs) == {'cameras': cameras.uri}
+
+
+def test_unknown_names_are_a_value_error_naming_them(rigs_file):
+    path = rigs_file('cameras: udp://127.0.0.1:9\n')
+    with pytest.raises(ValueError, match=r"\['ephys', 'widefield'\] not in"):
+        Task(remote_rigs=['cameras', ['ephys', ['widefield']]], remote_rigs_file=path)
+
+
+def test_a_bad_entry_in_the_rigs_file_is_named(rigs_file):
+    path = rigs_file('cameras: udp://127.0.0.1:70000\n')
+    with pytest.raises(ConfigError, match="entry 'cameras'.*udp://127.0.0.1:70000"):
+        Task(remote_rigs=['cameras'], remote_rigs_file=path)
+
+
+# --- errors before anything opens ---
+@pytest.fixture
+def opened(monkeypatch):
+    """Every connection NetworkSession opens, recorded."""
+    made = []
+
+    class Recording(Services):
+        def __init__(self, *args, **kwargs):
+            made.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(iblnet_sync.session, 'Services', Recording)
+    return made
+
+
+@pytest.mark.parametrize('keywords, error, message', [
+    ({'network_timeot': 1}, TypeError, r"'network_timeot' \(did you mean 'network_timeout'\?\)"),
+    ({'subjet': 'rat'}, TypeError, r"'subjet' \(did you mean 'subject'\?\).*LegacyTask, which takes"),
+    ({'network_timeout': 0}, ValueError, 'network_timeout must be > 0'),
+    ({'network_timeout': -1.5}, ValueError, 'network_timeout must be > 0'),
+    ({'network_timeout': '10'}, TypeError, 'network_timeout must be a number'),
+    ({'network_options': ['echo_timeout']}, TypeError, 'network_options must be a mapping'),
+    ({'network_options': {'echo_timeot': 1}}, TypeError, r"'echo_timeot' \(did you mean 'echo_timeout'\?\)"),
+])
+def test_bad_arguments_fail_before_anything_opens(keywords, error, message, opened, no_leaked_threads):
+    with pytest.raises(error, match=message):
+        Task(remote_rigs={'cameras': 'udp://127.0.0.1:9'}, **keywords)
+    assert opened == []
+    Task(remote_rigs={'cameras': 'udp://127.0.0.1:9'}, run_init_mixins=False).cleanup_mixin_network()
+    assert len(opened) == 1  # the recording sees a connection that does open
+
+
+# --- the mapping of rigs is read-only ---
+def test_remote_rigs_is_read_only(iblutil_rigs):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+    task = Task(remote_rigs={'cameras': rig.uri})
+    rigs = task.remote_rigs
+    try:
+        for change in (lambda: rigs.pop('cameras'), lambda: operator.setitem(rigs, 'ephys', 'udp://127.0.0.1:9'),
+                       lambda: operator.delitem(rigs, 'cameras'), lambda: rigs.update(ephys='x'), rigs.clear,
+                       rigs.popitem, lambda: operator.setitem(rigs.uris, 'ephys', 'udp://127.0.0.1:9')):
+            with pytest.raises(TypeError):
+                change()
+        assert dict(rigs) == {'cameras': rig.uri} and 'cameras' in rigs and rigs['cameras'] == rig.uri
+        assert rigs.is_connected
+    finally:
+        task.cleanup_mixin_network()
+
+
+# --- a failure is reported once ---
+def test_a_failure_is_raised_or_returned_not_also_logged(iblutil_rigs, caplog, no_leaked_threads):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+    task = Task(remote_rigs={'cameras': rig.uri}, network_timeout=0.3)
+    rig.respond = False
+    with caplog.at_level(logging.DEBUG, logger='iblnet_sync.session'):
+        assert isinstance(task.communicate('status', 'CONNECTED', raise_on_exception=False), BroadcastTimeout)
+        with pytest.raises(TimeoutError):
+            task.communicate('status', 'CONNECTED')
+    assert [r for r in caplog.records if r.name == 'iblnet_sync.session' and r.levelno >= logging.WARNING] == []
+
+
+def test_a_crash_whose_interrupt_fails_is_raised_and_the_interrupt_logged_once(iblutil_rigs, caplog,
+                                                                               no_leaked_threads):
+    rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
+
+    class CrashingHost(LegacyTask):
+        def run(self):
+            rig.respond = False  # the rig still echoes, but will not answer EXPINTERRUPT
+            raise RuntimeError('Bpod disconnected')
+
+    class Crashing(NetworkSession, CrashingHost):
+        pass
+
+    task = Crashing(remote_rigs={'cameras': rig.uri}, network_timeout=0.3)
+    with caplog.at_level(logging.WARNING, logger='iblnet_sync'), pytest.raises(RuntimeError, match='Bpod'):
+        task.run()
+    reports = [r.getMessage() for r in caplog.records if r.name == 'iblnet_sync.session']
+    assert len(reports) == 1 and reports[0].startswith('EXPINTERRUPT did not reach every rig')
+    assert events(rig)[-1] is ExpMessage.EXPINTERRUPT and not task.remote_rigs.is_connected
+
+
+def test_a_host_taking_any_keyword_gets_them_all(tmp_path):
+    class AnyKeywords:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class Open(NetworkSession, AnyKeywords):
+        pass
+
+    settings = {'iblrig_remote_data_path': str(tmp_path)}
+    task = Open('mouse', remote_rigs=None, iblrig_settings=settings, stub='x.yaml')
+    assert task.args == ('mouse',) and task.kwargs == {'iblrig_settings': settings, 'stub': 'x.yaml'}
+    with pytest.raises(TypeError, match=r"'subject'.*NetworkSession takes remote_rigs.*object, which takes none"):
+        type('Bare', (NetworkSession,), {})(remote_rigs=None, subject='mouse')
