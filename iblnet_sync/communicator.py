@@ -1,38 +1,37 @@
-"""One remote rig: send a message, match its echo, collect the response, echo the rig's messages."""
+"""One remote rig, main side: a thin adapter between a UDP socket and the protocol core.
+
+The rules (echoes, resends, duplicates, late answers, storms) are all in :mod:`iblnet_sync.core`;
+this module owns the socket, the dispatcher registration, the callers' Futures and the
+callbacks. Callers to one rig are served one at a time, in arrival order.
+"""
 from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from iblutil.io.net.base import ExpMessage, ExpStatus, validate_uri
+from iblutil.io.net.base import ExpMessage, ExpStatus
 
-from . import protocol
-from .dispatcher import Dispatcher
-from .errors import ClosedError, RigError, RigErrorReport, RigRefused, RigTimeout
+from . import core, protocol
+from .core import ECHO_TIMEOUT, RESEND_INTERVAL, RESENDS
+from .dispatcher import Dispatcher, Timer, weak_call
+from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout
 from .exchange import Exchange, remaining
-from .guards import StormGuard
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'RESEND_INTERVAL', 'RESENDS']
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 """float: seconds to wait for a rig's response (iblutil's ``Services`` default)."""
-ECHO_TIMEOUT = 1.0
-"""float: seconds to wait for an echo (iblutil's default)."""
-RESEND_INTERVAL = 0.2
-"""float: seconds without any datagram from the rig before a message is sent again."""
-RESENDS = 4
-"""int: how many times a message is sent again before the rig counts as not echoing."""
-REPEAT_WINDOW = 5.0
-"""float: seconds during which a repeated response is echoed but not delivered again."""
-DUPLICATE_WINDOW = 0.01
-"""float: seconds during which the very bytes of the last response are a network duplicate."""
 _REFUSED = (ConnectionRefusedError, ConnectionResetError)  # Linux, and WSAECONNRESET on Windows
+_ERRORS = {'no echo': RigTimeout, 'no response': RigTimeout, 'error report': RigErrorReport,
+           'refused': RigRefused, 'closed': RigClosed}
 
 Callback = Callable[..., Any] | Future
 
@@ -43,10 +42,23 @@ def _open_socket(hostname: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.connect((hostname, port))
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     return sock
+
+
+def check_options(timeout: float | None, echo_timeout: float, resend_interval: float, resends: int) -> None:
+    """Raise ValueError or TypeError for option values no communicator can use."""
+    for name, value in (('timeout', timeout), ('echo_timeout', echo_timeout), ('resend_interval', resend_interval)):
+        if value is None and name == 'timeout':
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f'{name} must be a number of seconds, not {value!r}')
+        if not value > 0:
+            raise ValueError(f'{name} must be > 0 seconds, not {value!r}')
+    if isinstance(resends, bool) or not isinstance(resends, int) or resends < 0:
+        raise ValueError(f'resends must be an integer >= 0, not {resends!r}')
 
 
 class Communicator:
@@ -62,18 +74,18 @@ class Communicator:
         The network thread to use; by default the communicator starts and owns one.
     sock : socket.socket, optional
         A datagram socket already connected to the rig (tests pass one end of a socketpair).
-    timeout : float
-        Default seconds to wait for a response.
+    timeout : float, None
+        Default seconds to wait for a response; None waits for ever.
     echo_timeout : float
-        Seconds to wait for an echo before the rig counts as not echoing.
+        Seconds to wait for an echo after the last send.
     resend_interval : float
-        Seconds of silence from the rig after which a message is sent again.
+        Seconds without an echo after which a request is sent again.
     resends : int
-        How many times to send again; 0 behaves exactly as iblutil. Resends go only to a rig
-        that said it takes them (its EXPINFO answer has ``resends: true``, as RigServer's has):
-        an iblutil rig would take a resend for a new message and could handle it twice.
+        How many times a request may be sent again; 0 behaves exactly as iblutil. Before the
+        rig is known to run iblnet_sync, a request is sent again only while nothing at all came
+        back from the rig (see :mod:`iblnet_sync.core`).
     assume_resends : bool
-        Resend to this rig from the first message on, before its EXPINFO answer.
+        Kept for compatibility; has no effect (resending is always safe now).
 
     Examples
     --------
@@ -86,32 +98,31 @@ class Communicator:
                  sock: socket.socket | None = None, timeout: float | None = DEFAULT_TIMEOUT,
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
                  resends: int = RESENDS, assume_resends: bool = False):
-        self.server_uri = validate_uri(server_uri)
-        self._address = protocol.rig_address(self.server_uri)
+        check_options(timeout, echo_timeout, resend_interval, resends)
+        self._address = protocol.rig_address(server_uri)
+        self.server_uri = f'udp://{self._address[0]}:{self._address[1]}'
         self.name = name or self.server_uri
-        if not echo_timeout > 0 or resend_interval <= 0 or resends < 0:
-            raise ValueError('echo_timeout and resend_interval must be > 0 and resends >= 0')
         self.timeout, self.echo_timeout = timeout, echo_timeout
-        self.resend_interval, self.resends = resend_interval, resends
-        self.takes_resends = assume_resends  # learnt from the rig's EXPINFO answer otherwise
-        self._sock = sock if sock is not None else _open_socket(self.hostname, self.port)
-        self._lock = threading.Lock()  # guards the state below
-        self._slot = threading.Lock()  # held for the life of one exchange: one at a time per rig
+        self._conversation = core.MainConversation(secrets.token_hex(3), resend_interval, resends, echo_timeout)
+        self._lock = threading.Lock()
+        self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
         self._exchange: Exchange | None = None
-        self._late_echo: bytes | None = None
-        self._storm_guard = StormGuard()
-        self._last_response: tuple[protocol.Message | None, float] = (None, 0.0)
-        self._last_response_bytes = b''
-        self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in ExpMessage}
+        self._timer: Timer | None = None
+        self._timer_at: float | None = None
+        self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
         self._closed = False
         self._owns_dispatcher = dispatcher is None
+        self._sock = sock or _open_socket(*self._address)
         try:
             self._dispatcher = dispatcher or Dispatcher(f'iblnet_sync-{self.name}')
-            self._dispatcher.register(self._sock, self)
         except BaseException:
             self._sock.close()
-            if self._owns_dispatcher and hasattr(self, '_dispatcher'):
-                self._dispatcher.close()
+            raise
+        self._finalizer = weakref.finalize(self, _release, self._sock, self._dispatcher, self._owns_dispatcher)
+        try:
+            self._dispatcher.register(self._sock, self)
+        except BaseException:
+            self._finalizer()
             raise
 
     # --- addresses ---
@@ -135,12 +146,19 @@ class Communicator:
         """bool: True until ``close()``."""
         return not self._closed
 
+    @property
+    def peer_is_iblnet_sync(self) -> bool:
+        """bool: the rig said it runs iblnet_sync: messages to it are tagged (see :mod:`iblnet_sync.core`)."""
+        return self._conversation.tagged
+
+    takes_resends = peer_is_iblnet_sync  # the name of earlier versions
+
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {self.name!r} {self.server_uri}>'
 
     # --- sending ---
     def send(self, data: bytes | list | tuple) -> None:
-        """Send one message without waiting for anything.
+        """Send one message without waiting for anything (no echo is matched).
 
         Parameters
         ----------
@@ -151,10 +169,10 @@ class Communicator:
         self._sock.send(data if isinstance(data, bytes) else protocol.encode(*data))
 
     def submit(self, datagram: bytes, expect_response: bool = True, timeout: float | None = None) -> Exchange:
-        """Send a datagram and return its :class:`Exchange` without waiting for it.
+        """Send a datagram and return its :class:`Exchange` without waiting for the answer.
 
-        Waits first (up to `timeout`) for any earlier exchange with this rig to finish: the
-        protocol matches echoes by address, so one rig has one exchange at a time.
+        Waits first (up to `timeout`) for any earlier exchange with this rig to end: one rig
+        has one exchange at a time.
 
         Parameters
         ----------
@@ -163,55 +181,35 @@ class Communicator:
         expect_response : bool
             Whether the rig answers with a message of the same event.
         timeout : float, optional
-            How long to wait for the rig to be free; defaults to ``self.timeout``.
+            Seconds for the whole exchange, waiting included; defaults to ``self.timeout``.
 
         Raises
         ------
         RigTimeout
-            The rig stayed busy with another exchange.
+            The rig stayed busy with another exchange (stage 'busy').
         ClosedError
-            The communicator is closed.
+            The communicator is closed, or was closed while waiting.
         """
-        self._check_open()
-        message = protocol.decode(datagram)
-        event = message.event
+        event = protocol.decode(datagram).event
         timeout = self.timeout if timeout is None else timeout
-        if not self._slot.acquire(timeout=-1 if timeout is None else timeout):
-            raise RigTimeout(self.name, self.server_uri, event.name,
-                             f'still busy with another exchange after {timeout:.3g} s', stage='busy')
-        try:
-            exchange = Exchange(datagram, message, expect_response, lambda: (self.name, self.server_uri))
-            exchange.outcome.add_done_callback(lambda _: self._end_exchange(exchange))  # frees the slot
-        except BaseException:
-            self._slot.release()
-            raise
-        try:
-            self._start(exchange)
-        except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
-            exchange.interrupt()
-            raise
+        deadline = None if timeout is None else time.monotonic() + timeout
+        exchange = Exchange(datagram, event, self._end)
+        with self._free:
+            while self._exchange is not None and not self._closed:
+                if not self._free.wait(remaining(deadline)) and self._exchange is not None:
+                    raise RigTimeout(self.name, self.server_uri, event.name,
+                                     f'still busy with another exchange after {timeout:.3g} s', stage='busy')
+            self._check_open()
+            try:
+                self._exchange = exchange
+                log.debug('%s: sent %r', self.name, datagram)
+                settle = self._apply(self._conversation.request(datagram, time.monotonic(), expect_response, deadline))
+            except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
+                settle = self._apply(self._conversation.abort('interrupted', 'interrupted while sending'))
+                self._settle(settle)
+                raise
+        self._settle(settle)
         return exchange
-
-    def _start(self, exchange: Exchange) -> None:
-        """Make `exchange` the rig's current one, send it and watch for its echo."""
-        with self._lock:
-            self._exchange = exchange
-            if self._late_echo == exchange.datagram:
-                self._late_echo = None  # from now on these bytes are this exchange's echo
-            self._storm_guard.reset()
-        try:
-            self._sock.send(exchange.datagram)
-        except _REFUSED as ex:
-            exchange.finish(error=self._refused(exchange, ex))
-            return
-        except OSError as ex:
-            exchange.finish(error=exchange.error(RigError, f'send failed: {ex}', stage='send failed'))
-            return
-        log.debug('%s: sent %r', self.name, exchange.datagram)
-        try:
-            self._watch_echo(exchange, resent=0)
-        except ClosedError:  # the shared dispatcher was closed under us
-            exchange.finish(error=exchange.error(RigError, 'network thread closed', stage='closed'))
 
     def confirmed_send(self, data: bytes | list | tuple, timeout: float | None = None) -> float:
         """Send a message and block until the rig echoes it.
@@ -227,8 +225,10 @@ class Communicator:
             No echo (``RigTimeout``), refused or an error report.
         """
         datagram = data if isinstance(data, bytes) else protocol.encode(*data)
+        timeout = self.echo_timeout if timeout is None else timeout
         exchange = self.submit(datagram, expect_response=False, timeout=timeout)
-        exchange.result(self.echo_timeout if timeout is None else timeout)
+        exchange.result(timeout)
+        assert exchange.echo_at is not None
         return exchange.echo_at - exchange.sent_at
 
     def request(self, datagram: bytes, timeout: float | None = None) -> list:
@@ -289,16 +289,23 @@ class Communicator:
 
         The callback runs on the callback thread as ``callback(data, addr)``, or as
         ``callback(data, addr, event)`` when `event` is several flags OR-ed together. If it
-        raises, the rig receives an error report ``[0, "Type: message", EVENT]``.
+        raises, the rig receives an error report ``[0, "Type: message", EVENT]``. Event 0
+        receives the rig's error reports that no request of ours was waiting for,
+        ``([text, EVENT], addr)``.
+
+        Raises
+        ------
+        ClosedError
+            The communicator is closed.
         """
-        event = protocol.as_event(event, allow_compound=True)
+        flags = _flags(event)
         if not (callable(callback) or isinstance(callback, Future)):
             raise TypeError('Callback must be callable or a concurrent.futures.Future')
-        compound = event not in list(ExpMessage)
+        compound = len(flags) > 1
         with self._lock:
-            for flag in ExpMessage:
-                if flag & event:
-                    self._callbacks[flag].append((callback, compound))
+            self._check_open()
+            for flag in flags:
+                self._callbacks[flag].append((callback, compound))
 
     def clear_callbacks(self, event: ExpMessage | int | str, callback: Callback | None = None) -> int:
         """Remove `callback` (or every callback) for `event`; pending Futures are cancelled.
@@ -308,12 +315,9 @@ class Communicator:
         int
             How many registrations were removed.
         """
-        event = protocol.as_event(event, allow_compound=True)
         removed = []
         with self._lock:
-            for flag in ExpMessage:
-                if not flag & event:
-                    continue
+            for flag in _flags(event):
                 entries = self._callbacks[flag]
                 keep = [e for e in entries if callback is not None and not _same_callback(e[0], callback)]
                 removed += [e[0] for e in entries if e not in keep]
@@ -335,23 +339,26 @@ class Communicator:
 
     # --- closing ---
     def close(self) -> None:
-        """Fail the exchange in flight, cancel pending Futures and close the socket; idempotent."""
-        with self._lock:
+        """Fail the exchange in flight and every caller waiting for the rig with :class:`ClosedError`,
+        cancel pending Futures and close the socket; idempotent."""
+        with self._free:
             if self._closed:
                 return
             self._closed = True
-            exchange = self._exchange
+            settle = self._apply(self._conversation.abort('closed', 'the communicator was closed'))
+            self._free.notify_all()
             futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
             for entries in self._callbacks.values():
                 entries.clear()
-        if exchange is not None:
-            exchange.finish(error=exchange.error(RigError, 'communicator closed', stage='closed'))
+            if self._timer is not None:
+                self._timer.cancel()
+        self._settle(settle)
         for future in futures:
             future.cancel()
-        self._dispatcher.unregister(self._sock)
-        self._sock.close()
-        if self._owns_dispatcher:
-            self._dispatcher.close()
+        try:
+            self._dispatcher.unregister(self._sock)
+        finally:
+            self._finalizer()
 
     def __enter__(self) -> Communicator:
         return self
@@ -361,161 +368,128 @@ class Communicator:
 
     # --- called on the dispatcher thread ---
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        """Match an echo, or echo and deliver a new message from the rig.
-
-        The protocol has no message ids, so the rules go by order and spelling:
-
-        1. The first datagram equal to what we sent (or to our resend) is its echo.
-        2. Our resend spelling, or the echo a response already stood in for, arriving later
-           is a late echo of ours: dropped, never echoed back.
-        3. Anything else that decodes is the rig's message: echoed at once (unless the storm
-           guard or the duplicate rule says no), then it answers the exchange in flight if
-           it has its event, else goes to the callbacks.
-        4. The previous answer again is a resent or late copy of it: echoed (the rig awaits
-           that), not delivered twice, and not taken as the answer to a different request
-           (before our echo, or an EXPSTART answer with the previous reference).
-        """
+        """Hand a datagram from the rig to the protocol core (datagrams from other hosts are dropped)."""
         if isinstance(addr, tuple) and addr and addr[0] != self.hostname:
             log.debug('%s: ignored %d bytes from %s, not the rig', self.name, len(data), addr)
             return
-        with self._lock:
-            exchange = self._exchange
-            is_echo = exchange is not None and not exchange.echoed and (
-                data == exchange.datagram or data == protocol.respell(exchange.datagram))
-            late_echo = not is_echo and (protocol.is_resend(data) or data == self._late_echo)
-            if late_echo and data == self._late_echo:
-                self._late_echo = None  # there was one echo to come, and this is it
-        if is_echo:
-            exchange.heard = True
-            exchange.confirm()  # the first datagram equal to what we sent is its echo (outside the lock:
-            return              # confirming may end the exchange, whose callback takes the lock)
-        if late_echo:
-            log.debug('%s: late echo of ours dropped', self.name)
-            return
-        try:
-            message = protocol.decode(data)
-        except protocol.DecodeError as ex:
-            log.debug('%s: dropped datagram %r: %s', self.name, data[:80], ex)
-            return
-        if message.event == protocol.ERROR_CODE:
-            self._error_report(message, exchange)
-            return
-        if not self.takes_resends and protocol.announces_resends(message):
-            self.takes_resends = True
-        now = time.monotonic()
-        repeated = message == self._last_response[0] and now - self._last_response[1] < REPEAT_WINDOW
-        awaited = exchange is not None and exchange.event == message.event and not exchange.done
-        if awaited and repeated and not exchange.echoed:
-            awaited = False  # the previous answer again before our echo: a resent or late copy
-        if awaited and repeated and message.event is ExpMessage.EXPSTART and (
-                message.data[:1] != exchange.request_data[:1]):
-            awaited = False  # the previous start's answer again (EXPSTART answers carry the reference)
-        just_now = now - self._last_response[1] < DUPLICATE_WINDOW
-        if repeated and not awaited and data == self._last_response_bytes and just_now:
-            # The very bytes again at once: a network duplicate, or the late echo of a request
-            # that had the same bytes. Echoing it would look like a new request to the rig.
-            log.debug('%s: duplicate of the last response dropped', self.name)
-            return
-        if not self._storm_guard.allow(data):
-            return
-        try:
-            self._sock.send(data)  # echo first: an iblutil rig waits about 1 s for it
-        except OSError as ex:
-            log.debug('%s: echo failed: %s', self.name, ex)
-        if exchange is not None and not repeated:
-            exchange.heard = True  # the rig is answering: resending now could disturb it
-        if awaited and exchange.expect_response:
-            self._last_response, self._last_response_bytes = (message, now), data
-            self._deliver(message, addr)
-            exchange.respond(message.data)  # last: the caller wakes while we go back to select()
-            return
-        if awaited:
-            exchange.confirm(implied=True)  # the rig's message for this event implies it received ours
-        elif repeated:
-            log.debug('%s: repeated response echoed, not delivered again', self.name)
-            return
-        self._deliver(message, addr)
+        log.debug('%s: received %r', self.name, data)
+        self._feed(lambda now: self._conversation.receive(data, now))
 
     def error_received(self, error: OSError) -> None:
         """A socket error: port unreachable fails the exchange in flight as refused."""
-        with self._lock:
-            exchange = self._exchange
-        if exchange is None:
-            log.debug('%s: socket error with no exchange in flight: %s', self.name, error)
-        elif isinstance(error, _REFUSED):
-            exchange.finish(error=self._refused(exchange, error))
+        if isinstance(error, _REFUSED):
+            detail = f'nothing is listening there (port unreachable: {error})'
+            self._feed(lambda now: self._conversation.abort('refused', detail))
         else:
-            exchange.finish(error=exchange.error(RigError, f'socket error: {error}', stage='socket error'))
+            self._feed(lambda now: self._conversation.abort('socket error', f'socket error: {error}'))
+
+    def _on_timer(self) -> None:
+        self._feed(self._conversation.tick)
 
     # --- internals ---
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f'{self!r} is closed')
 
-    def _refused(self, exchange: Exchange, error: OSError) -> RigError:
-        return exchange.error(RigRefused, f'nothing is listening there (port unreachable: {error})')
-
-    def _end_exchange(self, exchange: Exchange) -> None:
+    def _feed(self, step: Callable[[float], list[core.Event]]) -> None:
+        """Give the core one input and carry out what it says; Futures are settled outside the lock."""
         with self._lock:
-            if self._exchange is exchange:
-                self._exchange = None
-            # An echo that has not come yet (a response stood in for it, or we gave up) is
-            # ours if it comes late, not a message of the rig's to echo back and handle.
-            self._late_echo = exchange.datagram if exchange.echo_implied or not exchange.echoed else None
-        self._slot.release()
+            settle = self._apply(step(time.monotonic()))
+        self._settle(settle)
 
-    def _watch_echo(self, exchange: Exchange, resent: int) -> None:
-        """Schedule the next resend, or the echo deadline when no resend is left (or allowed)."""
-        may_resend = self.takes_resends and resent < self.resends
-        if may_resend and (resent + 1) * self.resend_interval < self.echo_timeout:
-            exchange.timer = self._dispatcher.call_later(self.resend_interval, self._resend, exchange, resent + 1)
-        else:
-            delay = self.echo_timeout - resent * self.resend_interval
-            exchange.timer = self._dispatcher.call_later(delay, self._echo_overdue, exchange)
-        if exchange.done:  # it ended while the timer was being made: finish() could not cancel it
-            exchange.timer.cancel()
+    def _end(self, exchange: Exchange, why: str) -> None:
+        """A caller's wait ended (deadline or Ctrl-C): end its exchange if it is still running."""
+        def step(now: float) -> list[core.Event]:
+            if self._exchange is not exchange:
+                return []
+            if why == 'timeout':
+                return self._conversation.give_up(now)
+            return self._conversation.abort('interrupted', 'interrupted while waiting')
+        self._feed(step)
 
-    def _echo_overdue(self, exchange: Exchange) -> None:
-        if not exchange.echoed:
-            exchange.give_up()
+    def _apply(self, events: list[core.Event]) -> list[tuple[Exchange, Any, BaseException | None]]:
+        """Carry out the core's events (with the lock held); returns the outcomes to settle."""
+        settle: list[tuple[Exchange, Any, BaseException | None]] = []
+        exchange = self._exchange
+        for event in events:
+            if isinstance(event, core.Send):
+                refused = self._send(event.datagram)
+                if refused is not None:
+                    settle += self._apply(self._conversation.abort('refused', refused))
+            elif isinstance(event, core.Echoed) and exchange is not None:
+                exchange.echo_at = event.at
+            elif isinstance(event, core.Answered) and exchange is not None:
+                if event.data is not None:  # as in iblutil, an answer also reaches the event's callbacks
+                    exchange.response_at = event.at
+                    self._deliver(protocol.Message(exchange.event, event.data))
+                settle.append((exchange, event.data, None))
+                self._exchange = exchange = None
+            elif isinstance(event, core.Failed) and exchange is not None:
+                settle.append((exchange, None, self._error(exchange, event)))
+                self._exchange = exchange = None
+            elif isinstance(event, core.Delivered):
+                self._deliver(event.message)
+        if self._exchange is None:
+            self._free.notify()
+        self._arm_timer()
+        return settle
 
-    def _resend(self, exchange: Exchange, attempt: int) -> None:
-        """Send again in another JSON spelling, unless anything came back from the rig."""
-        if exchange.done or exchange.echoed:
+    @staticmethod
+    def _settle(settle: list[tuple[Exchange, Any, BaseException | None]]) -> None:
+        for exchange, result, error in settle:
+            exchange.settle(result, error)
+
+    def _send(self, datagram: bytes) -> str | None:
+        """Send; return why if the rig refused it."""
+        try:
+            self._sock.send(datagram)
+        except _REFUSED as ex:
+            return f'nothing is listening there (port unreachable: {ex})'
+        except OSError as ex:
+            log.debug('%s: send failed: %s', self.name, ex)
+        return None
+
+    def _arm_timer(self) -> None:
+        """Keep one dispatcher timer at the core's next wake-up."""
+        when = None if self._closed else self._conversation.wakeup
+        if when == self._timer_at:
             return
-        if not exchange.heard and not self._closed:
-            spelling = protocol.respell(exchange.datagram)
-            log.debug('%s: no echo after %.3g s, resend %d', self.name, attempt * self.resend_interval, attempt)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, when
+        if when is not None:
             try:
-                self._sock.send(spelling)
-            except _REFUSED as ex:
-                exchange.finish(error=self._refused(exchange, ex))
-                return
-            except OSError as ex:
-                log.debug('%s: resend failed: %s', self.name, ex)
-        self._watch_echo(exchange, attempt)
+                self._timer = self._dispatcher.call_later(max(0.0, when - time.monotonic()),
+                                                          weak_call(self._on_timer))
+            except ClosedError:  # a shared dispatcher closed under us: the exchange ends at its deadline
+                self._timer_at = None
 
-    def _error_report(self, message: protocol.Message, exchange: Exchange | None) -> None:
-        text, event = (message.data + [None])[:2]
-        log.warning('%s (%s) reported an error for %s: %s', self.name, self.server_uri, event, text)
-        if exchange is not None and (event is None or event == exchange.event):
-            exchange.finish(error=exchange.error(RigErrorReport, str(text)))
+    def _error(self, exchange: Exchange, failed: core.Failed) -> RigError:
+        waited = time.monotonic() - exchange.sent_at
+        detail = failed.detail
+        if failed.stage in ('no echo', 'no response'):
+            detail = f'{"echoed but no response" if failed.stage == "no response" else "no echo"} within {waited:.3g} s'
+        error_type = _ERRORS.get(failed.stage, RigError)
+        return error_type(self.name, self.server_uri, exchange.event.name, detail, stage=failed.stage)
 
-    def _deliver(self, message: protocol.Message, addr: Any) -> None:
-        if not self._callbacks[message.event]:  # the usual case: nobody listens for it
+    def _deliver(self, message: protocol.Message) -> None:
+        """A message of the rig's own (with the lock held): hand it to the callbacks of its event."""
+        addr = self._address
+        if message.event == protocol.ERROR_CODE:
+            text, event = (list(message.data) + [None, None])[:2]
+            log.error('%s (%s) reported an error for %s: %s', self.name, self.server_uri, _event_name(event), text)
+        entries = self._callbacks[message.event]
+        if not entries:  # the usual case: nobody listens for it
             return
-        with self._lock:
-            entries = self._callbacks[message.event]
-            once = [e for e in entries if isinstance(e[0], Future)]
-            if once:
-                entries[:] = [e for e in entries if not isinstance(e[0], Future)]
-            entries = list(entries)
-        for callback, compound in once + entries:
+        once = [e for e in entries if isinstance(e[0], Future)]
+        if once:
+            entries[:] = [e for e in entries if not isinstance(e[0], Future)]
+        for callback, compound in once + list(entries):
             args = (message.data, addr, message.event) if compound else (message.data, addr)
             self._dispatcher.run_callback(self._run_callback, callback, args, message.event)
 
     def _run_callback(self, callback: Callback, args: tuple, event: ExpMessage) -> None:
-        """On the callback thread: resolve a Future or call a function; report its failure."""
+        """On the callback thread: resolve a Future or call a function; report its failure to the rig."""
         if isinstance(callback, Future):
             if not callback.done():
                 callback.set_result(args)
@@ -524,11 +498,33 @@ class Communicator:
             callback(*args)
         except Exception as ex:
             log.error('%s: callback %r for %s raised %r', self.name, callback, event.name, ex)
-            if not self._closed:
-                try:
-                    self._sock.send(protocol.error_report(ex, event))
-                except OSError:
-                    pass
+            if not self._closed and event != protocol.ERROR_CODE:
+                self._send(protocol.error_report(ex, event))
+
+
+_EVENTS = [ExpMessage(0), *ExpMessage]
+
+
+def _flags(event: ExpMessage | int | str) -> list[ExpMessage]:
+    """The single events of `event` (OR-ed flags allowed); 0 stands for error reports."""
+    if isinstance(event, int) and not isinstance(event, bool) and event == protocol.ERROR_CODE:
+        return [ExpMessage(0)]
+    combined = protocol.as_event(event, allow_compound=True)
+    return [flag for flag in ExpMessage if flag & combined]
+
+
+def _event_name(code: Any) -> str:
+    try:
+        return protocol.as_event(code).name
+    except (TypeError, ValueError):
+        return repr(code)
+
+
+def _release(sock: socket.socket, dispatcher: Dispatcher, owns_dispatcher: bool) -> None:
+    """Close what a communicator holds (also when it is dropped without ``close()``)."""
+    sock.close()
+    if owns_dispatcher:
+        dispatcher.close()
 
 
 def _same_callback(registered: Callback, callback: Callback) -> bool:

@@ -92,12 +92,12 @@ R4    any           tagged request with an ID seen before            echoed; not
                                                                      sent again if it awaits its echo
 R5    any           tagged request with a new ID                     echoed; the current request is superseded
                                                                      (its answer is not sent); -> HANDLING
-R6    HANDLING/     the current plain request again, or + tab (a     asked again, a resend, a duplicate or a
-R7    ANSWERED      resend of our main)                              bounce of our echo: echoed (at most 8
+R6    HANDLING/     the current plain request again, or in another   asked again, a resend, a duplicate or a
+R7    ANSWERED      spelling (our main's resend adds a tab)          bounce of our echo: echoed (at most 8
                                                                      times: a bounce loop ends there), never
                                                                      handled again; the answer is sent again
-R8    DONE          the last plain request + tab; once the main is   a late copy: dropped
-                    tagged, any of the last 8 plain requests
+R8    DONE          the last plain request in another spelling; once a late copy: dropped
+                    the main is tagged, any of the last 8
 R9    any other     plain request                                    echoed; supersedes the current one;
                                                                      -> HANDLING (tagged from now on if its
                                                                      EXPINFO info announces iblnet_sync)
@@ -533,7 +533,7 @@ class RigConversation:
         self.last_active = now
         if parsed.msg_id is not None:
             return self._receive_tagged(data, parsed, now)
-        stripped = data[:-1] if data.endswith(protocol.RESEND_SUFFIX) else data
+        stripped = protocol.canonical(parsed.message)  # any other spelling is a resend
         if stripped == self._plain or (self.tagged and stripped in self._plains):
             open_ = stripped == self._plain and self.state in (HANDLING, ANSWERED)
             if (self.tagged and not open_) or (not open_ and data != stripped):  # R8

@@ -9,18 +9,75 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import queue
 import selectors
 import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
 from .errors import ClosedError
 from .protocol import MAX_DATAGRAM
 
-__all__ = ['Dispatcher', 'Endpoint', 'Timer']
+__all__ = ['Dispatcher', 'Endpoint', 'Timer', 'weak_call', 'CALLBACK_QUEUE']
 log = logging.getLogger(__name__)
+CALLBACK_QUEUE = 1000
+"""int: user callbacks waiting to run at most; more are dropped (with a warning at most every 5 s)."""
+_WARN_EVERY = 5.0
+
+
+def weak_call(method: Callable[[], Any]) -> Callable[[], None]:
+    """A callable that runs bound `method` if its object still exists (timers must not keep it alive)."""
+    ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+    return call
+
+
+class _CallbackThread:
+    """One thread running user callbacks in arrival order from a bounded queue."""
+
+    def __init__(self, name: str):
+        self._queue: queue.Queue = queue.Queue(CALLBACK_QUEUE)
+        self._dropped, self._warned_at = 0, -_WARN_EVERY
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, function: Callable, args: tuple) -> None:
+        try:
+            self._queue.put_nowait((function, args))
+        except queue.Full:
+            self._dropped += 1
+            now = time.monotonic()
+            if now - self._warned_at >= _WARN_EVERY:
+                log.warning('Callbacks are too slow for the messages arriving: %d dropped', self._dropped)
+                self._warned_at, self._dropped = now, 0
+
+    def stop(self, wait: bool) -> None:
+        while True:  # the stop mark must get in, even if the queue is full
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+        if wait:
+            self.thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            function, args = item
+            try:
+                function(*args)
+            except Exception:
+                log.exception('Callback %r raised', function)
 
 
 class Endpoint(Protocol):
@@ -64,21 +121,35 @@ class Dispatcher:
     def __init__(self, name: str = 'iblnet_sync'):
         self.name = name
         self._selector = selectors.DefaultSelector()
-        # A socketpair, not a pipe: select() on Windows only accepts sockets.
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        try:
+            # A socketpair, not a pipe: select() on Windows only accepts sockets.
+            self._wake_reader, self._wake_writer = socket.socketpair()
+        except BaseException:
+            self._selector.close()
+            raise
+        try:
+            self._wake_reader.setblocking(False)
+            self._wake_writer.setblocking(False)
+            self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        except BaseException:  # e.g. KeyboardInterrupt: leave nothing open
+            self._release_resources()
+            raise
         self._lock = threading.Lock()
         self._pending_ops: list[tuple[Callable, tuple, Future]] = []
         self._timers: list[tuple[float, int, Timer]] = []
         self._wakes_at: float | None = None  # when the network thread's select() returns at the latest
         self._sequence = itertools.count()
-        self._callbacks: ThreadPoolExecutor | None = None
-        self._callback_thread: int | None = None  # ident of the callback thread, once it ran
+        self._callbacks: _CallbackThread | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._serve, name=f'{name}-network', daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            if not self._thread.is_alive():
+                self._release_resources()
+            else:
+                self.close()
+            raise
 
     # --- public API, callable from any thread ---
     @property
@@ -89,6 +160,9 @@ class Dispatcher:
     def register(self, sock: socket.socket, endpoint: Endpoint) -> None:
         """Start reading `sock` (made non-blocking) and passing its datagrams to `endpoint`.
 
+        The dispatcher holds the endpoint weakly: an endpoint dropped without being closed is
+        reclaimed, and its socket is no longer read.
+
         Raises
         ------
         ClosedError
@@ -98,7 +172,7 @@ class Dispatcher:
         """
         self._check_open()
         sock.setblocking(False)
-        self._run_on_thread(self._selector.register, sock, selectors.EVENT_READ, endpoint).result()
+        self._run_on_thread(self._selector.register, sock, selectors.EVENT_READ, weakref.ref(endpoint)).result()
 
     def unregister(self, sock: socket.socket) -> None:
         """Stop reading `sock`; returns once the network thread no longer uses it."""
@@ -129,8 +203,8 @@ class Dispatcher:
                 log.debug('Dispatcher closed; callback %r dropped', function)
                 return
             if self._callbacks is None:
-                self._callbacks = ThreadPoolExecutor(1, thread_name_prefix=f'{self.name}-callbacks')
-            self._callbacks.submit(self._call_user, function, args)
+                self._callbacks = _CallbackThread(f'{self.name}-callbacks')
+            self._callbacks.submit(function, args)
 
     def close(self) -> None:
         """Stop both threads and close the selector; idempotent, callable from any thread."""
@@ -147,8 +221,7 @@ class Dispatcher:
         if not on_network_thread:
             self._thread.join()
         if executor is not None:
-            on_callback_thread = threading.get_ident() == self._callback_thread
-            executor.shutdown(wait=not on_callback_thread, cancel_futures=True)
+            executor.stop(wait=threading.current_thread() is not executor.thread)
 
     def __enter__(self) -> Dispatcher:
         return self
@@ -186,13 +259,6 @@ class Dispatcher:
             self._selector.unregister(sock)
         except (KeyError, ValueError):
             pass
-
-    def _call_user(self, function: Callable, args: tuple) -> None:
-        self._callback_thread = threading.get_ident()
-        try:
-            function(*args)
-        except Exception:
-            log.exception('Callback %r raised', function)
 
     def _serve(self) -> None:
         while not self._closing:
@@ -235,8 +301,12 @@ class Dispatcher:
         except (BlockingIOError, OSError):
             pass
 
-    def _read(self, sock: socket.socket, endpoint: Endpoint) -> None:
+    def _read(self, sock: socket.socket, endpoint_ref: weakref.ref) -> None:
         """Read one datagram (select() reports the socket again while more are waiting)."""
+        endpoint = endpoint_ref()
+        if endpoint is None:  # dropped without close(): its finalizer closes the socket
+            self._forget(sock)
+            return
         try:
             data, addr = sock.recvfrom(MAX_DATAGRAM)
         except (BlockingIOError, InterruptedError):
@@ -275,9 +345,11 @@ class Dispatcher:
                 self._forget(key.fileobj)
 
     def _release_resources(self) -> None:
-        with self._lock:
-            ops, self._pending_ops = self._pending_ops, []
-            self._timers.clear()
+        ops: list = []
+        if hasattr(self, '_lock'):
+            with self._lock:
+                ops, self._pending_ops = self._pending_ops, []
+                self._timers.clear()
         for _, _, done in ops:
             done.set_result(None)
         self._selector.close()

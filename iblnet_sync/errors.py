@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ['RigError', 'RigTimeout', 'RigRefused', 'RigErrorReport',
+__all__ = ['RigError', 'RigTimeout', 'RigRefused', 'RigErrorReport', 'RigClosed',
            'ClosedError', 'BroadcastError', 'BroadcastTimeout']
 
 
@@ -51,7 +51,13 @@ class RigErrorReport(RigError):
 
 
 class ClosedError(RuntimeError):
-    """The object was used after ``close()``."""
+    """The object was used after ``close()``, or closed while a call waited."""
+
+
+class RigClosed(RigError, ClosedError):
+    """The exchange ended because its communicator was closed (also a :class:`ClosedError`)."""
+
+    stage = 'closed'
 
 
 class BroadcastError(RuntimeError):

@@ -1,53 +1,40 @@
-"""One message in flight to one rig: its echo, its response and the timing of both."""
+"""One request to one rig as its caller sees it: a Future, and when the echo and the answer came."""
 from __future__ import annotations
 
 import time
 from concurrent.futures import Future, InvalidStateError, TimeoutError as FutureTimeout
 from typing import Any, Callable
 
-from .errors import RigError, RigTimeout
-from .protocol import Message
+from iblutil.io.net.base import ExpMessage
 
 __all__ = ['Exchange', 'remaining']
 
 
 class Exchange:
-    """The state of one request: created by ``Communicator.submit``, finished exactly once.
+    """The caller's handle on one request; the protocol work is the communicator's.
 
     Attributes
     ----------
     datagram : bytes
-        The bytes first sent (identical to what iblutil sends).
+        The request as iblutil would send it.
     event : ExpMessage
-        The event of the request; the response carries the same event.
-    request_data : list
-        The request's elements after the event code.
-    expect_response : bool
-        Whether the exchange ends with the rig's response (else with the echo).
+        The request's event; the answer carries the same.
     outcome : concurrent.futures.Future
-        Resolved with the response data (a list without the event code), or with None when
-        no response is expected; fails with a :class:`RigError`.
-    heard : bool
-        Whether anything came back from the rig since the first send.
+        Resolved with the answer's data (a list without the event code), or None when only an
+        echo was expected; fails with a :class:`~iblnet_sync.errors.RigError`.
     sent_at, echo_at, response_at : float
-        ``time.monotonic()`` readings; the last two are None until they happen.
+        ``time.monotonic()`` readings; the last two stay None until they happen.
     """
 
-    __slots__ = ('datagram', 'event', 'request_data', 'expect_response', 'outcome', 'heard', 'echo_implied',
-                 'sent_at', 'echo_at', 'response_at', 'timer', '_describe')
+    __slots__ = ('datagram', 'event', 'outcome', 'sent_at', 'echo_at', 'response_at', '_end')
 
-    def __init__(self, datagram: bytes, message: Message, expect_response: bool,
-                 describe: Callable[[], tuple[str, str]]):
-        self.datagram, self.expect_response = datagram, expect_response
-        self.event, self.request_data = message
+    def __init__(self, datagram: bytes, event: ExpMessage, end: Callable[[Exchange, str], None]):
+        self.datagram, self.event = datagram, event
         self.outcome: Future = Future()
-        self.heard = False
-        self.echo_implied = False  # a response (or the rig's message) stood in for the echo
         self.sent_at = time.monotonic()
         self.echo_at: float | None = None
         self.response_at: float | None = None
-        self.timer = None  # the dispatcher timer that resends and enforces the echo deadline
-        self._describe = describe
+        self._end = end  # asks the communicator to end this exchange: 'timeout' or 'interrupted'
 
     @property
     def done(self) -> bool:
@@ -56,52 +43,29 @@ class Exchange:
 
     @property
     def echoed(self) -> bool:
-        """bool: True once the echo (or a response, which implies it) arrived."""
+        """bool: True once the echo (or an answer, which implies it) arrived."""
         return self.echo_at is not None
 
-    def error(self, error_type: type[RigError], detail: str, stage: str | None = None) -> RigError:
-        """Build an exception that names the rig, its URI and this exchange's event."""
-        name, uri = self._describe()
-        return error_type(name, uri, self.event.name, detail, stage=stage)
-
-    def confirm(self, implied: bool = False) -> None:
-        """Record the echo (once); ends the exchange when no response is expected.
-
-        `implied` means a message from the rig stood in for an echo that has not arrived.
-        """
-        if self.echo_at is None:
-            self.echo_at, self.echo_implied = time.monotonic(), implied
-            if not self.expect_response:
-                self.finish(None)
-
-    def respond(self, data: list) -> None:
-        """Record the response (which also confirms the echo) and end the exchange."""
-        self.confirm(implied=True)
-        self.response_at = time.monotonic()
-        self.finish(data)
-
-    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Resolve the exchange once, from any thread; the first call wins, later ones are ignored."""
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Resolve the outcome once; later calls are ignored."""
         try:
             if error is not None:
                 self.outcome.set_exception(error)
             else:
                 self.outcome.set_result(result)
         except InvalidStateError:
-            return
-        if self.timer is not None:
-            self.timer.cancel()
+            pass
 
     def give_up(self) -> None:
-        """Fail the exchange as timed out, naming the stage it reached and how long it waited."""
-        waited = time.monotonic() - self.sent_at
-        if self.echoed:
-            self.finish(error=self.error(RigTimeout, f'echoed but no response within {waited:.3g} s'))
-        else:
-            self.finish(error=self.error(RigTimeout, f'no echo within {waited:.3g} s', stage='no echo'))
+        """End the exchange now as timed out, naming the stage it reached."""
+        self._end(self, 'timeout')
+
+    def interrupt(self) -> None:
+        """End the exchange because its caller was interrupted (Ctrl-C): the rig is free again."""
+        self._end(self, 'interrupted')
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the outcome up to `timeout` seconds; give up and raise at the deadline.
+        """Wait up to `timeout` seconds for the outcome; give up at the deadline.
 
         Raises
         ------
@@ -111,16 +75,12 @@ class Exchange:
         try:
             return self.outcome.result(timeout)
         except FutureTimeout:  # not the builtin TimeoutError on Python 3.10
-            if not self.outcome.done():
-                self.give_up()
+            self.give_up()
             return self.outcome.result(0)
         except BaseException:  # e.g. KeyboardInterrupt: free the rig for the next exchange
-            self.interrupt()
+            if not self.outcome.done():
+                self.interrupt()
             raise
-
-    def interrupt(self) -> None:
-        """Fail the exchange because its caller was interrupted (Ctrl-C), freeing the rig."""
-        self.finish(error=self.error(RigError, 'interrupted while waiting', stage='interrupted'))
 
 
 def remaining(deadline: float | None) -> float | None:

@@ -23,7 +23,7 @@ from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
 
 __all__ = [
     'DecodeError', 'Message', 'ERROR_CODE', 'MAX_DATAGRAM', 'as_event', 'as_status',
-    'encode', 'decode', 'parse', 'Parsed', 'tag', 'digest', 'announces_peer', 'TooLarge', 'MAX_PAYLOAD',
+    'encode', 'decode', 'parse', 'Parsed', 'tag', 'digest', 'canonical', 'announces_peer', 'TooLarge', 'MAX_PAYLOAD',
     'RESEND_SUFFIX', 'PEER_SUFFIX', 'PEER_KEY', 'PEER_VERSION', 'rig_address',
     'init_message', 'start_message', 'stop_message',
     'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
@@ -209,6 +209,11 @@ def parse(datagram: bytes) -> Parsed:
         raise DecodeError('a JSON object that is not a tagged message')
     reply_to = value.get('re')
     return Parsed(_message(value.get('msg')), value['id'], reply_to if isinstance(reply_to, str) else None)
+
+
+def canonical(message: Message) -> bytes:
+    """The message as an encoder writes it: the same bytes for every spelling of the same value."""
+    return json.dumps([int(message.event), *message.data]).encode()
 
 
 def announces_peer(message: Message) -> bool:

@@ -12,63 +12,36 @@ from __future__ import annotations
 
 import datetime
 import logging
+import secrets
 import socket
 import threading
-from dataclasses import dataclass, field
+import time
+import weakref
+from collections import OrderedDict
 from typing import Any, Callable
 
 from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus
 
-from . import protocol
-from .communicator import RESEND_INTERVAL
-from .dispatcher import Dispatcher
+from . import core, protocol
+from .communicator import check_options
+from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
+from .dispatcher import Dispatcher, Timer
 from .errors import ClosedError
-from .guards import StormGuard
 from .version import __version__
 
-__all__ = ['RigServer']
+__all__ = ['RigServer', 'MAX_MAIN_RIGS']
 log = logging.getLogger(__name__)
 Handler = Callable[[list], Any]
-RESPONSE_RESENDS = 8
-"""int: how many times a response is sent again while the main rig has not echoed it."""
-MAX_PEERS = 256
-"""int: how many main rig addresses the server remembers (each main rig uses one)."""
-
-
-@dataclass
-class _Peer:
-    """What the server remembers about one main rig's address (for resends and echoes)."""
-
-    request: Any = None                 # the decoded value of the last request
-    answered: bool = False              # its handler finished
-    answer: bytes | None = None         # our answer to it
-    response: bytes | None = None       # our answer, while the main rig has not echoed it
-    owed_echo: bytes | None = None      # an echo of our answer that may still arrive late
-    takes_resends: bool = False         # the main rig said so in its EXPINFO
-    timers: list = field(default_factory=list)
-    storm: StormGuard = field(default_factory=StormGuard)
-
-    @property
-    def is_open(self) -> bool:
-        """bool: the handler runs, or its answer awaits the main rig's echo."""
-        return not self.answered or self.response is not None
-
-    def stop_resending(self, owed_echo: bytes | None = None) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-        self.response, self.owed_echo = None, owed_echo
-
-    def move_on(self) -> None:
-        """A new request came: our answer must have arrived, but its echo may still be on its way."""
-        self.stop_resending(owed_echo=self.response)
+MAX_MAIN_RIGS = 64
+"""int: main rig addresses remembered at most; the least recently active one is forgotten first."""
 
 
 class RigServer:
     """An auxiliary rig that answers a main rig (ours or iblutil's) in plain blocking Python.
 
     The defaults already make a correct rig: it tracks its :class:`ExpStatus` and answers
-    every event with the conventional shape. Handlers add the rig's own work.
+    every event with the conventional shape. Handlers add the rig's own work. The protocol
+    rules are those of :class:`iblnet_sync.core.RigConversation`, one per main rig address.
 
     Parameters
     ----------
@@ -84,9 +57,11 @@ class RigServer:
         and the next sequence number for that subject.
     experiment_description : dict, optional
         Reported in EXPINFO.
-    resend_interval, resends
-        How often the rig resends its answer until the main rig echoes it (0: never); only to
-        a main rig that said it takes resends (``resends: true`` in its EXPINFO info).
+    resend_interval, resends, echo_timeout
+        How often and how many times an answer to an iblnet_sync main rig is sent again until it
+        is echoed; how long a plain answer (to an iblutil main) waits for its echo.
+    clock : callable
+        Returns the wall-clock time reported in EXPINFO as ``clock`` (seconds since the epoch).
 
     Attributes
     ----------
@@ -101,36 +76,42 @@ class RigServer:
     def __init__(self, uri: str = f'udp://127.0.0.1:{LISTEN_PORT}', name: str | None = None,
                  main_sync: bool = False, exp_ref: str | dict | None = None,
                  experiment_description: dict | None = None, *, resend_interval: float = RESEND_INTERVAL,
-                 resends: int = RESPONSE_RESENDS):
+                 resends: int = ANSWER_RESENDS, echo_timeout: float = ECHO_TIMEOUT,
+                 clock: Callable[[], float] = time.time):
+        check_options(None, echo_timeout, resend_interval, resends)
         host, port = protocol.rig_address(uri, allow_any_port=True)
-        family = socket.AF_INET6 if ':' in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            self._sock.bind((host, port))
-        except OSError as ex:
-            self._sock.close()
-            raise OSError(ex.errno, f'Cannot listen on {uri}: {ex.strerror}') from None
-        bound_host, bound_port = self._sock.getsockname()[:2]
-        self.uri = f'udp://{f"[{bound_host}]" if family == socket.AF_INET6 else bound_host}:{bound_port}'
-        self.name = name or self.uri
+        self.name = name or f'udp://{host}:{port}'
         self.main_sync = main_sync
         self.exp_ref = protocol.exp_ref_to_dict(exp_ref) if exp_ref else None
         self._fixed_reference = self.exp_ref is not None
         self.experiment_description = experiment_description or {}
         self.status = ExpStatus.CONNECTED
-        self.resend_interval, self.resends = resend_interval, resends
+        self._options = (resend_interval, resends, echo_timeout)
+        self._clock = clock
+        self._nonce = secrets.token_hex(3)
         self._handlers: dict[ExpMessage, Handler] = {}
-        self._peers: dict[Any, _Peer] = {}
+        self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
+        self._timers: dict[Any, tuple[float, Timer]] = {}
         self._sequences: dict[tuple[str, datetime.date], int] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            self._sock.bind((host, port))
+            bound_host, bound_port = self._sock.getsockname()[:2]
+            self.uri = f'udp://{bound_host}:{bound_port}'
             self._dispatcher = Dispatcher(f'iblnet_sync-{self.name}')
-            self._dispatcher.register(self._sock, self)
+        except OSError as ex:
+            self._sock.close()
+            raise OSError(ex.errno, f'Cannot listen on {uri}: {ex.strerror}') from None
         except BaseException:
             self._sock.close()
-            if hasattr(self, '_dispatcher'):
-                self._dispatcher.close()
+            raise
+        self._finalizer = weakref.finalize(self, _release, self._sock, self._dispatcher)
+        try:
+            self._dispatcher.register(self._sock, self)
+        except BaseException:
+            self._finalizer()
             raise
         log.info('%s listening on %s', self.name, self.uri)
 
@@ -148,6 +129,8 @@ class RigServer:
         """
         event = protocol.as_event(event, allow_compound=True)
         with self._lock:
+            if self._closed.is_set():
+                raise ClosedError(f'{self!r} is closed')
             for flag in ExpMessage:
                 if flag & event:
                     if handler is None:
@@ -161,7 +144,7 @@ class RigServer:
             'exp_ref': protocol.exp_ref_to_str(self.exp_ref), 'main_sync': self.main_sync,
             'master': self.main_sync, 'experiment_description': self.experiment_description,
             'name': self.name, 'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
-            protocol.RESENDS_KEY: True,
+            protocol.PEER_KEY: protocol.PEER_VERSION, 'clock': self._clock(),
         }
 
     @property
@@ -173,13 +156,26 @@ class RigServer:
         """Block until ``close()`` is called (e.g. from a handler or another thread)."""
         return self._closed.wait(timeout)
 
+    def serve_forever(self) -> None:
+        """Block until ``close()`` (from a handler or another thread) or Ctrl-C, then close."""
+        try:
+            while not self._closed.wait(0.5):  # a timed wait, so that Ctrl-C gets through on Windows
+                pass
+        except KeyboardInterrupt:
+            log.info('%s: interrupted, closing', self.name)
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Stop serving, stop both threads and close the socket; idempotent."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._dispatcher.close()
-        self._sock.close()
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            for _, timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
+        self._finalizer()
 
     def __enter__(self) -> RigServer:
         return self
@@ -192,63 +188,89 @@ class RigServer:
 
     # --- on the dispatcher thread ---
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        """Echo a new request and run its handler; match the echo of a response."""
-        peer = self._peers.get(addr)
-        if peer is None:
-            if len(self._peers) >= MAX_PEERS:  # forget the oldest main rig address
-                self._peers.pop(next(iter(self._peers))).stop_resending()
-            peer = self._peers[addr] = _Peer()
-        if peer.response is not None and data in (peer.response, protocol.respell(peer.response, sender='rig')):
-            # the main rig echoed our answer; if it echoed a resend, the first echo may follow
-            peer.stop_resending(owed_echo=peer.response if data != peer.response else None)
-            return
-        if protocol.is_resend(data, sender='rig') or data == peer.owed_echo:
-            log.debug('%s: late echo of our answer from %s dropped', self.name, addr)
-            if data == peer.owed_echo:
-                peer.owed_echo = None
-            return
-        try:
-            message = protocol.decode(data)
-        except protocol.DecodeError as ex:
-            log.debug('%s: dropped datagram from %s: %s', self.name, addr, ex)
-            return
-        if message.event == protocol.ERROR_CODE:
-            log.warning('%s: %s reported an error: %s', self.name, addr, message.data)
-            return
-        if not peer.storm.allow(data):
-            return
-        self._send(data, addr)  # echo at once
-        if protocol.announces_resends(message):
-            peer.takes_resends = True
-        value = [int(message.event), *message.data]
-        if value == peer.request and (peer.is_open or protocol.is_resend(data)):
-            # a duplicate while the request is open, or the main rig resending: never handled twice
-            log.debug('%s: repeated %s from %s: not handled again', self.name, message.event.name, addr)
-            if peer.answered and peer.answer is not None:
-                self._send(protocol.respell(peer.answer, sender='rig'), addr)
-            return
-        peer.move_on()
-        peer.request, peer.answered, peer.answer = value, False, None
-        self._dispatcher.run_callback(self._handle, message, addr, peer, value)
+        """Hand a datagram from a main rig to its conversation (a new one only for a real message)."""
+        log.debug('%s: received %r from %s', self.name, data, addr)
+        with self._lock:
+            conversation = self._peers.get(addr)
+            new = conversation is None
+            if conversation is None:
+                conversation = core.RigConversation(self._nonce, *self._options)
+            events = conversation.receive(data, time.monotonic())
+            if new and conversation.state == core.IDLE:
+                return  # junk makes no entry
+            self._peers[addr] = conversation
+            self._peers.move_to_end(addr)
+            if new and len(self._peers) > MAX_MAIN_RIGS:
+                self._forget_one()
+            self._apply(addr, conversation, events)
 
     def error_received(self, error: OSError) -> None:
         """A main rig went away (port unreachable): nothing to do but note it."""
         log.debug('%s: socket error: %s', self.name, error)
 
-    # --- on the callback thread ---
-    def _handle(self, message: protocol.Message, addr: Any, peer: _Peer, request: list) -> None:
-        event, data = message
+    def _on_timer(self, addr: Any) -> None:
+        with self._lock:
+            self._timers.pop(addr, None)
+            conversation = self._peers.get(addr)
+            if conversation is not None:
+                self._apply(addr, conversation, conversation.tick(time.monotonic()))
+
+    def _apply(self, addr: Any, conversation: core.RigConversation, events: list[core.Event]) -> None:
+        """Carry out a conversation's events (with the lock held)."""
+        for event in events:
+            if isinstance(event, core.Send):
+                self._send(event.datagram, addr)
+            elif isinstance(event, core.Handle):
+                self._dispatcher.run_callback(self._handle, addr, conversation, event)
+            elif isinstance(event, core.GaveUp):
+                log.warning('%s: %s never echoed our answer %r', self.name, addr, event.datagram[:80])
+        self._arm_timer(addr, conversation)
+
+    def _arm_timer(self, addr: Any, conversation: core.RigConversation) -> None:
+        when = None if self._closed.is_set() else conversation.wakeup
+        current = self._timers.get(addr)
+        if current is not None and current[0] == when:
+            return
+        if current is not None:
+            current[1].cancel()
+            del self._timers[addr]
+        if when is not None:
+            delay = max(0.0, when - time.monotonic())
+            try:
+                self._timers[addr] = (when, self._dispatcher.call_later(delay, _weak_timer(self, addr)))
+            except ClosedError:
+                pass
+
+    def _forget_one(self) -> None:
+        """Forget the least recently active main rig, preferring one with nothing in progress."""
+        idle = [a for a, c in self._peers.items() if c.state in (core.IDLE, core.DONE)]
+        addr = idle[0] if idle else next(iter(self._peers))
+        del self._peers[addr]
+        timer = self._timers.pop(addr, None)
+        if timer is not None:
+            timer[1].cancel()
+
+    def _send(self, data: bytes, addr: Any) -> None:
         try:
-            response = self._respond(event, data, self._handlers.get(event))
+            self._sock.sendto(data, addr)
+        except OSError as ex:
+            log.debug('%s: send to %s failed: %s', self.name, addr, ex)
+
+    # --- on the callback thread ---
+    def _handle(self, addr: Any, conversation: core.RigConversation, request: core.Handle) -> None:
+        """Run the handler of a request that is still current, and give the core its answer."""
+        if not conversation.is_current(request.request):
+            log.debug('%s: %s superseded before it was handled', self.name, request.message.event.name)
+            return
+        event, data = request.message
+        try:
+            answer = self._respond(event, data, self._handlers.get(event))
         except Exception as ex:
             log.error('%s: handler for %s failed: %r', self.name, event.name, ex)
-            response = protocol.error_report(ex, event)
-            self._send(response, addr)
-            response = None
-        try:  # the bookkeeping is the network thread's
-            self._dispatcher.call_later(0, self._answered, addr, peer, request, response)
-        except ClosedError:
-            pass
+            answer = protocol.error_report(ex, event)
+        with self._lock:
+            if not self._closed.is_set():
+                self._apply(addr, conversation, conversation.answer(request.request, answer, time.monotonic()))
 
     def _respond(self, event: ExpMessage, data: list, handler: Handler | None) -> bytes | None:
         """Run the handler and build the conventional response; update the status."""
@@ -294,39 +316,19 @@ class RigServer:
         self._sequences[(subject, today)] = sequence
         return {'subject': subject, 'date': today, 'sequence': sequence}
 
-    # --- on the dispatcher thread again ---
-    def _answered(self, addr: Any, peer: _Peer, request: Any, response: bytes | None) -> None:
-        """The handler for `request` finished: send its answer, unless a newer request overtook it."""
-        if peer.request is not request:
-            log.debug('%s: answer to an overtaken request not sent', self.name)
-            return
-        peer.answered, peer.answer, peer.response = True, response, response
-        if response is None:  # no answer (a token given) or an error report, sent already
-            return
-        peer.storm.reset()
-        self._send(response, addr)
-        if self.resends and peer.takes_resends:  # an iblutil main would take a resend for a new message
-            self._later(self.resend_interval, self._resend, addr, peer, 1)
 
-    def _later(self, delay: float, function: Callable, addr: Any, peer: _Peer, *args: Any) -> None:
-        """On the network thread: schedule a resend for `peer`, unless the server closed."""
-        try:
-            peer.timers.append(self._dispatcher.call_later(delay, function, addr, peer, *args))
-        except ClosedError:
-            pass
 
-    def _resend(self, addr: Any, peer: _Peer, attempt: int) -> None:
-        if peer.response is None:
-            return
-        if attempt > self.resends:
-            log.warning('%s: %s never echoed our response %r', self.name, addr, peer.response[:80])
-            peer.stop_resending(owed_echo=peer.response)  # its echo may still come, late
-            return
-        self._send(protocol.respell(peer.response, sender='rig'), addr)
-        self._later(self.resend_interval, self._resend, addr, peer, attempt + 1)
+def _weak_timer(server: RigServer, addr: Any) -> Callable[[], None]:
+    ref = weakref.ref(server)
 
-    def _send(self, data: bytes, addr: Any) -> None:
-        try:
-            self._sock.sendto(data, addr)
-        except OSError as ex:
-            log.debug('%s: send to %s failed: %s', self.name, addr, ex)
+    def fire() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._on_timer(addr)
+    return fire
+
+
+def _release(sock: socket.socket, dispatcher: Dispatcher) -> None:
+    """Close what a rig server holds (also when it is dropped without ``close()``)."""
+    dispatcher.close()
+    sock.close()

@@ -119,7 +119,13 @@ class Services(Mapping):
         return self.broadcast(protocol.status_message(status), concurrent=concurrent)
 
     def info(self, status: ExpStatus | int | str, data: Any = None, concurrent: bool = True) -> dict[str, list]:
-        """Send EXPINFO to every rig; each answers ``[STATUS, INFO]``."""
+        """Send EXPINFO to every rig; each answers ``[STATUS, INFO]``.
+
+        An info dict gets ``"iblnet_sync": 1``: a rig that runs iblnet_sync then tags its
+        answer at once (see :mod:`iblnet_sync.core`); other rigs ignore the key.
+        """
+        if isinstance(data, dict):
+            data = {**data, protocol.PEER_KEY: protocol.PEER_VERSION}
         return self.broadcast(protocol.info_message(status, data), concurrent=concurrent)
 
     def alyx(self, alyx: Any = None, concurrent: bool = True) -> dict[str, list | None]:
@@ -209,5 +215,5 @@ def _wait_for(exchanges: list[Exchange], deadline: float | None) -> None:
             pass  # collected by the caller from exchange.outcome
 
 
-def _with_service(callback: Callable, service: Communicator, data: Any, addr: Any) -> None:
-    callback(data, addr, service)
+def _with_service(callback: Callable, service: Communicator, data: Any, addr: Any, *event: Any) -> None:
+    callback(data, addr, service, *event)

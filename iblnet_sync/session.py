@@ -28,7 +28,6 @@ from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 from . import protocol
 from .communicator import DEFAULT_TIMEOUT, Communicator
 from .config import resolve_remote_rigs
-from .errors import BroadcastError, BroadcastTimeout, RigError
 from .services import Services
 from .version import __version__
 
@@ -288,9 +287,8 @@ class NetworkSession:
             'exp_ref': protocol.exp_ref_to_str(own_ref),
             'experiment_description': dict(getattr(self, 'experiment_description', None) or {}),
             'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
-            protocol.RESENDS_KEY: True,  # this side tells resends and repeats apart
-        }
-        answers = self._ask_info(info)
+        }  # Services.info adds "iblnet_sync": 1, so that our rigs tag their answers at once
+        answers = self.communicate('info', ExpStatus.CONNECTED, info)
         try:
             if own_ref is not None:  # this rig is the main sync
                 if claims := _main_sync_claims(answers):
@@ -306,33 +304,6 @@ class NetworkSession:
         self.communicate('init', {'exp_ref': protocol.exp_ref_to_str(self.exp_ref)})
         self._network_stage = ExpStatus.INITIALIZED
         log.info('Experiment %s initialised on %s', protocol.exp_ref_to_str(self.exp_ref), list(answers))
-
-    def _ask_info(self, info: dict) -> dict:
-        """EXPINFO to every rig; the rigs that only failed to echo are asked once more.
-
-        Nothing is resent before the rigs' EXPINFO answers say they take resends, so one lost
-        datagram would fail this first exchange. The second request is spelled as a resend
-        (see :func:`protocol.respell`), so that a late echo of the first is never taken for
-        it, and a RigServer that did get the first repeats its answer instead of making a new
-        one. EXPINFO changes nothing on an iblutil rig, and its answers were echoed at once.
-        """
-        answers = self.communicate('info', ExpStatus.CONNECTED, info, raise_on_exception=False)
-        if isinstance(answers, BroadcastError) and all(e.stage == 'no echo' for e in answers.failures.values()):
-            log.warning('No echo from %s: asking once more', ', '.join(answers.failures))
-            services, retry = self.remote_rigs.services, protocol.respell(protocol.info_message('CONNECTED', info))
-            failures, responses = dict(answers.failures), dict(answers.responses)
-            for name in list(failures):
-                try:
-                    responses[name] = services[name].request(retry, services.timeout)
-                    del failures[name]
-                except RigError as ex:
-                    failures[name] = ex
-            answers = BroadcastTimeout('EXPINFO', failures, responses) if failures else {
-                name: responses[name] for name in services if name in responses}
-        if isinstance(answers, Exception):
-            self.cleanup_mixin_network()
-            raise answers
-        return answers
 
     def on_exp_ref(self, exp_ref: dict) -> None:
         """Called once the rigs agreed on the experiment reference, before any rig is initialised.

@@ -207,38 +207,51 @@ def test_confirmed_send_returns_the_echo_round_trip_and_frees_the_rig(pair):
         assert result.result(5) == [0]
 
 
-def test_resends_only_to_a_rig_that_said_it_takes_them(no_leaked_threads):
+def test_resends_to_a_silent_rig_then_tags_once_the_rig_is_known(no_leaked_threads):
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     rig = FakeRig(theirs)
-    with Communicator(URI, 'cameras', sock=ours, timeout=5, resend_interval=0.02, echo_timeout=0.2) as com:
+    with Communicator(URI, 'cameras', sock=ours, timeout=0.3, resend_interval=0.05) as com:
         with pytest.raises(RigTimeout, match='no echo'):
-            com.status('CONNECTED')  # a silent rig of unknown kind: sent once, as iblutil does
-        assert rig.recv() == b'[32, 0]' and rig.nothing_within(0.05)
+            com.status('CONNECTED')  # nothing came back: resent, spelled so that its echo is known
+        assert rig.recv() == b'[32, 0]' and rig.recv() == b'[32, 0]\t'
+        while not rig.nothing_within(0.05):
+            pass
+        assert not com.peer_is_iblnet_sync
         with ThreadPoolExecutor(1) as pool:
             info = pool.submit(com.info, 'CONNECTED')
-            answer(rig, b'[64, 0, {"main_sync": false, "resends": true}]')
-            assert info.result(5)[1]['resends'] is True
-        assert com.takes_resends
-        with pytest.raises(RigTimeout, match='no echo'):
-            com.status('CONNECTED')  # the rig said it takes resends: now they come
-        assert rig.recv() == b'[32, 0]'
-        assert rig.recv() == b'[32, 0]\t'
+            request = rig.recv()
+            rig.send(request)
+            rig.send(b'[64, 0, {"main_sync": false}]\n')  # an iblnet_sync rig ends plain answers so
+            assert info.result(5) == [0, {'main_sync': False}]
+            assert rig.recv() == b'[64, 0, {"main_sync": false}]\n'  # our echo
+        assert com.peer_is_iblnet_sync
+        with ThreadPoolExecutor(1) as pool:
+            status = pool.submit(com.status, 'CONNECTED')
+            tagged = rig.recv()
+            parsed = protocol.parse(tagged)
+            assert parsed.msg_id.startswith('m') and parsed.message == protocol.decode(b'[32, 0]')
+            rig.send(tagged)
+            rig.send(protocol.tag(b'[32, 20]', 'r1.1', parsed.msg_id))
+            assert status.result(5) == [20]
     theirs.close()
 
 
-def test_rig_server_resends_its_answer_only_to_a_main_that_takes_them(no_leaked_threads):
+def test_rig_server_answers_plainly_to_a_plain_main_and_tagged_to_an_announced_one(no_leaked_threads):
     from iblnet_sync import RigServer
     with RigServer('udp://127.0.0.1:0', resend_interval=0.02) as server:
         host, port = server.uri[len('udp://'):].rsplit(':', 1)
-        for announce, expected_resend in ((False, False), (True, True)):
+        for announce in (False, True):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as main:  # never echoes the answer
                 main.connect((host, int(port)))
                 rig = FakeRig(main)
-                request = protocol.info_message('CONNECTED', {'resends': announce})
+                request = protocol.info_message('CONNECTED', {protocol.PEER_KEY: 1} if announce else {})
                 rig.send(request)
                 assert rig.recv() == request  # the echo
                 first = rig.recv()  # the answer
-                if expected_resend:
-                    assert rig.recv() == first + b' '
-                else:
+                if announce:  # tagged, naming the plain request, and sent again until echoed
+                    parsed = protocol.parse(first)
+                    assert parsed.msg_id.startswith('r') and parsed.reply_to == protocol.digest(request)
+                    assert rig.recv() == first
+                else:  # iblutil's bytes plus a newline, never sent again (an iblutil main could choke)
+                    assert first.endswith(b'\n') and protocol.decode(first).event == ExpMessage.EXPINFO
                     assert rig.nothing_within(0.1)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from relay import soak
 
+from iblnet_sync.core import STORM_ECHOES
 from iblnet_sync import (BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused,
                          RigServer, Services, protocol)
 
@@ -49,7 +50,7 @@ def test_echo_storm_dies_out(no_leaked_threads):
         except TimeoutError:
             pass
     naive.close()
-    assert 1 <= bounces <= 5, f'{bounces} bounces'
+    assert 1 <= bounces <= STORM_ECHOES + 1, f'{bounces} bounces'  # cut after 8 echoes in a row
 
 
 def test_rig_that_dies_mid_session_is_refused_then_answers_again(no_leaked_threads):
@@ -131,17 +132,17 @@ def test_misuse_gets_clear_errors(no_leaked_threads):
 
 def test_ctrl_c_during_a_broadcast_frees_every_rig_for_the_interrupt_message(no_leaked_threads):
     """Ctrl-C while rigs are still working: EXPINTERRUPT must then reach them all at once."""
-    release = threading.Event()
+    release, mute_busy = threading.Event(), threading.Event()
     with RigServer('udp://127.0.0.1:0', name='slow') as slow, RigServer('udp://127.0.0.1:0', name='mute') as mute:
         calls = []
 
         def interrupt_then_wait(data):
             calls.append((data, threading.get_ident()))
-            if len(calls) == 1:
+            if len(calls) == 1 and mute_busy.wait(10):  # both handlers at work (else EXPSTART is superseded)
                 os.kill(os.getpid(), signal.SIGINT)  # the main thread is waiting for both rigs
             release.wait(10)
 
-        mute.assign_handler('EXPSTART', lambda data: release.wait(10))
+        mute.assign_handler('EXPSTART', lambda data: mute_busy.set() or release.wait(10))
         slow.assign_handler('EXPSTART', interrupt_then_wait)
         with Services({'mute': mute.uri, 'slow': slow.uri}, timeout=30) as services:  # slow gets it last
             with pytest.raises(KeyboardInterrupt):

@@ -62,10 +62,17 @@ def test_decode_rejects_non_messages(datagram):
         protocol.decode(datagram)
 
 
-def test_respell_is_another_spelling_of_the_same_value():
-    for datagram in (b'[32, 20]', b'[2, "x", {"a": [1, 2]}]', b'[4,null]'):
-        other = protocol.respell(datagram)
-        assert other != datagram and json.loads(other) == json.loads(datagram)
+def test_tagged_datagrams_round_trip_and_plain_ones_parse_untagged():
+    for datagram in (b'[32, 20]', b'[2, "x", {"a": [1, 2]}]', b'[0, "KeyError: k", 2]'):
+        tagged = protocol.tag(datagram, 'm1a2b3.7', 'r9.1')
+        assert protocol.parse(tagged) == (protocol.decode(datagram), 'm1a2b3.7', 'r9.1')
+        assert protocol.parse(datagram) == (protocol.decode(datagram), None, None)
+        assert protocol.parse(datagram + protocol.PEER_SUFFIX).message == protocol.decode(datagram)
+    assert protocol.canonical(protocol.decode(b'[2,"x" ,null]\t')) == b'[2, "x", null]'
+    assert protocol.digest(b'[32, 0]') == protocol.digest(b'[32, 0]\t') != protocol.digest(b'[32, 20]')
+    for junk in (b'{"id": 3, "msg": [32, 0]}', b'{"id": "m1.1", "msg": 5}', b'{"id": "m1.1"}'):
+        with pytest.raises(protocol.DecodeError):
+            protocol.parse(junk)
 
 
 def test_experiment_reference_round_trip():
@@ -97,8 +104,9 @@ def test_events_and_statuses_by_enum_int_or_name():
 def test_unserialisable_or_oversized_data_raises_before_sending():
     with pytest.raises(TypeError, match='JSON'):
         protocol.init_message({'when': datetime.datetime.now()})
-    with pytest.raises(ValueError, match='65535'):
-        protocol.init_message('x' * 70000)
+    with pytest.raises(protocol.TooLarge, match='65,507'):
+        protocol.init_message('x' * 65501)  # 65,508 bytes: no UDP datagram over IPv4 carries it
+    assert len(protocol.init_message('x' * 65500)) == 65507
 
 
 json_values = st.recursive(

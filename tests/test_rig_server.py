@@ -96,7 +96,7 @@ def test_repeated_request_is_echoed_but_handled_once(servers):
         assert main.recv(100) == b'[2,"2026-11-24_1_mouse",null]'
         release.set()
         response = main.recv(100)
-        assert response == b'[2, "2026-11-24_1_mouse", true]'
+        assert response == b'[2, "2026-11-24_1_mouse", true]\n'  # the newline: this rig runs iblnet_sync
         main.sendto(response, (host, int(port)))
     assert len(calls) == 1
 
