@@ -517,9 +517,9 @@ class LegacyRun(simulation.Run):
         self.wire: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=self.WIRE)
         transmit = self.net.transmit
 
-        def recorded(link: int, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        def recorded(link: int, data: bytes, *args: Any, **kwargs: Any) -> None:
             self.wire.append((link, data))
-            transmit(link, data, deliver)
+            transmit(link, data, *args, **kwargs)
 
         self.net.transmit = recorded
 
