@@ -14,9 +14,11 @@ import datetime
 import difflib
 import inspect
 import logging
+import math
 import os
 import signal
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -288,7 +290,9 @@ class NetworkSession:
             'experiment_description': dict(getattr(self, 'experiment_description', None) or {}),
             'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
         }  # Services.info adds "iblnet_sync": 1, so that our rigs tag their answers at once
+        sent = time.time()
         answers = self.communicate('info', ExpStatus.CONNECTED, info)
+        _log_clock_offsets(answers, sent, time.time())
         try:
             if own_ref is not None:  # this rig is the main sync
                 if claims := _main_sync_claims(answers):
@@ -489,6 +493,39 @@ def _local_one(base_url: str | None = None):
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='No cache tables found')
         return OneAlyx(base_url=base_url, mode='local', silent=True)
+
+
+def clock_offset(info: Any, sent: float, answered: float) -> tuple[float, float] | None:
+    """A rig's clock offset from this PC, from the ``clock`` of its EXPINFO answer's info.
+
+    Parameters
+    ----------
+    info : Any
+        The info of the answer; iblnet_sync rigs put their wall-clock time (``time.time()``) in ``clock``.
+    sent, answered : float
+        This PC's wall-clock time (``time.time()``) before the request went out and after the answer came.
+
+    Returns
+    -------
+    tuple of float, None
+        ``(offset, bound)`` in seconds: rig clock minus this PC's clock at the midpoint, true
+        within ``± bound`` (half the round trip); None when the rig reports no clock.
+    """
+    clock = info.get('clock') if isinstance(info, dict) else None
+    if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not math.isfinite(clock):
+        return None
+    return clock - (sent + answered) / 2, (answered - sent) / 2
+
+
+def _log_clock_offsets(answers: Mapping[str, Any], sent: float, answered: float) -> None:
+    """Log at INFO each rig's clock offset from this PC, measured over the EXPINFO broadcast."""
+    for name, answer in answers.items():
+        info = answer[1] if isinstance(answer, list) and len(answer) > 1 else None
+        offset = clock_offset(info, sent, answered)
+        if offset is None:
+            log.info('Clock of %s: offset unknown (the rig does not report its clock)', name)
+        else:
+            log.info('Clock of %s: %+.3f s from this PC (± %.3f s)', name, *offset)
 
 
 def _main_sync_claims(answers: Mapping[str, Any]) -> list[str]:
