@@ -6,7 +6,6 @@ callbacks. Callers to one rig are served one at a time, in arrival order.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 import socket
@@ -36,16 +35,21 @@ _ERRORS = {'no echo': RigTimeout, 'no response': RigTimeout, 'error report': Rig
 Callback = Callable[..., Any] | Future
 
 
-def _open_socket(hostname: str, port: int) -> socket.socket:
-    """A UDP socket on an ephemeral local port, connected to the rig (so ICMP errors reach us)."""
-    family = socket.AF_INET6 if ipaddress.ip_address(hostname).version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.connect((hostname, port))
-    except BaseException:
-        sock.close()
-        raise
+def _open_socket(hostname: str, port: int, held: list) -> socket.socket:
+    """A UDP socket on an ephemeral local port, connected to the rig (so ICMP errors reach us).
+
+    The socket goes into `held` in the same line that makes it, so that an interrupt at any
+    point leaves it where its owner's finalizer closes it.
+    """
+    held.append(sock := socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sock.connect((hostname, port))
     return sock
+
+
+def close_all(held: list) -> None:
+    """Close what an object holds, last made first (its finalizer; safe to call twice)."""
+    while held:
+        held.pop().close()
 
 
 def check_options(timeout: float | None, echo_timeout: float, resend_interval: float, resends: int) -> None:
@@ -111,15 +115,15 @@ class Communicator:
         self._timer_at: float | None = None
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
         self._closed = False
-        self._owns_dispatcher = dispatcher is None
-        self._sock = sock or _open_socket(*self._address)
+        held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
+        self._finalizer = weakref.finalize(self, close_all, held)
         try:
-            self._dispatcher = dispatcher or Dispatcher(f'iblnet_sync-{self.name}')
-        except BaseException:
-            self._sock.close()
-            raise
-        self._finalizer = weakref.finalize(self, _release, self._sock, self._dispatcher, self._owns_dispatcher)
-        try:
+            if sock is not None:
+                held.append(sock)
+            self._sock = sock or _open_socket(*self._address, held)
+            if dispatcher is None:
+                held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
+            self._dispatcher = dispatcher
             self._dispatcher.register(self._sock, self)
         except BaseException:
             self._finalizer()
@@ -205,8 +209,10 @@ class Communicator:
                 log.debug('%s: sent %r', self.name, datagram)
                 settle = self._apply(self._conversation.request(datagram, time.monotonic(), expect_response, deadline))
             except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
-                settle = self._apply(self._conversation.abort('interrupted', 'interrupted while sending'))
-                self._settle(settle)
+                events = self._conversation.abort('interrupted', 'interrupted while sending')
+                if not events and self._exchange is exchange:  # interrupted before the core heard of it
+                    events = [core.Failed(0, 'interrupted', 'interrupted before sending')]
+                self._settle(self._apply(events))
                 raise
         self._settle(settle)
         return exchange
@@ -518,13 +524,6 @@ def _event_name(code: Any) -> str:
         return protocol.as_event(code).name
     except (TypeError, ValueError):
         return repr(code)
-
-
-def _release(sock: socket.socket, dispatcher: Dispatcher, owns_dispatcher: bool) -> None:
-    """Close what a communicator holds (also when it is dropped without ``close()``)."""
-    sock.close()
-    if owns_dispatcher:
-        dispatcher.close()
 
 
 def _same_callback(registered: Callback, callback: Callback) -> bool:

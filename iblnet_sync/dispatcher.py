@@ -78,6 +78,7 @@ class _CallbackThread:
                 function(*args)
             except Exception:
                 log.exception('Callback %r raised', function)
+            item = function = args = None  # hold nothing while waiting: owners must be reclaimable
 
 
 class Endpoint(Protocol):
@@ -120,20 +121,6 @@ class Dispatcher:
 
     def __init__(self, name: str = 'iblnet_sync'):
         self.name = name
-        self._selector = selectors.DefaultSelector()
-        try:
-            # A socketpair, not a pipe: select() on Windows only accepts sockets.
-            self._wake_reader, self._wake_writer = socket.socketpair()
-        except BaseException:
-            self._selector.close()
-            raise
-        try:
-            self._wake_reader.setblocking(False)
-            self._wake_writer.setblocking(False)
-            self._selector.register(self._wake_reader, selectors.EVENT_READ)
-        except BaseException:  # e.g. KeyboardInterrupt: leave nothing open
-            self._release_resources()
-            raise
         self._lock = threading.Lock()
         self._pending_ops: list[tuple[Callable, tuple, Future]] = []
         self._timers: list[tuple[float, int, Timer]] = []
@@ -141,14 +128,24 @@ class Dispatcher:
         self._sequence = itertools.count()
         self._callbacks: _CallbackThread | None = None
         self._closing = False
-        self._thread = threading.Thread(target=self._serve, name=f'{name}-network', daemon=True)
+        self._resources: list[Any] = []  # closed by _release_resources, whatever was made before a failure
         try:
+            # each resource is held in the line that makes it: an interrupt anywhere leaves none behind
+            self._resources.append(selector := selectors.DefaultSelector())
+            self._selector = selector
+            # A socketpair, not a pipe: select() on Windows only accepts sockets.
+            self._resources.extend(pair := socket.socketpair())
+            self._wake_reader, self._wake_writer = pair
+            for sock in pair:
+                sock.setblocking(False)
+            self._selector.register(self._wake_reader, selectors.EVENT_READ)
+            self._thread = threading.Thread(target=self._serve, name=f'{name}-network', daemon=True)
             self._thread.start()
-        except BaseException:
-            if not self._thread.is_alive():
-                self._release_resources()
-            else:
+        except BaseException:  # e.g. KeyboardInterrupt: leave nothing open
+            if hasattr(self, '_thread') and self._thread.is_alive():
                 self.close()
+            else:
+                self._release_resources()
             raise
 
     # --- public API, callable from any thread ---
@@ -345,13 +342,10 @@ class Dispatcher:
                 self._forget(key.fileobj)
 
     def _release_resources(self) -> None:
-        ops: list = []
-        if hasattr(self, '_lock'):
-            with self._lock:
-                ops, self._pending_ops = self._pending_ops, []
-                self._timers.clear()
+        with self._lock:
+            ops, self._pending_ops = self._pending_ops, []
+            self._timers.clear()
         for _, _, done in ops:
             done.set_result(None)
-        self._selector.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
+        for resource in self._resources:
+            resource.close()

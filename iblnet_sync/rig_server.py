@@ -23,7 +23,7 @@ from typing import Any, Callable
 from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus
 
 from . import core, protocol
-from .communicator import check_options
+from .communicator import check_options, close_all
 from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
 from .dispatcher import Dispatcher, Timer
 from .errors import ClosedError
@@ -95,21 +95,20 @@ class RigServer:
         self._sequences: dict[tuple[str, datetime.date], int] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
+        self._finalizer = weakref.finalize(self, close_all, held)
         try:
-            self._sock.bind((host, port))
-            bound_host, bound_port = self._sock.getsockname()[:2]
+            held.append(sock := socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            self._sock = sock
+            try:
+                sock.bind((host, port))
+            except OSError as ex:
+                raise OSError(ex.errno, f'Cannot listen on {uri}: {ex.strerror}') from None
+            bound_host, bound_port = sock.getsockname()[:2]
             self.uri = f'udp://{bound_host}:{bound_port}'
-            self._dispatcher = Dispatcher(f'iblnet_sync-{self.name}')
-        except OSError as ex:
-            self._sock.close()
-            raise OSError(ex.errno, f'Cannot listen on {uri}: {ex.strerror}') from None
-        except BaseException:
-            self._sock.close()
-            raise
-        self._finalizer = weakref.finalize(self, _release, self._sock, self._dispatcher)
-        try:
-            self._dispatcher.register(self._sock, self)
+            held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
+            self._dispatcher = dispatcher
+            dispatcher.register(sock, self)
         except BaseException:
             self._finalizer()
             raise
@@ -242,9 +241,8 @@ class RigServer:
                 pass
 
     def _forget_one(self) -> None:
-        """Forget the least recently active main rig, preferring one with nothing in progress."""
-        idle = [a for a, c in self._peers.items() if c.state in (core.IDLE, core.DONE)]
-        addr = idle[0] if idle else next(iter(self._peers))
+        """Forget the least recently active main rig."""
+        addr = next(iter(self._peers))
         del self._peers[addr]
         timer = self._timers.pop(addr, None)
         if timer is not None:
@@ -295,19 +293,22 @@ class RigServer:
             base_url, token = returned if returned else (None, {})
             return protocol.encode(event, base_url, token)
         returned = handler(data) if handler else None
-        if event is ExpMessage.EXPINIT:
+        if event is ExpMessage.EXPINIT:  # encoded first: an answer that cannot be sent changes nothing
+            answer = protocol.encode(event, int(ExpStatus.INITIALIZED), returned)
             if isinstance(extra, dict) and extra.get('exp_ref'):
                 self.exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
             self.status = ExpStatus.INITIALIZED
-            return protocol.encode(event, int(self.status), returned)
+            return answer
         if event is ExpMessage.EXPSTART:
+            answer = protocol.encode(event, data[0] if data else None, returned)
             if data and data[0]:
                 self.exp_ref = protocol.exp_ref_to_dict(data[0])
             self.status = ExpStatus.RUNNING
-            return protocol.encode(event, data[0] if data else None, returned)
+            return answer
+        answer = protocol.encode(event, returned)
         if event in (ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT):
             self.status = ExpStatus.STOPPED
-        return protocol.encode(event, returned)
+        return answer
 
     def _new_reference(self, subject: str | None) -> dict:
         subject = subject or 'subject'
@@ -326,9 +327,3 @@ def _weak_timer(server: RigServer, addr: Any) -> Callable[[], None]:
         if alive is not None:
             alive._on_timer(addr)
     return fire
-
-
-def _release(sock: socket.socket, dispatcher: Dispatcher) -> None:
-    """Close what a rig server holds (also when it is dropped without ``close()``)."""
-    dispatcher.close()
-    sock.close()

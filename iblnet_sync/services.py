@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import protocol
-from .communicator import DEFAULT_TIMEOUT, Communicator
+from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, RESEND_INTERVAL, RESENDS, Communicator, check_options
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
 from .exchange import Exchange, remaining
@@ -31,13 +31,14 @@ class Services(Mapping):
         Rig name to URI (``udp://host:port``, ``host:port`` or ``host``).
     timeout : float, None
         Seconds a broadcast may take in all; None waits for ever.
-    **options
-        Passed to each :class:`Communicator` (``echo_timeout``, ``resend_interval``, ``resends``).
+    echo_timeout, resend_interval, resends, assume_resends
+        Passed to each :class:`Communicator`.
 
     Raises
     ------
     ValueError, TypeError
-        A URI is invalid (the message names the rig).
+        A URI or an option is invalid (the message names the rig or the option); nothing is
+        opened then.
 
     Examples
     --------
@@ -46,16 +47,28 @@ class Services(Mapping):
     {'cameras': [0]}
     """
 
-    def __init__(self, remote_rigs: Mapping[str, str], timeout: float | None = DEFAULT_TIMEOUT, **options: Any):
+    def __init__(self, remote_rigs: Mapping[str, str], timeout: float | None = DEFAULT_TIMEOUT, *,
+                 echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
+                 resends: int = RESENDS, assume_resends: bool = False):
+        if not isinstance(remote_rigs, Mapping):
+            raise TypeError(f'remote_rigs must map rig names to URIs, e.g. {{"cameras": "udp://10.0.0.7:11001"}}, '
+                            f'not a {type(remote_rigs).__name__}')
+        check_options(timeout, echo_timeout, resend_interval, resends)
+        addresses = {}
+        for name, uri in remote_rigs.items():  # every address is checked before anything opens
+            try:
+                addresses[name] = protocol.rig_address(uri)
+            except (ValueError, TypeError, OSError) as ex:
+                raise type(ex)(f'Rig {name!r}: {ex}') from None
         self.timeout = timeout
-        self._dispatcher = Dispatcher('iblnet_sync')
+        options = {'timeout': timeout, 'echo_timeout': echo_timeout, 'resend_interval': resend_interval,
+                   'resends': resends}
         self._rigs: dict[str, Communicator] = {}
+        self._dispatcher: Dispatcher | None = None
         try:
-            for name, uri in dict(remote_rigs).items():
-                try:
-                    self._rigs[name] = Communicator(uri, name, dispatcher=self._dispatcher, **options)
-                except (ValueError, TypeError, OSError) as ex:
-                    raise type(ex)(f'Rig {name!r}: invalid or unreachable URI {uri!r}: {ex}') from ex
+            self._dispatcher = Dispatcher('iblnet_sync')
+            for name, (host, port) in addresses.items():
+                self._rigs[name] = Communicator(f'udp://{host}:{port}', name, dispatcher=self._dispatcher, **options)
         except BaseException:
             self.close()
             raise
@@ -197,7 +210,8 @@ class Services(Mapping):
         """Close every rig's socket and stop the network thread; idempotent."""
         for rig in self._rigs.values():
             rig.close()
-        self._dispatcher.close()
+        if self._dispatcher is not None:
+            self._dispatcher.close()
 
     def __enter__(self) -> Services:
         return self

@@ -1,0 +1,218 @@
+"""Threads, signals and resources by construction: interrupts at every point, close(), floods, junk."""
+import gc
+import linecache
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import iblnet_sync
+from iblnet_sync import ClosedError, Communicator, RigErrorReport, RigServer, Services, protocol
+from iblnet_sync.dispatcher import CALLBACK_QUEUE
+from iblnet_sync.rig_server import MAX_MAIN_RIGS
+
+PACKAGE = str(Path(iblnet_sync.__file__).parent)
+URI = 'udp://127.0.0.1:11001'
+
+
+def open_fds() -> int:
+    return len(os.listdir('/proc/self/fd'))
+
+
+def our_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith('iblnet_sync')]
+
+
+def wait_until(predicate, timeout=5.0) -> bool:
+    """Poll a condition that no event announces (threads ending, objects reclaimed) up to a deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        gc.collect()
+        time.sleep(0.005)
+    return True
+
+
+class Interrupt:
+    """Raise KeyboardInterrupt at the n-th line that the calling thread runs inside iblnet_sync."""
+
+    def __init__(self, at: int):
+        self.at, self.count, self.fired, self.where = at, 0, False, ''
+
+    def __enter__(self):
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc_info):
+        sys.settrace(None)
+
+    def _global(self, frame, event, arg):
+        return self._local if frame.f_code.co_filename.startswith(PACKAGE) else None
+
+    def _local(self, frame, event, arg):
+        if event == 'line' and not self.fired and not _is_with(frame):
+            self.count += 1
+            if self.count == self.at:
+                self.fired, self.where = True, f'{Path(frame.f_code.co_filename).name}:{frame.f_lineno}'
+                raise KeyboardInterrupt
+        return self._local
+
+
+def _is_with(frame) -> bool:
+    """A with statement's line also fires when the block ends, just before ``__exit__``: an interrupt
+    there escapes the with (CPython cannot promise otherwise, bpo-29988), so none is injected."""
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno).lstrip().startswith('with ')
+
+
+def lines_run(call) -> int:
+    counter = Interrupt(at=-1)
+    with counter:
+        call()
+    return counter.count
+
+
+@pytest.fixture
+def rig():
+    with RigServer('udp://127.0.0.1:0', name='cameras') as server:
+        yield server
+
+
+def test_ctrl_c_at_any_point_of_a_broadcast_leaves_no_rig_busy(no_leaked_threads, rig):
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        total = lines_run(lambda: services.start('2026-11-25_1_mouse'))
+        assert total > 20
+        points = range(1, total + 1, max(1, total // 60))
+        fired = 0
+        for at in points:
+            interrupt = Interrupt(at)
+            try:
+                with interrupt:
+                    services.start('2026-11-25_1_mouse')
+            except KeyboardInterrupt:
+                fired += 1
+            try:
+                assert services.status('RUNNING') == {'cameras': [20]}
+            except Exception as ex:
+                pytest.fail(f'after an interrupt at {interrupt.where}: {ex}')
+        assert fired > len(points) * 0.8  # (a run takes a few lines less when the answer is quick)
+
+
+@pytest.mark.parametrize('make', [
+    lambda uri: Communicator(uri, 'cameras'),
+    lambda uri: Services({'cameras': uri, 'ephys': uri}),
+    lambda uri: RigServer('udp://127.0.0.1:0'),
+], ids=['Communicator', 'Services', 'RigServer'])
+def test_a_constructor_interrupted_anywhere_leaves_nothing_open(rig, make):
+    make(rig.uri).close()
+    threads, fds = len(our_threads()), open_fds()
+    total = lines_run(lambda: make(rig.uri).close())
+    for at in range(1, total + 1, max(1, total // 80)):
+        made, interrupt = None, Interrupt(at)
+        try:
+            with interrupt:
+                made = make(rig.uri)
+        except KeyboardInterrupt:
+            pass
+        if made is not None:  # the interrupt fell after the constructor: then close() works
+            made.close()
+        assert wait_until(lambda: len(our_threads()) == threads), f'threads left after an interrupt at {interrupt.where}'
+        assert open_fds() == fds, f'files left open after an interrupt at {interrupt.where}'
+
+
+def test_close_fails_the_exchange_in_flight_and_every_waiting_caller_at_once(no_leaked_threads):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    com = Communicator(URI, 'cameras', sock=ours, timeout=30)
+    with ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(com.status, 'CONNECTED') for _ in range(3)]  # one in flight, two waiting
+        assert theirs.recv(100) == b'[32, 0]'
+        started = time.monotonic()
+        com.close()
+        for call in calls:
+            with pytest.raises(ClosedError):
+                call.result(5)
+        assert time.monotonic() - started < 1.0
+    with pytest.raises(ClosedError):
+        com.status('CONNECTED')
+    with pytest.raises(ClosedError):
+        com.assign_callback('EXPSTART', print)
+    theirs.close()
+
+
+def test_objects_dropped_without_close_are_reclaimed(rig):
+    with Communicator(rig.uri, 'warm-up', timeout=5) as first:
+        first.status('CONNECTED')  # the rig's callback thread now runs: not part of what is counted
+    threads, fds = len(our_threads()), open_fds()
+    com = Communicator(rig.uri, 'cameras', timeout=5)
+    assert com.status('CONNECTED') == [0]
+    server = RigServer('udp://127.0.0.1:0')
+    assert len(our_threads()) > threads
+    del com, server
+    assert wait_until(lambda: len(our_threads()) == threads and open_fds() == fds)
+
+
+def test_rig_server_close_is_idempotent_and_refuses_new_handlers():
+    server = RigServer('udp://127.0.0.1:0')
+    server.close()
+    server.close()
+    with pytest.raises(ClosedError):
+        server.assign_handler('EXPSTART', print)
+
+
+def test_a_flood_with_a_slow_callback_drops_the_excess_with_a_warning(caplog):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    release, started = threading.Event(), threading.Event()
+    flood = CALLBACK_QUEUE + 500
+    with Communicator(URI, 'cameras', sock=ours) as com:
+        com.assign_callback('EXPINFO', lambda data, addr: started.set() or release.wait(10))
+        with caplog.at_level(logging.WARNING, logger='iblnet_sync.dispatcher'):
+            theirs.send(b'[64, 0, {"n": -1}]')
+            assert started.wait(5)
+            for n in range(flood):
+                theirs.send(b'[64, 0, {"n": %d}]' % n)
+                theirs.recv(100)  # the echo: each was handled on the network thread
+            queued = com._dispatcher._callbacks._queue.qsize()
+            release.set()
+        assert queued <= CALLBACK_QUEUE
+        assert 'dropped' in caplog.text
+    theirs.close()
+
+
+def test_junk_makes_no_entry_and_inactive_main_rigs_are_forgotten_first(rig):
+    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    address = (host, int(port))
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(MAX_MAIN_RIGS + 10)]
+    try:
+        with Services({'cameras': rig.uri}, timeout=5) as services:
+            services.info('CONNECTED', {})
+            for sender in senders:
+                sender.sendto(b'\xff junk', address)
+            assert services.status('CONNECTED') == {'cameras': [0]}
+            assert len(rig._peers) == 1  # junk made no entry
+            for sender in senders:  # more real main rigs than are remembered
+                sender.settimeout(5)
+                sender.sendto(b'[32, 0]', address)
+                assert sender.recv(100) == b'[32, 0]'
+                assert services.status('CONNECTED') == {'cameras': [0]}  # ours stays active
+            assert len(rig._peers) == MAX_MAIN_RIGS
+            assert services['cameras'].local_address in rig._peers
+            assert services['cameras'].peer_is_iblnet_sync
+    finally:
+        for sender in senders:
+            sender.close()
+
+
+def test_an_answer_too_large_for_a_datagram_reaches_the_main_as_an_error_report(rig):
+    rig.assign_handler('EXPINIT', lambda data: 'x' * 65500)
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        with pytest.raises(Exception) as caught:
+            services.init({'exp_ref': '2026-11-25_1_mouse'})
+        error = caught.value.failures['cameras']
+        assert isinstance(error, RigErrorReport) and 'TooLarge' in str(error) and '65,507' in str(error)
+        assert services.status('INITIALIZED') == {'cameras': [0]}  # the rig serves on, its status unchanged
