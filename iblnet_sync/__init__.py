@@ -7,8 +7,7 @@ from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from .communicator import Communicator
 from .config import ConfigError
-from .errors import (BroadcastError, BroadcastTimeout, ClosedError, RigError, RigErrorReport,
-                     RigRefused, RigTimeout)
+from .errors import BroadcastError, BroadcastTimeout, ClosedError, RigError, RigErrorReport, RigRefused, RigTimeout
 from .rig_server import RigServer
 from .services import Services
 from .session import NetworkSession, RemoteRigs

@@ -97,7 +97,8 @@ class Timer:
     __slots__ = ('when', 'function', 'args', 'cancelled')
 
     def __init__(self, when: float, function: Callable, args: tuple):
-        self.when, self.function, self.args, self.cancelled = when, function, args, False
+        self.when, self.args, self.cancelled = when, args, False
+        self.function: Callable | None = function
 
     def cancel(self) -> None:
         """Do not run the function (a no-op once it ran); drops what it would have used."""
@@ -288,7 +289,7 @@ class Dispatcher:
             if key.fileobj is self._wake_reader:
                 self._drain_wake()
             else:
-                self._read(key.fileobj, key.data)
+                self._read(key.fileobj, key.data)  # type: ignore[arg-type]  # only sockets are registered
         self._run_due_timers()
 
     def _drain_wake(self) -> None:
@@ -338,8 +339,9 @@ class Dispatcher:
 
     def _drop_closed_sockets(self) -> None:
         for key in list(self._selector.get_map().values()):
-            if key.fileobj is not self._wake_reader and key.fileobj.fileno() < 0:
-                self._forget(key.fileobj)
+            sock = key.fileobj
+            if isinstance(sock, socket.socket) and sock is not self._wake_reader and sock.fileno() < 0:
+                self._forget(sock)
 
     def _release_resources(self) -> None:
         with self._lock:

@@ -166,7 +166,8 @@ def _info_request() -> bytes:
                                                'rig_version': __version__})
 
 
-def _send_round(services: Services, datagrams: Mapping[str, bytes], timeout: float) -> tuple[dict[str, Exchange], float]:
+def _send_round(services: Services, datagrams: Mapping[str, bytes],
+                timeout: float) -> tuple[dict[str, Exchange], float]:
     """Send one datagram to each rig at once and wait until all are answered or `timeout` passed.
 
     Returns
@@ -207,7 +208,8 @@ def _clock_report(name: str, exchange: Exchange, wall_minus_monotonic: float, ma
     offset, bound = estimate
     here = (sent + answered) / 2
     rig_time = datetime.datetime.fromtimestamp(here + offset).astimezone()
-    report.update(clock_offset_s=offset, clock_offset_bound_s=bound, rig_time=rig_time.isoformat(timespec='milliseconds'))
+    report.update(clock_offset_s=offset, clock_offset_bound_s=bound,
+                  rig_time=rig_time.isoformat(timespec='milliseconds'))
     if abs(offset) > max_offset:
         report['warnings'].append(f'{name}: clock {abs(offset):.3f} s {"ahead of" if offset > 0 else "behind"} this '
                                   f'PC\'s (± {bound * 1e3:.1f} ms), more than {max_offset:g} s')

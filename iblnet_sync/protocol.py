@@ -16,7 +16,6 @@ import datetime
 import json
 import zlib
 from typing import Any, NamedTuple
-
 from urllib.parse import urlparse
 
 from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
@@ -345,10 +344,9 @@ def exp_ref_to_dict(exp_ref: str | dict) -> dict:
             raise ValueError(f'Experiment reference {exp_ref!r} is not YYYY-MM-DD_N_SUBJECT') from None
         ref = {'subject': subject, 'date': date, 'sequence': sequence}
     try:
-        date = ref['date']
-        if not isinstance(date, datetime.date):
-            date = datetime.date.fromisoformat(str(date))
-        return {'subject': str(ref['subject']), 'date': date, 'sequence': int(ref['sequence'])}
+        given = ref['date']
+        day = given if isinstance(given, datetime.date) else datetime.date.fromisoformat(str(given))
+        return {'subject': str(ref['subject']), 'date': day, 'sequence': int(ref['sequence'])}
     except (KeyError, ValueError, TypeError):
         raise ValueError(f'Experiment reference {exp_ref!r} is not YYYY-MM-DD_N_SUBJECT') from None
 

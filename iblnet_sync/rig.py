@@ -536,7 +536,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog='iblnet-rig', description='Answer a main rig and run commands at each experiment event, as a YAML '
         'file says.', epilog='Start with: iblnet-rig --example-config > rig.yaml')
     parser.add_argument('config', nargs='?', help='the YAML file')
-    parser.add_argument('--listen', metavar='URI', help='where to listen, e.g. udp://0.0.0.0:11001 (replaces the file\'s)')
+    parser.add_argument('--listen', metavar='URI',
+                        help='where to listen, e.g. udp://0.0.0.0:11001 (replaces the file\'s)')
     parser.add_argument('--name', help='the rig\'s name (replaces the file\'s)')
     parser.add_argument('--main-sync', action=argparse.BooleanOptionalAction, default=None,
                         help='whether this rig decides the experiment reference (replaces the file\'s)')

@@ -61,14 +61,14 @@ class Services(Mapping):
             except (ValueError, TypeError, OSError) as ex:
                 raise type(ex)(f'Rig {name!r}: {ex}') from None
         self.timeout = timeout
-        options = {'timeout': timeout, 'echo_timeout': echo_timeout, 'resend_interval': resend_interval,
-                   'resends': resends}
         self._rigs: dict[str, Communicator] = {}
         self._dispatcher: Dispatcher | None = None
         try:
             self._dispatcher = Dispatcher('iblnet_sync')
             for name, (host, port) in addresses.items():
-                self._rigs[name] = Communicator(f'udp://{host}:{port}', name, dispatcher=self._dispatcher, **options)
+                self._rigs[name] = Communicator(
+                    f'udp://{host}:{port}', name, dispatcher=self._dispatcher, timeout=timeout,
+                    echo_timeout=echo_timeout, resend_interval=resend_interval, resends=resends)
         except BaseException:
             self.close()
             raise
@@ -101,7 +101,7 @@ class Services(Mapping):
         for rig in self._rigs.values():
             if return_service:
                 wrapper = functools.partial(_with_service, callback, rig)
-                wrapper.__wrapped__ = callback  # lets clear_callbacks find it
+                wrapper.__wrapped__ = callback  # type: ignore[attr-defined]  # lets clear_callbacks find it
                 rig.assign_callback(event, wrapper)
             else:
                 rig.assign_callback(event, callback)
@@ -199,7 +199,8 @@ class Services(Mapping):
             if error is None:
                 responses[name] = exchange.outcome.result()
             else:
-                failures[name] = error
+                failures[name] = error if isinstance(error, RigError) else RigError(
+                    name, self._rigs[name].server_uri, exchange.event.name, repr(error))
         if failures:
             kind = BroadcastTimeout if any(isinstance(e, TimeoutError) for e in failures.values()) else BroadcastError
             raise kind(next(iter(failures.values())).event, failures, responses)

@@ -597,4 +597,5 @@ def _check_options(options: Mapping[str, Any]) -> None:
         for name in unknown:
             near = difflib.get_close_matches(name, sorted(known or ()), n=1)
             named.append(f'{name!r}' + (f' (did you mean {near[0]!r}?)' if near else ''))
-        raise TypeError(f'Unknown network option(s) {", ".join(named)}; the options are {", ".join(sorted(known or ()))}')
+        raise TypeError(f'Unknown network option(s) {", ".join(named)}; '
+                        f'the options are {", ".join(sorted(known or ()))}')

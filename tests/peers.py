@@ -8,7 +8,8 @@ import socket
 import threading
 import time
 
-from iblutil.io.net.app import EchoProtocol, Services as IblutilServices
+from iblutil.io.net.app import EchoProtocol
+from iblutil.io.net.app import Services as IblutilServices
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from iblnet_sync import protocol
@@ -31,6 +32,14 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+    def close_soon(self, close) -> None:
+        """Run `close` on the loop and let the loop finish what it starts (a transport's last callbacks)."""
+        async def closing():
+            close()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        self.run(closing())
 
 
 class IblutilRig:
@@ -140,7 +149,7 @@ class IblutilRig:
         return True
 
     def close(self):
-        self.loops.loop.call_soon_threadsafe(self.protocol.close)
+        self.loops.close_soon(self.protocol.close)
         if self._own_loop:
             self.loops.close()
         self.sock.close()
@@ -163,5 +172,5 @@ class IblutilMain:
         return self.loops.run(getattr(self.services, method)(*args, **kwargs))
 
     def close(self):
-        self.loops.loop.call_soon_threadsafe(self.services.close)
+        self.loops.close_soon(self.services.close)
         self.loops.close()

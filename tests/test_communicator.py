@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from iblnet_sync import (ClosedError, Communicator, ExpMessage, RigErrorReport, RigTimeout, protocol)
+from iblnet_sync import ClosedError, Communicator, ExpMessage, RigErrorReport, RigTimeout, protocol
 
 URI = 'udp://127.0.0.1:11001'  # a label only: the socketpair carries the datagrams
 

@@ -8,9 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from relay import soak
 
+from iblnet_sync import BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused, RigServer, Services, protocol
 from iblnet_sync.core import STORM_ECHOES
-from iblnet_sync import (BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused,
-                         RigServer, Services, protocol)
 
 
 def open_fds() -> int:

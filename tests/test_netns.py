@@ -92,8 +92,8 @@ def test_datagrams_from_a_host_that_is_not_the_rig_are_ignored(hosts):
         main = in_host('main', MAIN, rig_uri)
         main_port = main.stdout.readline().strip()
         assert rig.stdout.readline().strip() == 'asked'  # the main rig now waits for the answer
-        stranger = in_host('stranger', STRANGER, MAIN_TO_RIG, main_port)
-        assert stranger.wait(10) == 0
+        with in_host('stranger', STRANGER, MAIN_TO_RIG, main_port) as stranger:
+            assert stranger.wait(10) == 0
         rig.stdin.write('go\n')
         rig.stdin.flush()
         assert json.loads(main.stdout.readline()) == {'rig': [0]}  # the rig's answer, not the forgery
@@ -103,3 +103,5 @@ def test_datagrams_from_a_host_that_is_not_the_rig_are_ignored(hosts):
             if process is not None:
                 process.kill()
                 process.wait(10)
+                for stream in (process.stdin, process.stdout):
+                    stream.close()

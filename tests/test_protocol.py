@@ -3,7 +3,8 @@ import datetime
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from iblutil.io.net.app import EchoProtocol
 from iblutil.io.net.base import ExpMessage, ExpStatus, Service
 

@@ -53,7 +53,8 @@ def recorder(stopped_file: str, ignore_sigint: bool = False, grandchild: bool = 
     if ignore_sigint:
         code.append('signal.signal(signal.SIGINT, signal.SIG_IGN)')
     if grandchild:
-        code.append("g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); extra = ' %d' % g.pid")
+        code.append("g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])")
+        code.append("extra = ' %d' % g.pid")
     else:
         code.append("extra = ''")
     code += ['try:',

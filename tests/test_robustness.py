@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import iblnet_sync
-from iblnet_sync import ClosedError, Communicator, RigErrorReport, RigServer, Services, protocol
+from iblnet_sync import ClosedError, Communicator, RigErrorReport, RigServer, Services
 from iblnet_sync.dispatcher import CALLBACK_QUEUE
 from iblnet_sync.rig_server import MAX_MAIN_RIGS
 
@@ -122,7 +122,7 @@ def test_a_constructor_interrupted_anywhere_leaves_nothing_open(rig, make):
             pass
         if made is not None:  # the interrupt fell after the constructor: then close() works
             made.close()
-        assert wait_until(lambda: len(our_threads()) == threads), f'threads left after an interrupt at {interrupt.where}'
+        assert wait_until(lambda: len(our_threads()) == threads), f'threads left: interrupt at {interrupt.where}'
         assert open_fds() == fds, f'files left open after an interrupt at {interrupt.where}'
 
 

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from iblnet_sync import (BroadcastError, BroadcastTimeout, ExpMessage, ExpStatus, RigRefused, Services)
+from iblnet_sync import BroadcastError, BroadcastTimeout, ExpMessage, ExpStatus, RigRefused, Services
 
 REF = '2026-11-24_3_mouse'
 

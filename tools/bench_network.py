@@ -136,7 +136,8 @@ def iblutil_services(uris: dict):
     """iblutil's asyncio Services driven the usual way: rounds awaited inside its event loop."""
     import logging
 
-    from iblutil.io.net.app import EchoProtocol, Services as AsyncServices
+    from iblutil.io.net.app import EchoProtocol
+    from iblutil.io.net.app import Services as AsyncServices
     logging.getLogger('bench').setLevel(logging.CRITICAL)
     loop = asyncio.new_event_loop()
 

@@ -60,8 +60,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tests'))
 sys.path.insert(0, str(ROOT))
-import simulation
-from simulation import core, protocol
+import simulation  # noqa: E402 (found through the path set just above)
+from simulation import core, protocol  # noqa: E402
 
 LEGACY_NAME = 'iblnet_sync_legacy'
 RIG_ADDR = ('127.0.0.1', 11001)    # where the old Communicator believes its rig listens
