@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, InvalidStateError, TimeoutError as FutureTimeout
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 from iblutil.io.net.base import ExpMessage

@@ -53,7 +53,7 @@ class RigServer:
         Whether this rig decides the experiment reference.
     exp_ref : str, dict, optional
         The reference to report in EXPINFO. A main-sync rig without one makes a new one at
-        each EXPINFO between experiments, from the subject the main rig sends, today's date
+        each EXPINFO between experiments that names a subject (a ping does not), from that subject, today's date
         and the next sequence number for that subject.
     experiment_description : dict, optional
         Reported in EXPINFO.
@@ -275,9 +275,10 @@ class RigServer:
         extra = data[-1] if data else None
         if event is ExpMessage.EXPINFO:
             returned = handler(data) if handler else None
-            if self.main_sync and not self._fixed_reference and self.status in (ExpStatus.CONNECTED, ExpStatus.STOPPED):
-                subject = extra.get('subject') if isinstance(extra, dict) else None
-                self.exp_ref = self._new_reference(subject)  # a new experiment is being prepared
+            subject = extra.get('subject') if isinstance(extra, dict) else None
+            between = self.status in (ExpStatus.CONNECTED, ExpStatus.STOPPED)
+            if self.main_sync and not self._fixed_reference and between and subject:
+                self.exp_ref = self._new_reference(subject)  # a task prepares a new experiment (not a ping)
             info = self.info()
             if isinstance(returned, dict):
                 info.update(returned)
@@ -310,8 +311,7 @@ class RigServer:
             self.status = ExpStatus.STOPPED
         return answer
 
-    def _new_reference(self, subject: str | None) -> dict:
-        subject = subject or 'subject'
+    def _new_reference(self, subject: str) -> dict:
         today = datetime.date.today()
         sequence = self._sequences.get((subject, today), 0) + 1
         self._sequences[(subject, today)] = sequence
