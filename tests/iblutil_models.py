@@ -46,11 +46,33 @@ class _Peer:
         self.died_at: float | None = None
         self.awaiting: bytes | None = None
         self.echo_deadline: float | None = None
+        self.awaiting_since = 0.0
+        self.replaced: list[float] = []  # deadlines of waits that a newer confirmed send replaced
+        self.cause: tuple[str, bytes | None, float] | None = None  # why it died: (why, awaited, since)
 
-    def die(self, now: float) -> None:
+    @property
+    def wakeup(self) -> float | None:
+        times = [t for t in [self.echo_deadline, *self.replaced] if t is not None]
+        return min(times) if times else None
+
+    def die(self, now: float, why: str = 'closed') -> None:
         if self.alive:
             self.alive, self.died_at = False, now
+            self.cause = (why, self.awaiting, self.awaiting_since)
         self.awaiting = self.echo_deadline = None
+        self.replaced = []
+
+    def _await(self, datagram: bytes, now: float) -> None:
+        """A confirmed send: a wait still pending can no longer complete (it will time out); wait for this."""
+        if self.awaiting is not None and self.echo_deadline is not None:
+            self.replaced.append(self.echo_deadline)
+        self.awaiting, self.echo_deadline, self.awaiting_since = datagram, now + ECHO_TIMEOUT, now
+
+    def _overdue(self, now: float) -> str | None:
+        """Why a wait has timed out by `now` ('no echo', or 'replaced' for a wait a newer send replaced)."""
+        if self.echo_deadline is not None and now >= self.echo_deadline:
+            return 'no echo'
+        return 'replaced' if any(now >= t for t in self.replaced) else None
 
 
 class IblutilMain(_Peer):
@@ -62,10 +84,6 @@ class IblutilMain(_Peer):
         self.want: ExpMessage | None = None
         self.open = False
 
-    @property
-    def wakeup(self) -> float | None:
-        return self.echo_deadline
-
     def request(self, plain: bytes, now: float, expect_answer: bool = True,
                 deadline: float | None = None) -> list[core.Event]:
         self.token += 1
@@ -73,7 +91,7 @@ class IblutilMain(_Peer):
             return [core.Failed(self.token, 'closed', 'the protocol closed')]
         self.want = protocol.decode(plain).event if expect_answer else None
         self.open = True
-        self.awaiting, self.echo_deadline = plain, now + ECHO_TIMEOUT
+        self._await(plain, now)  # (Services' caller would still be blocked in a pending wait: it ends alike)
         return [core.Send(plain)]
 
     def receive(self, data: bytes, now: float) -> list[core.Event]:
@@ -81,7 +99,7 @@ class IblutilMain(_Peer):
             return []
         if self.awaiting is not None:
             if data != self.awaiting:
-                return self._fail(now, 'the rig sent something else than the echo')
+                return self._fail(now, 'wrong echo')
             self.awaiting = self.echo_deadline = None
             if self.want is None and self.open:
                 self.open = False
@@ -95,9 +113,8 @@ class IblutilMain(_Peer):
         return events
 
     def tick(self, now: float) -> list[core.Event]:
-        if self.awaiting is not None and self.echo_deadline is not None and now >= self.echo_deadline:
-            return self._fail(now, 'no echo')
-        return []
+        why = self._overdue(now)
+        return self._fail(now, why) if why and self.alive else []
 
     def give_up(self, now: float) -> list[core.Event]:
         if not self.open:
@@ -109,7 +126,7 @@ class IblutilMain(_Peer):
         return []  # iblutil ignores socket errors; the echo wait times out
 
     def _fail(self, now: float, why: str) -> list[core.Event]:
-        self.die(now)
+        self.die(now, why)
         if self.open:
             self.open = False
             return [core.Failed(self.token, 'closed', why)]
@@ -122,12 +139,7 @@ class IblutilRig(_Peer):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
-        self.replaced: list[float] = []  # deadlines of waits that a newer send replaced
-
-    @property
-    def wakeup(self) -> float | None:
-        times = [t for t in [self.echo_deadline, *self.replaced] if t is not None]
-        return min(times) if times else None
+        self.took_resend = False  # it handled a datagram in a spelling only a main that resends sends
 
     def is_current(self, request: int) -> bool:
         return self.alive  # iblutil runs the callback of every message it takes for new
@@ -137,7 +149,7 @@ class IblutilRig(_Peer):
             return []
         if self.awaiting is not None:
             if data != self.awaiting:
-                self.die(now)
+                self.die(now, 'wrong echo')
                 return []
             self.awaiting = self.echo_deadline = None
             return []
@@ -145,6 +157,7 @@ class IblutilRig(_Peer):
         message = _decode(data)
         if message is not None:
             self.count += 1
+            self.took_resend = self.took_resend or data != data.rstrip()
             events.append(core.Handle(self.count, message))
         return events
 
@@ -153,13 +166,11 @@ class IblutilRig(_Peer):
             return []
         if answer[1:2] == b'0':  # a failed callback's report: sent, never confirmed
             return [core.Send(answer)]
-        if self.awaiting is not None and self.echo_deadline is not None:
-            self.replaced.append(self.echo_deadline)
-        self.awaiting, self.echo_deadline = answer, now + ECHO_TIMEOUT
+        self._await(answer, now)
         return [core.Send(answer)]
 
     def tick(self, now: float) -> list[core.Event]:
-        due = [t for t in [self.echo_deadline, *self.replaced] if t is not None and now >= t]
-        if due:
-            self.die(now)
+        why = self._overdue(now)
+        if why:
+            self.die(now, why)
         return []
