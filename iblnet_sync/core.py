@@ -20,9 +20,11 @@ a late answer (another REF) from the awaited one: no time windows and no guessin
 
 How two iblnet_sync peers find each other, without sending an iblutil peer anything iblutil
 would not send:
-- A rig ends each plain answer with a newline (:data:`~iblnet_sync.protocol.PEER_SUFFIX`),
-  which JSON ignores and an iblutil main echoes unchanged. A main that receives such an answer
-  (or any tagged datagram) tags everything it sends that rig from then on.
+- A rig ends each plain answer and error report with a newline
+  (:data:`~iblnet_sync.protocol.PEER_SUFFIX`), which JSON ignores and an iblutil main echoes
+  unchanged; but for an answer with its request's very bytes, which an iblutil main may take for
+  the echo it awaits (when the answer overtakes the echo), as it would iblutil's. A main that
+  receives a marked datagram (or any tagged one) tags everything it sends that rig from then on.
 - A main's EXPINFO info may say ``"iblnet_sync": 1`` (NetworkSession's does); a rig that reads
   it tags its answer at once, naming the plain request by :func:`~iblnet_sync.protocol.digest`.
 - A rig that receives a tagged datagram tags everything it sends that main.
@@ -36,8 +38,9 @@ row   state         input                                            what happen
 ====  ============  ===============================================  ==========================================
 M1    IDLE          request                                          send (tagged with a new ID once the rig is
                                                                      known to be iblnet_sync); -> SENT
-M2    SENT          timer, nothing heard from the rig yet, resends   send again: the same bytes when tagged, the
-                    left                                             plain bytes + tab otherwise
+M2    SENT          timer, resends left, and nothing of the rig's    send again: the same bytes when tagged, the
+                    own heard yet (copies of what we sent do not     plain bytes + tab otherwise
+                    count) or the rig known to be iblnet_sync
 M3    SENT          timer, tagged, not echoed, resends left          send the same tagged bytes again
 M4    SENT          timer, no resend left, echo deadline passed      fail: 'no echo'
 M5    SENT/ECHOED   timer, caller's deadline passed                  fail: 'no echo' or 'no response'
@@ -62,19 +65,25 @@ M16   any           other plain message                              echoed; del
                                                                      not an awaited echo is new)
 M17   any           junk (not a message)                             dropped, never echoed
 M18   SENT/ECHOED   abort (socket refused, closed, interrupted)      fail with that stage
-M19   rig tagged    plain datagram ending with a newline, the        a late plain answer: echoed (the rig
-      (exchange     exchange (if any) tagged                         awaits it), not delivered
-      tagged)
-M20   same          other plain datagram (not an error report)       a late echo of an earlier plain request
-                                                                     of ours: dropped
+M19   rig known     plain datagram ending with a newline, not an     a late plain answer: echoed (the rig
+      to be         answer to the exchange (plain, M15) in progress  awaits it), not delivered
+      iblnet_sync
+M20   same          other plain datagram (not an error report), but  a late echo of a plain request of ours, or
+                    the exchange's own plain request (its echo, or   a late answer with its bytes: dropped
+                    an answer with its bytes, M6/M15)
 M21   any           plain datagram we echoed 8 times in a row, with  an echo storm (both ends take the same
-                    no request of ours in between                    bytes for new): no longer echoed
+                    no request of ours in between                    bytes for new): this copy is not echoed,
+                                                                     which ends a bounce loop; the count
+                                                                     starts again (what comes next is new)
 ====  ============  ===============================================  ==========================================
 
-A plain resend (M2) goes out only while nothing at all came back: then either the request
-was lost (an iblutil rig saw nothing) or its echo was, and an iblutil main in that case
-fails too (it takes the rig's answer for a wrong echo and closes), so the rig is never worse
-off. Once anything came back, plain resends stop.
+A plain resend (M2) to a rig not known to run iblnet_sync goes out only while nothing of the
+rig's own came back: then either the request was lost (an iblutil rig saw nothing) or its echo
+was, and an iblutil main in that case fails too (it takes the rig's answer for a wrong echo and
+closes), so the rig is never worse off. Once the rig sent a message of its own (which it may
+still await the echo of), plain resends stop. A copy of a datagram we sent it (a duplicate of
+its echo, a bounce of ours) tells nothing of the sort and does not stop them. A rig known to run
+iblnet_sync takes a resend (+ tab) for what it is, whatever came back.
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
@@ -86,8 +95,10 @@ row   state         input                                            what happen
 R1    any           junk, or a plain error report                    dropped, never echoed (junk makes no entry)
 R2    ANSWERED      datagram equal to our answer (plain), or a       the echo: -> DONE, resends stop
                     tagged one with our answer's ID
-R3    any           tagged datagram with our ID, not awaited, or a   late echo of one of our answers: dropped
-                    plain one ending with a newline
+R3    any           tagged datagram with our ID, not awaited, a      late echo of one of our answers: dropped
+                    plain one ending with a newline, or one equal
+                    to an unmarked plain answer (R10) whose echo we
+                    stopped awaiting (R12, or superseded; last 4)
 R4    any           tagged request with an ID seen before            echoed; not handled again; the answer is
                                                                      sent again if it awaits its echo
 R5    any           tagged request with a new ID                     echoed; the current request is superseded
@@ -96,21 +107,26 @@ R6    HANDLING/     the current plain request again, or in another   asked again
 R7    ANSWERED      spelling (our main's resend adds a tab)          bounce of our echo: echoed (at most 8
                                                                      times: a bounce loop ends there), never
                                                                      handled again; the answer is sent again
+                                                                     to a resend only (in another spelling:
+                                                                     that main lacks it)
 R8    DONE          the last plain request in another spelling; once a late copy: dropped
                     the main is tagged, any of the last 8
 R9    any other     plain request                                    echoed; supersedes the current one;
                                                                      -> HANDLING (tagged from now on if its
                                                                      EXPINFO info announces iblnet_sync)
-R10   HANDLING      the handler's answer                             sent (plain + newline, or tagged with REF);
-                                                                     -> ANSWERED, or DONE when there is none
+R10   HANDLING      the handler's answer                             sent (plain + newline, but for an answer
+                                                                     with the request's bytes; or tagged with
+                                                                     REF); -> ANSWERED, or DONE when there is
+                                                                     none or it is an error report
 R11   ANSWERED      timer, tagged, resends left                      the answer is sent again
 R12   ANSWERED      timer, deadline passed                           -> DONE (an iblutil rig would close here;
                                                                      we keep serving)
 R13   superseded    the handler's answer                             not sent
 ====  ============  ===============================================  ==========================================
 
-A rig never resends a plain answer: an iblutil main that already got it would take the copy
-for a new message and, if it was waiting for another echo by then, close.
+A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
+request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
+answer, if it came first, for a wrong echo and close; only our main's resend gets it again.
 """
 from __future__ import annotations
 
@@ -204,15 +220,15 @@ Event = Union[Send, Echoed, Answered, Failed, Delivered, Handle, GaveUp]
 
 
 class _Seen:
-    """The last `size` message IDs of the peer (an ordered set with a bound)."""
+    """The last `size` message IDs (or datagrams) seen: an ordered set with a bound."""
 
     __slots__ = ('_ids', '_size')
 
     def __init__(self, size: int = SEEN_IDS):
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str | bytes, None] = OrderedDict()
         self._size = size
 
-    def add(self, msg_id: str) -> bool:
+    def add(self, msg_id: str | bytes) -> bool:
         """Remember `msg_id`; False if it was seen already."""
         if msg_id in self._ids:
             return False
@@ -220,6 +236,9 @@ class _Seen:
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
         return True
+
+    def __contains__(self, msg_id: str | bytes) -> bool:
+        return msg_id in self._ids
 
 
 def _parse(data: bytes) -> protocol.Parsed | None:
@@ -234,8 +253,8 @@ def _parse(data: bytes) -> protocol.Parsed | None:
 class _Exchange:
     """The main side's current request."""
 
-    __slots__ = ('token', 'event', 'plain', 'tagged', 'ref', 'spellings', 'sent', 'expect_answer', 'echoed', 'echo_seen',
-                 'heard', 'deadline', 'resends_left', 'next_send', 'echo_deadline')
+    __slots__ = ('deadline', 'echo_deadline', 'echo_seen', 'echoed', 'event', 'expect_answer', 'heard', 'next_send',
+                 'plain', 'ref', 'resends_left', 'sent', 'spellings', 'tagged', 'token')
 
     def __init__(self, token: int, event: ExpMessage, plain: bytes, expect_answer: bool, deadline: float | None):
         self.token, self.event, self.plain, self.expect_answer = token, event, plain, expect_answer
@@ -252,7 +271,7 @@ class _Exchange:
 
 
 class MainConversation:
-    """The main rig's conversation with one auxiliary rig (see the module's table, rows M1-M18).
+    """The main rig's conversation with one auxiliary rig (see the module's table, rows M1-M21).
 
     Parameters
     ----------
@@ -277,6 +296,7 @@ class MainConversation:
         self._exchange: _Exchange | None = None
         self._seen = _Seen()
         self._owed: list[bytes] = []      # plain requests whose echo may still come after their exchange
+        self._sent = _Seen(16)            # the last plain datagrams we sent: their copies coming back are no news
         self._echoed_last, self._echoed_times = b'', 0  # the storm count (M21)
 
     @property
@@ -294,7 +314,8 @@ class MainConversation:
         return min(times) if times else None
 
     # --- inputs ---
-    def request(self, plain: bytes, now: float, expect_answer: bool = True, deadline: float | None = None) -> list[Event]:
+    def request(self, plain: bytes, now: float, expect_answer: bool = True,
+                deadline: float | None = None) -> list[Event]:
         """Start an exchange (M1): `plain` is the message as iblutil would send it.
 
         Returns the events; the exchange's token is ``self.token`` of the Echoed/Answered/Failed that end it,
@@ -310,6 +331,7 @@ class MainConversation:
             x.sent = protocol.tag(plain, x.ref)
         else:
             x.ref, x.sent = protocol.digest(plain), plain
+            self._sent.add(plain)
         x.spellings.add(x.sent)
         x.resends_left = self.resends
         self._echoed_times = 0
@@ -334,7 +356,7 @@ class MainConversation:
         if not x.echoed and x.echo_deadline is not None and now >= x.echo_deadline:
             return self._give_up(x, now)
         if x.next_send is not None and now >= x.next_send:
-            if not x.echoed and (x.tagged or not x.heard) and x.resends_left > 0:
+            if not x.echoed and (x.tagged or self.tagged or not x.heard) and x.resends_left > 0:
                 x.resends_left -= 1
                 if not x.tagged:
                     x.sent = x.plain + protocol.RESEND_SUFFIX
@@ -358,7 +380,7 @@ class MainConversation:
         return [] if x is None else self._give_up(x, now)
 
     def receive(self, data: bytes, now: float) -> list[Event]:
-        """A datagram from the rig (M6-M17)."""
+        """A datagram from the rig (M6-M21)."""
         x = self._exchange
         if data[:1] == b'{':
             return self._receive_tagged(data, x, now)
@@ -375,23 +397,28 @@ class MainConversation:
             return []
         message, from_peer = parsed.message, data.endswith(protocol.PEER_SUFFIX)
         self.tagged = self.tagged or from_peer
-        if x is not None:
+        if x is not None and data not in self._sent:  # the rig sent a message of its own (M2)
             x.heard = True
-        if self.tagged and (x is None or x.tagged) and message.event != protocol.ERROR_CODE:
-            # an iblnet_sync rig now tags what it sends: plain means late
-            return [Send(data)] if from_peer else []  # M19: late plain answer; M20: late echo of ours
+        if self.tagged and message.event != protocol.ERROR_CODE:
+            # an iblnet_sync rig sends plain only echoes, answers to plain requests, and error reports
+            plain_x = x if x is not None and not x.tagged else None
+            if not from_peer and (plain_x is None or data != plain_x.plain):  # M20: a late echo of ours
+                return []
+            if from_peer and (plain_x is None or not _answers(plain_x, message)):  # M19: a late plain answer
+                return [Send(data)]
         if message.event == protocol.ERROR_CODE:  # M13
             return self._error_report(x if x is None or not x.tagged else None, message)
         if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED:  # M14
             return []
         self._echoed_times = self._echoed_times + 1 if data == self._echoed_last else 1
         self._echoed_last = data
-        if self._echoed_times > STORM_ECHOES:  # M21
-            if self._echoed_times == STORM_ECHOES + 1:
-                log.warning('echo storm: %r bounced %d times in a row; no longer echoed', data[:60], STORM_ECHOES)
+        if self._echoed_times > STORM_ECHOES:  # M21: one copy not echoed ends a bounce loop; what comes after
+            log.warning('echo storm: %r bounced %d times in a row; not echoed', data[:60], STORM_ECHOES)
+            self._echoed_times = 0  # it is a new datagram of the rig's, not a bounce of an echo of ours
             return []
         events: list[Event] = [Send(data)]
-        if x is not None and x.expect_answer and message.event == x.event and _same_reference(x, message):  # M15
+        self._sent.add(data)
+        if x is not None and _answers(x, message):  # M15
             events += self._answered(x, message.data, now)
         else:  # M16
             events.append(Delivered(message))
@@ -460,11 +487,11 @@ class MainConversation:
             self._owed = (self._owed + [x.plain])[-4:]
 
 
-def _same_reference(x: _Exchange, message: Message) -> bool:
-    """An EXPSTART answer names the reference it started: it must be the request's."""
-    if x.event is not ExpMessage.EXPSTART:
-        return True
-    return message.data[:1] == protocol.decode(x.plain).data[:1]
+def _answers(x: _Exchange, message: Message) -> bool:
+    """`message` can be the answer to plain exchange `x`: the same event and, for EXPSTART, the same reference."""
+    if not x.expect_answer or message.event != x.event:
+        return False
+    return x.event is not ExpMessage.EXPSTART or message.data[:1] == protocol.decode(x.plain).data[:1]
 
 
 # --- the rig side ---
@@ -505,6 +532,7 @@ class RigConversation:
         self._seen = _Seen()
         self._repeats = 0                 # copies of the current plain request received (R6, R7)
         self._plains: list[bytes] = []    # the last plain requests (R8)
+        self._owed: list[bytes] = []      # plain answers whose echo may still come, though we moved on (R3)
 
     @property
     def wakeup(self) -> float | None:
@@ -525,6 +553,9 @@ class RigConversation:
             return []
         if data.endswith(protocol.PEER_SUFFIX):  # R3: only a rig ends a datagram so: a late echo of ours
             return []
+        if data in self._owed:  # R3: the late echo of an answer we gave up on, or of a superseded request's
+            self._owed.remove(data)
+            return []
         parsed = _parse(data)
         if parsed is None or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):  # R1
             if parsed is not None:
@@ -542,7 +573,10 @@ class RigConversation:
                 self._repeats += 1
                 if self._repeats > STORM_ECHOES:
                     return []
-                return [Send(data)] + ([Send(self._answer)] if self.state == ANSWERED else [])
+                events: list[Event] = [Send(data)]
+                if self.state == ANSWERED and data != stripped:  # our main's resend: it lacks the answer
+                    events.append(Send(self._answer))
+                return events
         if protocol.announces_peer(parsed.message):  # R9
             self.tagged = True
         return [Send(data)] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
@@ -563,10 +597,10 @@ class RigConversation:
             self._deadline = now + self.resend_interval * (self.resends + 1)
         elif answer[1:2] == b'0':  # a plain error report is never echoed
             self.state = DONE
-            return [Send(answer)]
-        else:
+            return [Send(answer + protocol.PEER_SUFFIX)]
+        else:  # marked, but for an answer with the request's bytes: an iblutil main may take it for the echo
             self._answer_id = None
-            self._answer = answer + protocol.PEER_SUFFIX
+            self._answer = answer if answer == self._plain else answer + protocol.PEER_SUFFIX
             self._next_send, self._deadline = None, now + self.echo_timeout
         self.state = ANSWERED
         return [Send(self._answer)]
@@ -576,6 +610,7 @@ class RigConversation:
         if self.state != ANSWERED:
             return []
         if self._deadline is not None and now >= self._deadline:  # R12
+            self._owe_echo()
             self.state = DONE
             return [GaveUp(self._answer)]
         if self._next_send is not None and now >= self._next_send and self._resends_left > 0:  # R11
@@ -593,10 +628,16 @@ class RigConversation:
                 self.state = DONE
             return []
         if not self._seen.add(msg_id):  # R4
-            return [Send(data)] + ([Send(self._answer)] if self.state == ANSWERED else [])
+            return [Send(data), Send(self._answer)] if self.state == ANSWERED else [Send(data)]
         return [Send(data)] + self._new_request(b'', msg_id, parsed.message)  # R5
 
+    def _owe_echo(self) -> None:
+        """We stop waiting for the echo of our plain answer: should it still come, it is no request."""
+        if self.state == ANSWERED and self._answer_id is None and not self._answer.endswith(protocol.PEER_SUFFIX):
+            self._owed = (self._owed + [self._answer])[-4:]  # (a marked answer's echo is told by its newline)
+
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
+        self._owe_echo()
         self._request += 1
         self._repeats = 0
         if plain:
