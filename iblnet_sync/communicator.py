@@ -431,6 +431,8 @@ class Communicator:
                 settle.append((exchange, event.data, None))
                 self._exchange = exchange = None
             elif isinstance(event, core.Failed) and exchange is not None:
+                if event.stage == 'error report':  # raised to the caller, and given to event 0's callbacks
+                    self._deliver(protocol.Message(ExpMessage(0), [event.detail, int(exchange.event)]), log_it=False)
                 settle.append((exchange, None, self._error(exchange, event)))
                 self._exchange = exchange = None
             elif isinstance(event, core.Delivered):
@@ -478,10 +480,10 @@ class Communicator:
         error_type = _ERRORS.get(failed.stage, RigError)
         return error_type(self.name, self.server_uri, exchange.event.name, detail, stage=failed.stage)
 
-    def _deliver(self, message: protocol.Message) -> None:
+    def _deliver(self, message: protocol.Message, log_it: bool = True) -> None:
         """A message of the rig's own (with the lock held): hand it to the callbacks of its event."""
         addr = self._address
-        if message.event == protocol.ERROR_CODE:
+        if message.event == protocol.ERROR_CODE and log_it:  # (one that fails a call is raised instead)
             text, event = (list(message.data) + [None, None])[:2]
             log.error('%s (%s) reported an error for %s: %s', self.name, self.server_uri, _event_name(event), text)
         entries = self._callbacks[message.event]

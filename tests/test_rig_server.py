@@ -1,10 +1,14 @@
 """RigServer driven through the whole lifecycle by our Services and by iblutil's asyncio Services."""
 import datetime
+import logging
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from iblnet_sync import BroadcastError, ExpStatus, RigServer, Services
+from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services
 
 TODAY = datetime.date.today()
 
@@ -119,3 +123,28 @@ def test_token_given_by_the_main_rig_reaches_the_handler_without_an_answer(serve
         assert services.alyx(LoggedIn()) == {'cameras': None}
         assert given.wait(5)
         assert services.status('CONNECTED') == {'cameras': [0]}
+
+
+def test_error_reports_reach_event_0_callbacks_and_a_failure_is_raised_not_logged(servers, caplog):
+    rig = servers('cameras')
+    rig.assign_handler('EXPINIT', lambda data: {}['missing'])
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        report = services['cameras'].on_event(0)
+        with caplog.at_level(logging.ERROR, logger='iblnet_sync.communicator'):
+            with pytest.raises(BroadcastError, match="KeyError: 'missing'"):
+                services.init({'exp_ref': '2026-11-25_1_mouse'})
+        data, _ = report.result(5)
+        assert data == ["KeyError: 'missing'", int(ExpMessage.EXPINIT)]
+        main_side = [r.getMessage() for r in caplog.records if r.name == 'iblnet_sync.communicator']
+        assert not [m for m in main_side if 'KeyError' in m]  # raised to the caller: not logged as well
+
+
+def test_serve_forever_ends_on_ctrl_c_with_one_line_and_no_traceback():
+    code = ('import logging; from iblnet_sync import RigServer; logging.basicConfig(level=logging.INFO); '
+            'RigServer("udp://127.0.0.1:0", name="cameras").serve_forever()')
+    with subprocess.Popen([sys.executable, '-c', code], stderr=subprocess.PIPE, text=True) as process:
+        assert 'cameras listening on udp://127.0.0.1:' in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+        rest = process.stderr.read()
+    assert 'Traceback' not in rest and rest.count('\n') == 1 and 'interrupted' in rest
