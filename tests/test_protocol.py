@@ -125,3 +125,16 @@ def test_decode_fuzz_gives_a_message_or_a_decode_error(datagram):
         return
     assert isinstance(message.event, ExpMessage) and isinstance(message.data, list)
     assert message.event == 0 or message.event in list(ExpMessage)
+
+
+@pytest.mark.parametrize('uri, message', [
+    ('udp://127.0.0.1:0', "port 0 is not a rig's port"),
+    ('udp://[::1]:11001', 'IPv6 addresses are not supported'),
+    ('::1', 'IPv6 addresses are not supported'),
+    ('127.0.0.1:70000', 'the port must be a number from 1 to 65535'),
+    ('tcp://127.0.0.1:11001', 'only udp:// is supported'),
+])
+def test_rig_addresses_that_cannot_work_say_why(uri, message):
+    with pytest.raises(ValueError, match=message):
+        protocol.rig_address(uri)
+    assert protocol.rig_address('udp://127.0.0.1:0', allow_any_port=True) == ('127.0.0.1', 0)

@@ -131,3 +131,15 @@ def test_giving_our_alyx_token_waits_for_the_echo_only(iblutil_rigs):
         assert rig.wait_for(lambda r: r.received)  # iblutil echoes before it runs its callbacks
         assert rig.received[-1] == (ExpMessage.ALYX, ['https://alyx.example.org', token])
         assert services.status('CONNECTED') == {'cameras': [0]}
+
+
+@pytest.mark.parametrize('arguments, error, message', [
+    ({'remote_rigs': {'cameras': '127.0.0.1:9'}, 'echo_timeot': 1}, TypeError, "'echo_timeot'"),
+    ({'remote_rigs': ['cameras']}, TypeError, 'must map rig names to URIs'),
+    ({'remote_rigs': {'cameras': '127.0.0.1:9'}, 'timeout': 0}, ValueError, 'timeout must be > 0'),
+    ({'remote_rigs': {'cameras': '127.0.0.1:9'}, 'resends': -1}, ValueError, 'resends must be'),
+    ({'remote_rigs': {'ok': '127.0.0.1:9', 'cameras': 'udp://127.0.0.1:0'}}, ValueError, "Rig 'cameras'.*port 0"),
+])
+def test_bad_arguments_are_refused_before_anything_opens(arguments, error, message, no_leaked_threads):
+    with pytest.raises(error, match=message):
+        Services(**arguments)
