@@ -1,0 +1,39 @@
+"""The project's docs show the core's state tables as the core itself states them.
+
+``python tests/test_docs.py`` rewrites the tables in docs/protocol.md from iblnet_sync/core.py.
+"""
+import sys
+from pathlib import Path
+
+from iblnet_sync import core
+
+DOC = Path(__file__).resolve().parent.parent / 'docs' / 'protocol.md'
+BEGIN, END = '<!-- tables from iblnet_sync/core.py: begin -->', '<!-- tables from iblnet_sync/core.py: end -->'
+
+
+def tables() -> str:
+    """The core's docstring from its first table's heading on: both tables and their notes."""
+    text = core.__doc__ or ''
+    return text[text.index('Main side'):].strip()
+
+
+def block() -> str:
+    return f'{BEGIN}\n```text\n{tables()}\n```\n{END}'
+
+
+def test_docs_show_the_core_state_tables():
+    doc = DOC.read_text()
+    assert block() in doc, 'docs/protocol.md is behind iblnet_sync/core.py: run python tests/test_docs.py'
+    assert 'M1 ' in tables() and 'R1 ' in tables()
+
+
+def test_readme_stands_on_its_own():
+    readme = (DOC.parent.parent / 'README.md').read_text()
+    assert '../shared' not in readme and 'PROTOCOL.md' not in readme and 'DESIGN.md' not in readme
+
+
+if __name__ == '__main__':
+    doc = DOC.read_text()
+    start, end = doc.index(BEGIN), doc.index(END) + len(END)
+    DOC.write_text(doc[:start] + block() + doc[end:])
+    sys.exit(0)
