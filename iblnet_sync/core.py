@@ -71,10 +71,10 @@ M19   rig known     plain datagram ending with a newline, not an     a late plai
 M20   same          other plain datagram (not an error report), but  a late echo of a plain request of ours, or
                     the exchange's own plain request (its echo, or   a late answer with its bytes: dropped
                     an answer with its bytes, M6/M15)
-M21   any           plain datagram we echoed 8 times in a row, with  an echo storm (both ends take the same
-                    no request of ours in between                    bytes for new): this copy is not echoed,
-                                                                     which ends a bounce loop; the count
-                                                                     starts again (what comes next is new)
+M21   any           plain datagram we echoed 8 times since our last  an echo storm (both ends take the same
+                    request, whatever came in between                bytes for new, one datagram or several
+                                                                     in turn): no longer echoed until our
+                                                                     next request
 ====  ============  ===============================================  ==========================================
 
 A plain resend (M2) to a rig not known to run iblnet_sync goes out only while nothing of the
@@ -84,6 +84,15 @@ closes), so the rig is never worse off. Once the rig sent a message of its own (
 still await the echo of), plain resends stop. A copy of a datagram we sent it (a duplicate of
 its echo, a bounce of ours) tells nothing of the sort and does not stop them. A rig known to run
 iblnet_sync takes a resend (+ tab) for what it is, whatever came back.
+
+The storm cut (M21) counts echoes since our last request, not in a row: two or more datagrams
+bouncing in turn (peers that have not yet found each other, several requests duplicated) are a
+storm as surely as one. Its price: a rig that sends the same message more than 8 times between
+two requests of ours loses the echoes of the rest. An iblutil rig does so in one case, itself a
+storm of iblutil's making: it takes our echo of its own duplicated echo for a request, answers it
+with the same bytes, and so on; the answers that come after the cut then go unechoed and the rig
+closes, where iblutil's main, echoing for ever, keeps it alive until the network loses a copy. No
+rule can tell those answers from the bounces they are mixed with (same bytes, same order).
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
@@ -130,6 +139,7 @@ answer, if it came first, for a wrong echo and close; only our main's resend get
 """
 from __future__ import annotations
 
+import collections
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -155,7 +165,8 @@ ANSWER_RESENDS = 50
 SEEN_IDS = 64
 """int: how many of the peer's message IDs are remembered to recognise duplicates."""
 STORM_ECHOES = 8
-"""int: echoes of the same plain bytes in a row, with nothing else in between, that make a storm."""
+"""int: echoes of the same plain bytes since our last request (the main) or of the current request
+(the rig) that make a storm."""
 NEVER_REPEATED = frozenset({ExpMessage.EXPINFO})
 """Events whose answer never has the request's bytes: the answer carries the rig's own info."""
 
@@ -297,7 +308,7 @@ class MainConversation:
         self._seen = _Seen()
         self._owed: list[bytes] = []      # plain requests whose echo may still come after their exchange
         self._sent = _Seen(16)            # the last plain datagrams we sent: their copies coming back are no news
-        self._echoed_last, self._echoed_times = b'', 0  # the storm count (M21)
+        self._storm: collections.Counter[bytes] = collections.Counter()  # echoes since our last request (M21)
 
     @property
     def busy(self) -> bool:
@@ -334,7 +345,7 @@ class MainConversation:
             self._sent.add(plain)
         x.spellings.add(x.sent)
         x.resends_left = self.resends
-        self._echoed_times = 0
+        self._storm.clear()
         if plain in self._owed:  # from now on these bytes are this exchange's echo
             self._owed.remove(plain)
         self._exchange = x
@@ -410,11 +421,13 @@ class MainConversation:
             return self._error_report(x if x is None or not x.tagged else None, message)
         if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED:  # M14
             return []
-        self._echoed_times = self._echoed_times + 1 if data == self._echoed_last else 1
-        self._echoed_last = data
-        if self._echoed_times > STORM_ECHOES:  # M21: one copy not echoed ends a bounce loop; what comes after
-            log.warning('echo storm: %r bounced %d times in a row; not echoed', data[:60], STORM_ECHOES)
-            self._echoed_times = 0  # it is a new datagram of the rig's, not a bounce of an echo of ours
+        self._storm[data] += 1
+        if len(self._storm) > SEEN_IDS:  # (a bound: a storm is a few datagrams bouncing)
+            del self._storm[next(iter(self._storm))]
+        if self._storm[data] > STORM_ECHOES:  # M21
+            if self._storm[data] == STORM_ECHOES + 1:
+                log.warning('echo storm: %r echoed %d times since our last request; no longer echoed',
+                            data[:60], STORM_ECHOES)
             return []
         events: list[Event] = [Send(data)]
         self._sent.add(data)

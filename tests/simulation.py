@@ -199,6 +199,7 @@ class Run:
         self._given: collections.Counter = collections.Counter()  # requests given to the handler, by value
         self._fails: dict[int, bool] = {}  # Handle token -> whether that handler raises
         self.fatal: tuple[str, int, bytes] | None = None  # (kind, copy, datagram) an iblutil peer died of
+        self.unechoed: list[tuple[bytes, float]] = []  # datagrams our peer received and did not echo, when
         self.results: list[tuple[int, str, Any]] = []
         self.violations: set[str] = set()
         self._outcome: tuple[str, Any] | None = None
@@ -240,6 +241,7 @@ class Run:
         events = self.rig.receive(data, self.net.now)
         if alive and not getattr(self.rig, 'alive', True) and self.net.arriving:
             self.fatal = (*self.net.arriving, data)
+        self._note_unechoed(self.rig, data, events)
         if data[:1] == b'{':
             for e in core.events_of(events, core.Handle):
                 self._request_ids[e.request] = protocol.parse(data).msg_id or ''
@@ -250,7 +252,13 @@ class Run:
         events = self.main.receive(data, self.net.now)
         if alive and not getattr(self.main, 'alive', True) and self.net.arriving:
             self.fatal = (*self.net.arriving, data)
+        self._note_unechoed(self.main, data, events)
         self.main_events(events)
+
+    def _note_unechoed(self, peer: Any, data: bytes, events: list) -> None:
+        """Remember a datagram that our peer did not echo (an iblutil peer may be awaiting that echo)."""
+        if not isinstance(peer, (IblutilMain, IblutilRig)) and core.Send(data) not in events:
+            self.unechoed.append((data, self.net.now))
 
     # --- the rig's application ---
     def handler_fate(self, message: protocol.Message) -> tuple[float, bool]:
@@ -404,8 +412,10 @@ class Run:
         either side leaves some datagrams unechoed, and the rig marks its answers with a newline. So the
         death is ours when
 
+        - our peer received what it awaits the echo of, and did not echo it (whatever then killed it:
+          the wait's end, or the next datagram);
         - it timed out waiting for an echo, though the network lost neither what it sent nor the echo of
-          it (our peer got it and did not echo it);
+          it;
         - the wrong datagram it received while it awaited an echo was a resend, or a marked answer that
           unmarked would have been the awaited echo (an iblutil rig's answer equal to the request);
         - an iblutil rig answered twice at once (a second confirmed send replaces the first wait), having
@@ -419,6 +429,8 @@ class Run:
             if not isinstance(peer, (IblutilMain, IblutilRig)) or peer.alive or peer.cause is None:
                 continue
             why, awaited, since = peer.cause
+            if why != 'replaced' and any(data == awaited and when >= since for data, when in self.unechoed):
+                return False
             if why == 'no echo':
                 return any(data == awaited and when >= since for _, data, when in self.net.lost)
             if why == 'replaced':

@@ -1,0 +1,183 @@
+"""The protocol core, row by row, with direct inputs (no sockets, no threads, no clock), and the
+simulator's seeds that once broke a rule, replayed."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import simulation
+
+from iblnet_sync import core, protocol
+from iblnet_sync.core import Answered, Delivered, Echoed, Failed, Handle, Send, events_of
+
+STATUS = protocol.status_message('RUNNING')        # b'[32, 20]'
+START = protocol.start_message('2026-11-25_1_mouse')
+JUNK = [b'', b'\xff\xfe', b'hello', b'[32]', b'[999, 1]', b'[0]', b'{"id": 3}', b'{"id": "x", "msg": 5}', b'{]']
+
+
+def sent(events: list[core.Event]) -> list[bytes]:
+    """The datagrams that `events` send."""
+    return [e.datagram for e in events_of(events, Send)]
+
+
+def tagged_main() -> core.MainConversation:
+    """A main that already knows its rig runs iblnet_sync."""
+    return core.MainConversation('a1', tagged=True)
+
+
+def request(main: core.MainConversation, plain: bytes, now: float = 0.0) -> tuple[int, bytes]:
+    """Start an exchange; return its token and the datagram it sent."""
+    (datagram,) = sent(main.request(plain, now, deadline=now + 10))
+    assert main.current is not None
+    return main.current, datagram
+
+
+# --- main side ---
+def test_plain_resend_uses_the_tab_spelling_and_its_echo_counts():  # M2, M6
+    main = core.MainConversation('a1')
+    token, first = request(main, STATUS)
+    assert first == STATUS
+    assert main.tick(core.RESEND_INTERVAL / 2) == []
+    assert sent(main.tick(core.RESEND_INTERVAL)) == [STATUS + protocol.RESEND_SUFFIX]
+    assert main.receive(STATUS + protocol.RESEND_SUFFIX, 0.25) == [Echoed(token, 0.25)]
+    assert main.receive(STATUS + protocol.RESEND_SUFFIX, 0.26) == []  # a copy of that echo (M7)
+
+
+def test_a_copy_of_our_own_datagram_does_not_stop_plain_resends():  # M2
+    main = core.MainConversation('a1')
+    request(main, STATUS)
+    main.receive(STATUS, 0.001)  # the echo
+    main.receive(STATUS, 0.002)  # the rig's answer, with the request's bytes: echoed, done
+    _, info = request(main, protocol.info_message('CONNECTED', {'subject': 'mouse'}), 0.01)
+    assert main.receive(STATUS, 0.02) == [Send(STATUS), Delivered(protocol.decode(STATUS))]  # a bounce
+    assert sent(main.tick(0.01 + core.RESEND_INTERVAL)) == [info + protocol.RESEND_SUFFIX]
+
+
+def test_a_message_of_the_rigs_own_stops_plain_resends_to_an_unknown_rig():  # M2
+    main = core.MainConversation('a1')
+    request(main, START)
+    assert sent(main.receive(b'[32, 10]', 0.01)) == [b'[32, 10]']  # the rig may now await this echo
+    assert main.tick(core.RESEND_INTERVAL) == []
+
+
+def test_a_tagged_duplicate_is_echoed_not_delivered_again():  # M9, M10
+    main = tagged_main()
+    token, datagram = request(main, START)
+    main.receive(datagram, 0.001)
+    answer = protocol.tag(b'[2, "2026-11-25_1_mouse", {"ok": 1}]', 'r9.1', protocol.parse(datagram).msg_id)
+    events = main.receive(answer, 0.002)
+    assert sent(events) == [answer] and events_of(events, Answered)[0].data == ['2026-11-25_1_mouse', {'ok': 1}]
+    request(main, STATUS, 0.01)
+    assert main.receive(answer, 0.011) == [Send(answer)]  # the network's copy: echoed, nothing else
+
+
+def test_a_late_tagged_answer_is_not_taken_by_the_next_exchange():  # M11
+    main = tagged_main()
+    first, datagram = request(main, START)
+    main.receive(datagram, 0.001)
+    assert main.give_up(10.0) == [Failed(first, 'no response', 'echoed but no answer')]
+    second, datagram2 = request(main, protocol.start_message('2026-11-25_2_mouse'), 10.1)
+    main.receive(datagram2, 10.101)
+    late = protocol.tag(b'[2, "2026-11-25_1_mouse", null]', 'r9.1', protocol.parse(datagram).msg_id)
+    assert main.receive(late, 10.2) == [Send(late)]  # echoed (the rig awaits it), not an answer
+    own = protocol.tag(b'[2, "2026-11-25_2_mouse", null]', 'r9.2', protocol.parse(datagram2).msg_id)
+    assert events_of(main.receive(own, 10.3), Answered) == [Answered(second, ['2026-11-25_2_mouse', None], 10.3)]
+
+
+def test_an_error_report_of_an_overtaken_tagged_request_does_not_fail_the_next_one():  # M10, M11
+    main = tagged_main()
+    first, datagram = request(main, START)
+    main.give_up(10.0)
+    second, datagram2 = request(main, START, 10.1)
+    report = protocol.tag(protocol.error_report(RuntimeError('busy'), 2), 'r9.1', protocol.parse(datagram).msg_id)
+    events = main.receive(report, 10.2)
+    assert events == [Send(report)] and main.current == second
+    report2 = protocol.tag(protocol.error_report(RuntimeError('no'), 2), 'r9.2', protocol.parse(datagram2).msg_id)
+    assert events_of(main.receive(report2, 10.3), Failed) == [Failed(second, 'error report', 'RuntimeError: no')]
+
+
+def test_an_echo_storm_is_cut_at_8_even_when_datagrams_take_turns(caplog):  # M21
+    main = core.MainConversation('a1')
+    other = b'[1, 10, null]'
+    with caplog.at_level(logging.WARNING, logger='iblnet_sync.core'):
+        echoes = [sent(main.receive(data, 0.001 * n)) for n, data in enumerate([STATUS, other] * 10)]
+    assert echoes == [[STATUS], [other]] * core.STORM_ECHOES + [[], []] * 2
+    assert 'echo storm' in caplog.text
+    request(main, START, 1.0)  # a request of ours: what comes back next may be new
+    assert sent(main.receive(STATUS, 1.1)) == [STATUS]
+
+
+def test_a_known_rig_sends_plain_only_echoes_and_answers():  # M19, M20
+    main = core.MainConversation('a1')
+    request(main, START)
+    main.receive(START, 0.001)
+    marked = b'[2, "2026-11-25_1_mouse", {"ok": 1}]' + protocol.PEER_SUFFIX
+    assert events_of(main.receive(marked, 0.002), Answered) and main.tagged
+    assert main.receive(START, 0.003) == []  # a late echo (M20): no new message of the rig's
+    assert main.receive(b'[4, null]\n', 0.004) == [Send(b'[4, null]\n')]  # a late answer: echoed only (M19)
+
+
+@pytest.mark.parametrize('junk', JUNK)
+def test_junk_makes_no_events(junk):  # M17, R1
+    main = core.MainConversation('a1')
+    request(main, STATUS)
+    assert main.receive(junk, 0.001) == []
+    rig = core.RigConversation('b2')
+    assert rig.receive(junk, 0.001) == [] and rig.state == core.IDLE
+
+
+# --- rig side ---
+def test_a_tagged_duplicate_request_is_echoed_not_handled_again():  # R4, R5
+    rig = core.RigConversation('b2')
+    datagram = protocol.tag(START, 'ma1.1')
+    events = rig.receive(datagram, 0.0)
+    assert sent(events) == [datagram] and len(events_of(events, Handle)) == 1
+    assert rig.receive(datagram, 0.001) == [Send(datagram)]
+    answer = sent(rig.answer(events_of(events, Handle)[0].request, b'[2, "2026-11-25_1_mouse", null]', 0.002))
+    assert rig.receive(datagram, 0.003) == [Send(datagram), Send(answer[0])]  # the answer awaits its echo
+
+
+def test_a_plain_copy_of_the_request_is_echoed_and_the_answer_goes_only_to_a_resend():  # R6, R7
+    rig = core.RigConversation('b2')
+    (handle,) = events_of(rig.receive(START, 0.0), Handle)
+    assert rig.receive(START, 0.001) == [Send(START)]  # while handling: never handled again
+    (answer,) = sent(rig.answer(handle.request, b'[2, "2026-11-25_1_mouse", {"ok": 1}]', 0.002))
+    assert rig.receive(START, 0.003) == [Send(START)]  # an iblutil main asking again awaits its echo first
+    resend = START + protocol.RESEND_SUFFIX
+    assert rig.receive(resend, 0.004) == [Send(resend), Send(answer)]  # our main's resend lacks the answer
+
+
+def test_answers_and_error_reports_are_marked_but_for_an_answer_with_the_requests_bytes():  # R10
+    rig = core.RigConversation('b2')
+    (handle,) = events_of(rig.receive(STATUS, 0.0), Handle)
+    assert sent(rig.answer(handle.request, STATUS, 0.001)) == [STATUS]  # as iblutil's: may pass for the echo
+    rig.receive(STATUS, 0.002)  # its echo
+    assert rig.state == core.DONE
+    (handle,) = events_of(rig.receive(START, 0.01), Handle)
+    report = protocol.error_report(RuntimeError('no camera'), 2)
+    assert sent(rig.answer(handle.request, report, 0.011)) == [report + protocol.PEER_SUFFIX]
+
+
+def test_the_late_echo_of_an_answer_given_up_on_is_no_request():  # R3, R12
+    rig = core.RigConversation('b2')
+    (handle,) = events_of(rig.receive(STATUS, 0.0), Handle)
+    rig.answer(handle.request, STATUS, 0.001)
+    assert events_of(rig.tick(0.001 + core.ECHO_TIMEOUT), core.GaveUp)
+    assert rig.receive(STATUS, 2.0) == []  # the echo, late: not a new request
+    assert events_of(rig.receive(STATUS, 3.0), Handle)  # the same bytes again: the main asks again
+
+
+# --- the simulator's seeds, replayed: each broke a rule before it was mended ---
+SEEDS = {
+    'handled_once': [3970, 4198, 5468, 5806, 6494, 8098, 9878, 131, 134245],
+    'iblutil_alive': [1066, 2389, 5710, 5941, 6720, 8436, 9754, 14079, 14951, 18970, 26570, 59687, 59693, 160774,
+                      1002962, 1123627, 1126309, 1140104],
+    'no_failure': [1061, 3295, 9092, 10226, 10903, 15731, 16735, 18408, 19305, 19315],
+    'bounded': [7028, 7969, 12801, 15071, 2050949],
+}
+
+
+@pytest.mark.parametrize('seed', sorted({s for seeds in SEEDS.values() for s in seeds}))
+def test_simulated_seed_keeps_every_invariant(seed):
+    scenario, violations, run = simulation.simulate(seed)
+    assert not violations, f'{scenario}\n{run.results}'
