@@ -237,11 +237,12 @@ class Run:
         if isinstance(self.rig, IblutilRig) and not self.rig.alive:  # its socket is closed: port unreachable
             self.main_events(self.main.abort('refused', 'port unreachable'))
             return
-        alive = getattr(self.rig, 'alive', True)
+        alive, answered = getattr(self.rig, 'alive', True), getattr(self.rig, 'state', '') == core.ANSWERED
         events = self.rig.receive(data, self.net.now)
         if alive and not getattr(self.rig, 'alive', True) and self.net.arriving:
             self.fatal = (*self.net.arriving, data)
-        self._note_unechoed(self.rig, data, events)
+        # (taken for the echo of its answer, as iblutil takes what equals the datagram whose echo it awaits)
+        self._note_unechoed(self.rig, data, events, answered and self.rig.state == core.DONE)
         if data[:1] == b'{':
             for e in core.events_of(events, core.Handle):
                 self._request_ids[e.request] = protocol.parse(data).msg_id or ''
@@ -252,12 +253,13 @@ class Run:
         events = self.main.receive(data, self.net.now)
         if alive and not getattr(self.main, 'alive', True) and self.net.arriving:
             self.fatal = (*self.net.arriving, data)
-        self._note_unechoed(self.main, data, events)
+        self._note_unechoed(self.main, data, events, bool(core.events_of(events, core.Echoed)))
         self.main_events(events)
 
-    def _note_unechoed(self, peer: Any, data: bytes, events: list) -> None:
-        """Remember a datagram that our peer did not echo (an iblutil peer may be awaiting that echo)."""
-        if not isinstance(peer, (IblutilMain, IblutilRig)) and core.Send(data) not in events:
+    def _note_unechoed(self, peer: Any, data: bytes, events: list, awaited: bool) -> None:
+        """Remember a datagram that our peer neither echoed nor took for the echo it awaited (which is what
+        iblutil does with it): an iblutil peer may be awaiting its echo."""
+        if not isinstance(peer, (IblutilMain, IblutilRig)) and core.Send(data) not in events and not awaited:
             self.unechoed.append((data, self.net.now))
 
     # --- the rig's application ---
@@ -412,8 +414,8 @@ class Run:
         either side leaves some datagrams unechoed, and the rig marks its answers with a newline. So the
         death is ours when
 
-        - our peer received what it awaits the echo of, and did not echo it (whatever then killed it:
-          the wait's end, or the next datagram);
+        - our peer received what it awaits the echo of, and neither echoed it nor took it for the echo
+          of its own (whatever then killed it: the wait's end, or the next datagram);
         - it timed out waiting for an echo, though the network lost neither what it sent nor the echo of
           it;
         - the wrong datagram it received while it awaited an echo was a resend, or a marked answer that
