@@ -206,15 +206,22 @@ class Communicator:
             self._check_open()
             try:
                 self._exchange = exchange
-                log.debug('%s: sent %r', self.name, datagram)
-                settle = self._apply(self._conversation.request(datagram, time.monotonic(), expect_response, deadline))
+                sends = self._conversation.request(datagram, time.monotonic(), expect_response, deadline)
+                self._arm_timer()
             except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
                 events = self._conversation.abort('interrupted', 'interrupted while sending')
                 if not events and self._exchange is exchange:  # interrupted before the core heard of it
                     events = [core.Failed(0, 'interrupted', 'interrupted before sending')]
                 self._settle(self._apply(events))
                 raise
-        self._settle(settle)
+        try:  # sent once the lock is free: the network thread must not wait for it when the echo comes
+            for send in sends:  # (a request is only ever sends)
+                if isinstance(send, core.Send) and (refused := self._send(send.datagram)) is not None:
+                    self._end(exchange, 'refused', refused)
+            log.debug('%s: sent %r', self.name, datagram)
+        except BaseException:  # e.g. KeyboardInterrupt
+            self._end(exchange, 'interrupted')
+            raise
         return exchange
 
     def confirmed_send(self, data: bytes | list | tuple, timeout: float | None = None) -> float:
@@ -390,6 +397,8 @@ class Communicator:
             self._feed(lambda now: self._conversation.abort('socket error', f'socket error: {error}'))
 
     def _on_timer(self) -> None:
+        with self._lock:
+            self._timer, self._timer_at = None, None
         self._feed(self._conversation.tick)
 
     # --- internals ---
@@ -403,14 +412,15 @@ class Communicator:
             settle = self._apply(step(time.monotonic()))
         self._settle(settle)
 
-    def _end(self, exchange: Exchange, why: str) -> None:
-        """A caller's wait ended (deadline or Ctrl-C): end its exchange if it is still running."""
+    def _end(self, exchange: Exchange, why: str, detail: str = 'interrupted while waiting') -> None:
+        """End `exchange` if it is still running: its caller's deadline passed ('timeout'), the
+        caller was interrupted ('interrupted'), or the rig refused its request ('refused')."""
         def step(now: float) -> list[core.Event]:
             if self._exchange is not exchange:
                 return []
             if why == 'timeout':
                 return self._conversation.give_up(now)
-            return self._conversation.abort('interrupted', 'interrupted while waiting')
+            return self._conversation.abort(why, detail)
         self._feed(step)
 
     def _apply(self, events: list[core.Event]) -> list[tuple[Exchange, Any, BaseException | None]]:
@@ -458,19 +468,23 @@ class Communicator:
         return None
 
     def _arm_timer(self) -> None:
-        """Keep one dispatcher timer at the core's next wake-up."""
+        """Keep a dispatcher timer no later than the core's next wake-up.
+
+        A timer due earlier than needed is kept: when it fires, the core does nothing and the
+        timer is set again. So most exchanges set no timer at all (the one armed by an earlier
+        exchange is due sooner than theirs), and no cancelled timer waits in the heap for
+        seconds (the answer deadline).
+        """
         when = None if self._closed else self._conversation.wakeup
-        if when == self._timer_at:
+        if when is None or (self._timer_at is not None and self._timer_at <= when):
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer, self._timer_at = None, when
-        if when is not None:
-            try:
-                self._timer = self._dispatcher.call_later(max(0.0, when - time.monotonic()),
-                                                          weak_call(self._on_timer))
-            except ClosedError:  # a shared dispatcher closed under us: the exchange ends at its deadline
-                self._timer_at = None
+        try:
+            self._timer = self._dispatcher.call_later(max(0.0, when - time.monotonic()), weak_call(self._on_timer))
+            self._timer_at = when
+        except ClosedError:  # a shared dispatcher closed under us: the exchange ends at its deadline
+            self._timer, self._timer_at = None, None
 
     def _error(self, exchange: Exchange, failed: core.Failed) -> RigError:
         waited = time.monotonic() - exchange.sent_at

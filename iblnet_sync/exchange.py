@@ -29,7 +29,7 @@ class Exchange:
 
     __slots__ = ('datagram', 'event', 'outcome', 'sent_at', 'echo_at', 'response_at', '_end')
 
-    def __init__(self, datagram: bytes, event: ExpMessage, end: Callable[[Exchange, str], None]):
+    def __init__(self, datagram: bytes, event: ExpMessage, end: Callable[..., None]):
         self.datagram, self.event = datagram, event
         self.outcome: Future = Future()
         self.sent_at = time.monotonic()

@@ -158,6 +158,7 @@ class RigServer:
     def serve_forever(self) -> None:
         """Block until ``close()`` (from a handler or another thread) or Ctrl-C, then close."""
         try:
+            log.info('%s: serving until Ctrl-C', self.name)
             while not self._closed.wait(0.5):  # a timed wait, so that Ctrl-C gets through on Windows
                 pass
         except KeyboardInterrupt:
@@ -226,19 +227,19 @@ class RigServer:
         self._arm_timer(addr, conversation)
 
     def _arm_timer(self, addr: Any, conversation: core.RigConversation) -> None:
+        """Keep a timer for `addr` no later than its conversation's next wake-up (an early one is
+        kept: when it fires the conversation does nothing and the timer is set again)."""
         when = None if self._closed.is_set() else conversation.wakeup
         current = self._timers.get(addr)
-        if current is not None and current[0] == when:
+        if when is None or (current is not None and current[0] <= when):
             return
         if current is not None:
             current[1].cancel()
-            del self._timers[addr]
-        if when is not None:
-            delay = max(0.0, when - time.monotonic())
-            try:
-                self._timers[addr] = (when, self._dispatcher.call_later(delay, _weak_timer(self, addr)))
-            except ClosedError:
-                pass
+        try:
+            self._timers[addr] = (when, self._dispatcher.call_later(max(0.0, when - time.monotonic()),
+                                                                    _weak_timer(self, addr)))
+        except ClosedError:
+            self._timers.pop(addr, None)
 
     def _forget_one(self) -> None:
         """Forget the least recently active main rig."""
