@@ -120,9 +120,9 @@ R7    ANSWERED      spelling (our main's resend adds a tab)          bounce of o
                                                                      that main lacks it)
 R8    DONE          the last plain request in another spelling; once a late copy: dropped
                     the main is tagged, any of the last 8
-R9    any other     plain request                                    echoed; supersedes the current one;
-                                                                     -> HANDLING (tagged from now on if its
-                                                                     EXPINFO info announces iblnet_sync)
+R9    any other     plain request, or one whose EXPINFO info names   echoed; supersedes the current one;
+                    a main other than the last announced (a new      -> HANDLING (tagged from now on if its
+                    connection at the same address)                  EXPINFO info announces iblnet_sync)
 R10   HANDLING      the handler's answer                             sent (plain + newline, but for an answer
                                                                      with the request's bytes; or tagged with
                                                                      REF); -> ANSWERED, or DONE when there is
@@ -545,6 +545,7 @@ class RigConversation:
         self._seen = _Seen()
         self._repeats = 0                 # copies of the current plain request received (R6, R7)
         self._plains: list[bytes] = []    # the last plain requests (R8)
+        self._main: str | None = None     # the token of the main that announced itself (R9)
         self._owed: list[bytes] = []      # plain answers whose echo may still come, though we moved on (R3)
 
     @property
@@ -578,6 +579,9 @@ class RigConversation:
         if parsed.msg_id is not None:
             return self._receive_tagged(data, parsed, now)
         stripped = protocol.canonical(parsed.message)  # any other spelling is a resend
+        main = protocol.announced_main(parsed.message)
+        if main is not None and main != self._main:  # R9: another main at this address: no copy of ours
+            self._main, self._plain, self._plains = main, b'', []
         if stripped == self._plain or (self.tagged and stripped in self._plains):
             open_ = stripped == self._plain and self.state in (HANDLING, ANSWERED)
             if (self.tagged and not open_) or (not open_ and data != stripped):  # R8

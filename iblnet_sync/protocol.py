@@ -23,7 +23,7 @@ from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
 __all__ = [
     'DecodeError', 'Message', 'ERROR_CODE', 'MAX_DATAGRAM', 'as_event', 'as_status',
     'encode', 'decode', 'parse', 'Parsed', 'tag', 'digest', 'canonical', 'announces_peer', 'TooLarge', 'MAX_PAYLOAD',
-    'RESEND_SUFFIX', 'PEER_SUFFIX', 'PEER_KEY', 'PEER_VERSION', 'rig_address',
+    'RESEND_SUFFIX', 'PEER_SUFFIX', 'PEER_KEY', 'PEER_VERSION', 'MAIN_KEY', 'announced_main', 'rig_address',
     'init_message', 'start_message', 'stop_message',
     'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
     'exp_ref_to_str', 'exp_ref_to_dict',
@@ -155,6 +155,8 @@ PEER_KEY = 'iblnet_sync'
 """str: key of a main's EXPINFO info saying "this main runs iblnet_sync" (value: PEER_VERSION)."""
 PEER_VERSION = 1
 """int: version of the tagged format that iblnet_sync peers use between themselves."""
+MAIN_KEY = 'iblnet_sync_main'
+"""str: key of the same EXPINFO info: a random token naming that main (a new one per connection)."""
 
 
 class TooLarge(ValueError):
@@ -219,6 +221,12 @@ def announces_peer(message: Message) -> bool:
     """True for an EXPINFO message whose info says that its sender runs iblnet_sync."""
     info = message.data[1] if message.event is ExpMessage.EXPINFO and len(message.data) > 1 else None
     return isinstance(info, dict) and info.get(PEER_KEY) == PEER_VERSION
+
+
+def announced_main(message: Message) -> str | None:
+    """The token by which an announcing EXPINFO names its main (one per ``Services``), if any."""
+    token = message.data[1].get(MAIN_KEY) if announces_peer(message) else None
+    return token if isinstance(token, str) else None
 
 
 def rig_address(uri: str, allow_any_port: bool = False) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import secrets
 import logging
 import time
 from collections.abc import Mapping
@@ -61,6 +62,7 @@ class Services(Mapping):
             except (ValueError, TypeError, OSError) as ex:
                 raise type(ex)(f'Rig {name!r}: {ex}') from None
         self.timeout = timeout
+        self._token = secrets.token_hex(4)  # names this connection in EXPINFO (see protocol.MAIN_KEY)
         self._rigs: dict[str, Communicator] = {}
         self._dispatcher: Dispatcher | None = None
         try:
@@ -138,7 +140,7 @@ class Services(Mapping):
         answer at once (see :mod:`iblnet_sync.core`); other rigs ignore the key.
         """
         if isinstance(data, dict):
-            data = {**data, protocol.PEER_KEY: protocol.PEER_VERSION}
+            data = {**data, protocol.PEER_KEY: protocol.PEER_VERSION, protocol.MAIN_KEY: self._token}
         return self.broadcast(protocol.info_message(status, data), concurrent=concurrent)
 
     def alyx(self, alyx: Any = None, concurrent: bool = True) -> dict[str, list | None]:

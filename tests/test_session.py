@@ -442,3 +442,20 @@ def test_a_host_taking_any_keyword_gets_them_all(tmp_path):
     assert task.args == ('mouse',) and task.kwargs == {'iblrig_settings': settings, 'stub': 'x.yaml'}
     with pytest.raises(TypeError, match=r"'subject'.*NetworkSession takes remote_rigs.*object, which takes none"):
         type('Bare', (NetworkSession,), {})(remote_rigs=None, subject='mouse')
+
+
+def test_whole_lifecycles_survive_ten_percent_loss_each_way_with_default_settings(no_leaked_threads):
+    """Default settings, a link that drops 10% of the datagrams each way: every lifecycle succeeds,
+    the first EXPINFO included (its info tells our rig to tag its answer, sent again until echoed)."""
+    from relay import LossyRelay
+    with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True) as rig:
+        host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+        relay = LossyRelay((host, int(port)), loss=0.1, seed=7)
+        try:
+            for n in range(12):
+                task = Task(remote_rigs={'cameras': relay.uri})
+                assert task.exp_ref['sequence'] == n + 1 and task.session_info['SESSION_NUMBER'] == n + 1
+                assert task.run() == 1
+        finally:
+            relay.close()
+        assert relay.counts['dropped'] >= 10, relay.counts  # the link did lose datagrams
