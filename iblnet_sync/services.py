@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import functools
-import secrets
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
