@@ -2,7 +2,7 @@
 
 The rules (echoes, resends, duplicates, late answers, storms) are all in :mod:`iblnet_sync.core`;
 this module owns the socket, the dispatcher registration, the callers' Futures and the
-callbacks. Callers to one rig are served one at a time, in arrival order.
+callbacks. Callers to one rig are served one at a time.
 """
 from __future__ import annotations
 

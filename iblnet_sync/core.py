@@ -42,7 +42,8 @@ M2    SENT          timer, resends left, and nothing of the rig's    send again:
                     own heard yet (copies of what we sent do not     plain bytes + tab otherwise
                     count) or the rig known to be iblnet_sync
 M3    SENT          timer, tagged, not echoed, resends left          send the same tagged bytes again
-M4    SENT          timer, no resend left, echo deadline passed      fail: 'no echo'
+M4    SENT          timer, echo_timeout after the last send when no  fail: 'no echo'
+                    resend is left or allowed (M2), no echo
 M5    SENT/ECHOED   timer, caller's deadline passed                  fail: 'no echo' or 'no response'
 M6    SENT          plain datagram equal to a spelling we sent       the echo; -> ECHOED (or done when no answer
                                                                      is expected); other spellings become stale
@@ -55,8 +56,8 @@ M10   SENT/ECHOED   tagged answer whose REF is the exchange's        echoed; the
                                                                      done
 M11   any           tagged answer with another REF                   late answer: echoed, dropped
 M12   any           tagged message without REF                       echoed; the rig's message: delivered
-M13   any           plain error report ``[0, text, EVENT]``          never echoed; fails the exchange of that
-                                                                     event, else delivered as a message
+M13   any           plain error report ``[0, text, EVENT]``          never echoed; fails a plain exchange of
+                                                                     that event, else delivered as a message
 M14   ECHOED        plain datagram equal to the request, the event   duplicate echo: dropped (such an answer
                     never answered with the same bytes (EXPINFO)     would carry the rig's own info)
 M15   SENT/ECHOED   plain message of the exchange's event (EXPSTART:  echoed; the answer (it implies the echo):
@@ -126,7 +127,7 @@ R9    any other     plain request, or one whose EXPINFO info names   echoed; sup
 R10   HANDLING      the handler's answer                             sent (plain + newline, but for an answer
                                                                      with the request's bytes; or tagged with
                                                                      REF); -> ANSWERED, or DONE when there is
-                                                                     none or it is an error report
+                                                                     none or it is a plain error report
 R11   ANSWERED      timer, tagged, resends left                      the answer is sent again
 R12   ANSWERED      timer, deadline passed                           -> DONE (an iblutil rig would close here;
                                                                      we keep serving)
@@ -311,11 +312,6 @@ class MainConversation:
         self._storm: collections.Counter[bytes] = collections.Counter()  # echoes since our last request (M21)
 
     @property
-    def busy(self) -> bool:
-        """bool: an exchange is in progress."""
-        return self._exchange is not None
-
-    @property
     def wakeup(self) -> float | None:
         """float: when :meth:`tick` must be called next (None: not needed)."""
         x = self._exchange
@@ -329,8 +325,8 @@ class MainConversation:
                 deadline: float | None = None) -> list[Event]:
         """Start an exchange (M1): `plain` is the message as iblutil would send it.
 
-        Returns the events; the exchange's token is ``self.token`` of the Echoed/Answered/Failed that end it,
-        also returned by :attr:`current`.
+        Returns the events (its sends); the Echoed, Answered or Failed events that follow name the
+        exchange by the token that :attr:`current` returns now.
         """
         if self._exchange is not None:
             raise RuntimeError('one exchange at a time: the previous one has not ended')
@@ -374,7 +370,9 @@ class MainConversation:
                 x.spellings.add(x.sent)
                 self._schedule(x, now)
                 return [Send(x.sent)]
-            x.next_send = None
+            x.next_send = None  # M4: no resend now; the echo is awaited echo_timeout more at most
+            if not x.echoed and x.echo_deadline is None:
+                x.echo_deadline = now + self.echo_timeout
         return []
 
     def abort(self, stage: str, detail: str) -> list[Event]:
@@ -531,7 +529,6 @@ class RigConversation:
         self.resend_interval, self.resends, self.echo_timeout = resend_interval, resends, echo_timeout
         self.tagged = False               # the main runs iblnet_sync
         self.state = IDLE
-        self.last_active = 0.0
         self._prefix = f'r{nonce}.'
         self._count = 0
         self._request = 0                 # token of the current request
@@ -575,7 +572,6 @@ class RigConversation:
             if parsed is not None:
                 log.warning('The main rig reported an error: %s', parsed.message.data)
             return []
-        self.last_active = now
         if parsed.msg_id is not None:
             return self._receive_tagged(data, parsed, now)
         stripped = protocol.canonical(parsed.message)  # any other spelling is a resend

@@ -28,14 +28,15 @@ CALLBACK_QUEUE = 1000
 _WARN_EVERY = 5.0
 
 
-def weak_call(method: Callable[[], Any]) -> Callable[[], None]:
-    """A callable that runs bound `method` if its object still exists (timers must not keep it alive)."""
+def weak_call(method: Callable[..., Any], *args: Any) -> Callable[[], None]:
+    """A callable that runs bound ``method(*args)`` if its object still exists (timers must not keep
+    it alive)."""
     ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
 
     def call() -> None:
         bound = ref()
         if bound is not None:
-            bound()
+            bound(*args)
     return call
 
 
@@ -48,15 +49,17 @@ class _CallbackThread:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
-    def submit(self, function: Callable, args: tuple) -> None:
+    def submit(self, function: Callable, args: tuple) -> bool:
         try:
             self._queue.put_nowait((function, args))
+            return True
         except queue.Full:
             self._dropped += 1
             now = time.monotonic()
             if now - self._warned_at >= _WARN_EVERY:
                 log.warning('Callbacks are too slow for the messages arriving: %d dropped', self._dropped)
                 self._warned_at, self._dropped = now, 0
+            return False
 
     def stop(self, wait: bool) -> None:
         while True:  # the stop mark must get in, even if the queue is full
@@ -194,15 +197,18 @@ class Dispatcher:
             self._wake()
         return timer
 
-    def run_callback(self, function: Callable, *args: Any) -> None:
-        """Run a user callback on the callback thread, after those queued before it."""
+    def run_callback(self, function: Callable, *args: Any) -> bool:
+        """Run a user callback on the callback thread, after those queued before it.
+
+        Returns False when it was dropped: the dispatcher is closed, or the queue is full.
+        """
         with self._lock:
             if self._closing:
                 log.debug('Dispatcher closed; callback %r dropped', function)
-                return
+                return False
             if self._callbacks is None:
                 self._callbacks = _CallbackThread(f'{self.name}-callbacks')
-            self._callbacks.submit(function, args)
+            return self._callbacks.submit(function, args)
 
     def close(self) -> None:
         """Stop both threads and close the selector; idempotent, callable from any thread."""

@@ -22,7 +22,8 @@ class Exchange:
         The request's event; the answer carries the same.
     outcome : concurrent.futures.Future
         Resolved with the answer's data (a list without the event code), or None when only an
-        echo was expected; fails with a :class:`~iblnet_sync.errors.RigError`.
+        echo was expected; fails with a :class:`~iblnet_sync.errors.RigError`. Wait on it; do
+        not add done-callbacks: they would run on the network thread.
     sent_at, echo_at, response_at : float
         ``time.monotonic()`` readings; the last two stay None until they happen.
     """
@@ -76,8 +77,8 @@ class Exchange:
         try:
             return self.outcome.result(timeout)
         except FutureTimeout:  # not the builtin TimeoutError on Python 3.10
-            self.give_up()
-            return self.outcome.result(0)
+            self.give_up()  # settles it, unless the answer came meanwhile and is being settled now
+            return self.outcome.result(1.0)
         except BaseException:  # e.g. KeyboardInterrupt: free the rig for the next exchange
             if not self.outcome.done():
                 self.interrupt()

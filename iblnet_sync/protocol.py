@@ -409,6 +409,13 @@ def gives_token(datagram: bytes) -> bool:
     return message.event is ExpMessage.ALYX and bool(message.data[1:2] and message.data[1])
 
 
+ERROR_TEXT = 4000
+"""int: characters of an error report's text at most (a longer one is cut, so that it always fits)."""
+
+
 def error_report(error: BaseException, event: ExpMessage | int) -> bytes:
     """The report a receiver sends when its handler for `event` raised: ``[0, "Type: msg", EVENT]``."""
-    return encode(ERROR_CODE, f'{type(error).__name__}: {error}', int(event))
+    text = f'{type(error).__name__}: {error}'
+    if len(text) > ERROR_TEXT:
+        text = text[:ERROR_TEXT - 3] + '...'
+    return encode(ERROR_CODE, text, int(event))

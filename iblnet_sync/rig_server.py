@@ -25,7 +25,7 @@ from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpSt
 from . import core, protocol
 from .communicator import check_options, close_all
 from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
-from .dispatcher import Dispatcher, Timer
+from .dispatcher import Dispatcher, Timer, weak_call
 from .errors import ClosedError
 from .version import __version__
 
@@ -88,7 +88,6 @@ class RigServer:
         self.status = ExpStatus.CONNECTED
         self._options = (resend_interval, resends, echo_timeout)
         self._clock = clock
-        self._nonce = secrets.token_hex(3)
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
         self._timers: dict[Any, tuple[float, Timer]] = {}
@@ -194,7 +193,7 @@ class RigServer:
             conversation = self._peers.get(addr)
             new = conversation is None
             if conversation is None:
-                conversation = core.RigConversation(self._nonce, *self._options)
+                conversation = core.RigConversation(secrets.token_hex(3), *self._options)  # ids unique per main
             events = conversation.receive(data, time.monotonic())
             if new and conversation.state == core.IDLE:
                 return  # junk makes no entry
@@ -221,7 +220,10 @@ class RigServer:
             if isinstance(event, core.Send):
                 self._send(event.datagram, addr)
             elif isinstance(event, core.Handle):
-                self._dispatcher.run_callback(self._handle, addr, conversation, event)
+                if not self._dispatcher.run_callback(self._handle, addr, conversation, event):
+                    busy = protocol.error_report(RuntimeError('rig busy: too many requests waiting'),
+                                                 event.message.event)
+                    self._apply(addr, conversation, conversation.answer(event.request, busy, time.monotonic()))
             elif isinstance(event, core.GaveUp):
                 log.warning('%s: %s never echoed our answer %r', self.name, addr, event.datagram[:80])
         self._arm_timer(addr, conversation)
@@ -237,7 +239,7 @@ class RigServer:
             current[1].cancel()
         try:
             self._timers[addr] = (when, self._dispatcher.call_later(max(0.0, when - time.monotonic()),
-                                                                    _weak_timer(self, addr)))
+                                                                    weak_call(self._on_timer, addr)))
         except ClosedError:
             self._timers.pop(addr, None)
 
@@ -317,14 +319,3 @@ class RigServer:
         sequence = self._sequences.get((subject, today), 0) + 1
         self._sequences[(subject, today)] = sequence
         return {'subject': subject, 'date': today, 'sequence': sequence}
-
-
-
-def _weak_timer(server: RigServer, addr: Any) -> Callable[[], None]:
-    ref = weakref.ref(server)
-
-    def fire() -> None:
-        alive = ref()
-        if alive is not None:
-            alive._on_timer(addr)
-    return fire

@@ -32,8 +32,10 @@ class Services(Mapping):
         Rig name to URI (``udp://host:port``, ``host:port`` or ``host``).
     timeout : float, None
         Seconds a broadcast may take in all; None waits for ever.
-    echo_timeout, resend_interval, resends, assume_resends
+    echo_timeout, resend_interval, resends
         Passed to each :class:`Communicator`.
+    assume_resends : bool
+        Kept for compatibility; has no effect.
 
     Raises
     ------

@@ -216,3 +216,38 @@ def test_an_answer_too_large_for_a_datagram_reaches_the_main_as_an_error_report(
         error = caught.value.failures['cameras']
         assert isinstance(error, RigErrorReport) and 'TooLarge' in str(error) and '65,507' in str(error)
         assert services.status('INITIALIZED') == {'cameras': [0]}  # the rig serves on, its status unchanged
+
+
+def test_a_main_forgotten_by_the_rig_is_answered_with_fresh_ids(rig):
+    """A rig that forgot a main (64 others came since) must not answer it with ids it already saw."""
+    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        services.info('CONNECTED', {})
+        for _ in range(3):
+            assert services.status('CONNECTED') == {'cameras': [0]}
+        for _ in range(MAX_MAIN_RIGS):  # one-shot mains push ours out of the rig's table
+            with Communicator(rig.uri, 'ping', timeout=5) as other:
+                other.status('CONNECTED')
+        assert services['cameras'].local_address not in rig._peers
+        for _ in range(5):
+            assert services.status('CONNECTED') == {'cameras': [0]}
+
+
+def test_a_handler_call_the_queue_cannot_take_is_answered_with_an_error_report(rig, monkeypatch):
+    monkeypatch.setattr(rig._dispatcher, 'run_callback', lambda *args: False)  # as when the queue is full
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        with pytest.raises(Exception) as caught:
+            services.start('2026-11-25_1_mouse')
+        assert isinstance(caught.value.failures['cameras'], RigErrorReport)
+        assert 'rig busy' in str(caught.value)
+
+
+def test_an_error_report_is_never_too_large_to_send(rig):
+    def fail(data):
+        raise ValueError('x' * 70000)
+    rig.assign_handler('EXPSTART', fail)
+    with Services({'cameras': rig.uri}, timeout=5) as services:
+        with pytest.raises(Exception) as caught:
+            services.start('2026-11-25_1_mouse')
+        error = caught.value.failures['cameras']
+        assert isinstance(error, RigErrorReport) and str(error).endswith('...')
