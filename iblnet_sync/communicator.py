@@ -162,7 +162,8 @@ class Communicator:
 
     # --- sending ---
     def send(self, data: bytes | list | tuple) -> None:
-        """Send one message without waiting for anything (no echo is matched).
+        """Send one raw datagram, outside the protocol: no echo is matched, so the rig's echo comes
+        back as a message of its own (echoed, and given to the callbacks).
 
         Parameters
         ----------
@@ -204,6 +205,7 @@ class Communicator:
                     raise RigTimeout(self.name, self.server_uri, event.name,
                                      f'still busy with another exchange after {timeout:.3g} s', stage='busy')
             self._check_open()
+            exchange.sent_at = time.monotonic()  # (not counting the wait for the rig to be free)
             try:
                 self._exchange = exchange
                 sends = self._conversation.request(datagram, time.monotonic(), expect_response, deadline)

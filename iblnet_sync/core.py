@@ -127,7 +127,9 @@ R9    any other     plain request, or one whose EXPINFO info names   echoed; sup
 R10   HANDLING      the handler's answer                             sent (plain + newline, but for an answer
                                                                      with the request's bytes; or tagged with
                                                                      REF); -> ANSWERED, or DONE when there is
-                                                                     none or it is a plain error report
+                                                                     none or it is a plain error report (an
+                                                                     answer that leaves no room for the tag:
+                                                                     an error report instead)
 R11   ANSWERED      timer, tagged, resends left                      the answer is sent again
 R12   ANSWERED      timer, deadline passed                           -> DONE (an iblutil rig would close here;
                                                                      we keep serving)
@@ -165,6 +167,8 @@ ANSWER_RESENDS = 50
 """int: how many times a rig sends a tagged answer again while it is not echoed."""
 SEEN_IDS = 64
 """int: how many of the peer's message IDs are remembered to recognise duplicates."""
+TAG_ROOM = 128
+"""int: bytes a tag or a newline may add to a message (an answer that leaves less is refused)."""
 STORM_ECHOES = 8
 """int: echoes of the same plain bytes since our last request (the main) or of the current request
 (the rig) that make a storm."""
@@ -336,6 +340,8 @@ class MainConversation:
         if self.tagged:
             x.tagged, x.ref = True, f'{self._prefix}{self._count}'
             x.sent = protocol.tag(plain, x.ref)
+            if len(x.sent) > protocol.MAX_PAYLOAD:
+                raise protocol.TooLarge(f'a message of {len(plain):,} bytes leaves no room for the tag')
         else:
             x.ref, x.sent = protocol.digest(plain), plain
             self._sent.add(plain)
@@ -601,6 +607,9 @@ class RigConversation:
         if answer is None:
             self.state = DONE
             return []
+        if len(answer) + TAG_ROOM > protocol.MAX_PAYLOAD and answer[1:2] != b'0':  # the tag would not fit
+            error = protocol.TooLarge(f'an answer of {len(answer):,} bytes leaves no room for the tag')
+            answer = protocol.error_report(error, protocol.decode(answer).event)
         if self.tagged:
             self._count += 1
             self._answer_id = f'{self._prefix}{self._count}'

@@ -496,8 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('-v', '--verbose', action='store_true', help='with --replay: print every datagram')
     args = parser.parse_args(argv)
     if args.replay is not None:
+        print(Scenario.draw(args.replay))
         scenario, violations, run = simulate(args.replay, trace=print if args.verbose else None)
-        print(scenario)
         for n, call, outcome in run.results:
             print(f'  call {n} {call}: {outcome}')
         print('violations:', sorted(violations) or 'none')

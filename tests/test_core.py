@@ -189,3 +189,14 @@ def test_simulated_seed_keeps_every_invariant(seed):
 def test_simulated_seed_of_the_storm_cuts_price(seed):
     scenario, violations, run = simulation.simulate(seed)
     assert not violations, f'{scenario}\n{run.results}'
+
+
+def test_messages_that_leave_no_room_for_the_tag_are_refused_or_reported():
+    main = core.MainConversation('n', tagged=True)
+    with pytest.raises(protocol.TooLarge, match='no room for the tag'):
+        main.request(protocol.init_message('x' * 65480), 0.0)
+    assert main.current is None  # nothing started
+    rig = core.RigConversation('n')
+    (handle,) = events_of(rig.receive(protocol.init_message({'exp_ref': 'a'}), 0.0), Handle)
+    (sent,) = events_of(rig.answer(handle.request, protocol.encode(1, 'y' * 65480), 0.0), Send)
+    assert protocol.decode(sent.datagram).event == 0 and b'TooLarge' in sent.datagram

@@ -66,9 +66,12 @@ class Interrupt:
 
 
 def _is_with(frame) -> bool:
-    """A with statement's line also fires when the block ends, just before ``__exit__``: an interrupt
-    there escapes the with (CPython cannot promise otherwise, bpo-29988), so none is injected."""
-    return linecache.getline(frame.f_code.co_filename, frame.f_lineno).lstrip().startswith('with ')
+    """Lines where a traced exception escapes a with block without its ``__exit__``: a with statement's
+    line (it also fires as the block ends, bpo-29988) and a ``try:`` line (a no-op instruction that
+    CPython 3.11 places outside the with's cleanup). A real signal cannot land on either (Python
+    checks for signals at calls and backward jumps), so none is injected there."""
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).lstrip()
+    return line.startswith('with ') or line.startswith('try:')
 
 
 def lines_run(call) -> int:
