@@ -19,7 +19,7 @@ from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import core, protocol
 from .core import ECHO_TIMEOUT, RESEND_INTERVAL, RESENDS
-from .dispatcher import Dispatcher, Timer, weak_call
+from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout
 from .exchange import Exchange, remaining
 
@@ -111,8 +111,6 @@ class Communicator:
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
         self._exchange: Exchange | None = None
-        self._timer: Timer | None = None
-        self._timer_at: float | None = None
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
         self._closed = False
         held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
@@ -124,6 +122,7 @@ class Communicator:
             if dispatcher is None:
                 held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
             self._dispatcher = dispatcher
+            self._alarm = Alarm(dispatcher, weak_call(self._on_timer))
             self._dispatcher.register(self._sock, self)
         except BaseException:
             self._finalizer()
@@ -365,8 +364,7 @@ class Communicator:
             futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
             for entries in self._callbacks.values():
                 entries.clear()
-            if self._timer is not None:
-                self._timer.cancel()
+            self._alarm.cancel()
         self._settle(settle)
         for future in futures:
             future.cancel()
@@ -400,7 +398,7 @@ class Communicator:
 
     def _on_timer(self) -> None:
         with self._lock:
-            self._timer, self._timer_at = None, None
+            self._alarm.fired()
         self._feed(self._conversation.tick)
 
     # --- internals ---
@@ -470,23 +468,8 @@ class Communicator:
         return None
 
     def _arm_timer(self) -> None:
-        """Keep a dispatcher timer no later than the core's next wake-up.
-
-        A timer due earlier than needed is kept: when it fires, the core does nothing and the
-        timer is set again. So most exchanges set no timer at all (the one armed by an earlier
-        exchange is due sooner than theirs), and no cancelled timer waits in the heap for
-        seconds (the answer deadline).
-        """
-        when = None if self._closed else self._conversation.wakeup
-        if when is None or (self._timer_at is not None and self._timer_at <= when):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        try:
-            self._timer = self._dispatcher.call_later(max(0.0, when - time.monotonic()), weak_call(self._on_timer))
-            self._timer_at = when
-        except ClosedError:  # a shared dispatcher closed under us: the exchange ends at its deadline
-            self._timer, self._timer_at = None, None
+        """Make sure the core's timer input comes by its next wake-up."""
+        self._alarm.set(None if self._closed else self._conversation.wakeup)
 
     def _error(self, exchange: Exchange, failed: core.Failed) -> RigError:
         waited = time.monotonic() - exchange.sent_at

@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 from .errors import ClosedError
 from .protocol import MAX_DATAGRAM
 
-__all__ = ['Dispatcher', 'Endpoint', 'Timer', 'weak_call', 'CALLBACK_QUEUE']
+__all__ = ['Alarm', 'Dispatcher', 'Endpoint', 'Timer', 'weak_call', 'CALLBACK_QUEUE']
 log = logging.getLogger(__name__)
 CALLBACK_QUEUE = 1000
 """int: user callbacks waiting to run at most; more are dropped (with a warning at most every 5 s)."""
@@ -107,6 +107,43 @@ class Timer:
         """Do not run the function (a no-op once it ran); drops what it would have used."""
         self.cancelled = True
         self.function, self.args = None, ()  # it may wait in the heap for a while: keep it small
+
+
+class Alarm:
+    """One owner's timer on a dispatcher, kept no later than the owner needs it.
+
+    :meth:`set` keeps a timer that is due earlier than asked: when it fires, the owner finds
+    nothing due and sets it again. So most calls set no timer at all, and no cancelled timer waits
+    in the heap for seconds.
+    """
+
+    __slots__ = ('_dispatcher', '_callback', '_timer', 'when')
+
+    def __init__(self, dispatcher: Dispatcher, callback: Callable[[], None]):
+        self._dispatcher, self._callback = dispatcher, callback
+        self._timer: Timer | None = None
+        self.when: float | None = None
+
+    def set(self, when: float | None) -> None:
+        """Make sure the callback runs by ``time.monotonic()`` reading `when` (None: not needed)."""
+        if when is None or (self.when is not None and self.when <= when):
+            return
+        self.cancel()
+        try:
+            self._timer = self._dispatcher.call_later(max(0.0, when - time.monotonic()), self._callback)
+            self.when = when
+        except ClosedError:  # the dispatcher closed under its owner, who is closing too
+            pass
+
+    def fired(self) -> None:
+        """The callback is running: the next :meth:`set` makes a new timer."""
+        self._timer, self.when = None, None
+
+    def cancel(self) -> None:
+        """Drop the timer, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.fired()
 
 
 class Dispatcher:

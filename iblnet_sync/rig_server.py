@@ -25,7 +25,7 @@ from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpSt
 from . import core, protocol
 from .communicator import check_options, close_all
 from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
-from .dispatcher import Dispatcher, Timer, weak_call
+from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError
 from .version import __version__
 
@@ -90,7 +90,7 @@ class RigServer:
         self._clock = clock
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
-        self._timers: dict[Any, tuple[float, Timer]] = {}
+        self._alarms: dict[Any, Alarm] = {}  # one timer per main rig address, for its conversation
         self._sequences: dict[tuple[str, datetime.date], int] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -171,9 +171,9 @@ class RigServer:
             if self._closed.is_set():
                 return
             self._closed.set()
-            for _, timer in self._timers.values():
-                timer.cancel()
-            self._timers.clear()
+            for alarm in self._alarms.values():
+                alarm.cancel()
+            self._alarms.clear()
         self._finalizer()
 
     def __enter__(self) -> RigServer:
@@ -209,7 +209,8 @@ class RigServer:
 
     def _on_timer(self, addr: Any) -> None:
         with self._lock:
-            self._timers.pop(addr, None)
+            if addr in self._alarms:
+                self._alarms[addr].fired()
             conversation = self._peers.get(addr)
             if conversation is not None:
                 self._apply(addr, conversation, conversation.tick(time.monotonic()))
@@ -229,27 +230,21 @@ class RigServer:
         self._arm_timer(addr, conversation)
 
     def _arm_timer(self, addr: Any, conversation: core.RigConversation) -> None:
-        """Keep a timer for `addr` no later than its conversation's next wake-up (an early one is
-        kept: when it fires the conversation does nothing and the timer is set again)."""
+        """Make sure the conversation's timer input comes by its next wake-up."""
         when = None if self._closed.is_set() else conversation.wakeup
-        current = self._timers.get(addr)
-        if when is None or (current is not None and current[0] <= when):
+        if when is None:
             return
-        if current is not None:
-            current[1].cancel()
-        try:
-            self._timers[addr] = (when, self._dispatcher.call_later(max(0.0, when - time.monotonic()),
-                                                                    weak_call(self._on_timer, addr)))
-        except ClosedError:
-            self._timers.pop(addr, None)
+        if addr not in self._alarms:
+            self._alarms[addr] = Alarm(self._dispatcher, weak_call(self._on_timer, addr))
+        self._alarms[addr].set(when)
 
     def _forget_one(self) -> None:
         """Forget the least recently active main rig."""
         addr = next(iter(self._peers))
         del self._peers[addr]
-        timer = self._timers.pop(addr, None)
-        if timer is not None:
-            timer[1].cancel()
+        alarm = self._alarms.pop(addr, None)
+        if alarm is not None:
+            alarm.cancel()
 
     def _send(self, data: bytes, addr: Any) -> None:
         try:
