@@ -52,15 +52,20 @@ def close_all(held: list) -> None:
         held.pop().close()
 
 
+def check_seconds(name: str, value: Any) -> None:
+    """Raise TypeError or ValueError unless `value` is a number of seconds above 0 (NaN is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'{name} must be a number of seconds, not {value!r}')
+    if not value > 0:
+        raise ValueError(f'{name} must be > 0 seconds, not {value!r}')
+
+
 def check_options(timeout: float | None, echo_timeout: float, resend_interval: float, resends: int) -> None:
     """Raise ValueError or TypeError for option values no communicator can use."""
-    for name, value in (('timeout', timeout), ('echo_timeout', echo_timeout), ('resend_interval', resend_interval)):
-        if value is None and name == 'timeout':
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f'{name} must be a number of seconds, not {value!r}')
-        if not value > 0:
-            raise ValueError(f'{name} must be > 0 seconds, not {value!r}')
+    if timeout is not None:
+        check_seconds('timeout', timeout)
+    check_seconds('echo_timeout', echo_timeout)
+    check_seconds('resend_interval', resend_interval)
     if isinstance(resends, bool) or not isinstance(resends, int) or resends < 0:
         raise ValueError(f'resends must be an integer >= 0, not {resends!r}')
 

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 
 from . import protocol
-from .communicator import DEFAULT_TIMEOUT, Communicator
+from .communicator import DEFAULT_TIMEOUT, Communicator, check_seconds
 from .config import resolve_remote_rigs
 from .services import Services
 from .version import __version__
@@ -569,12 +569,8 @@ def _host_init(cls: type) -> tuple[type, set[str] | None]:
 
 def _check_timeout(timeout: Any) -> None:
     """A TypeError or ValueError unless `timeout` is a number of seconds > 0, or None."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f'network_timeout must be a number of seconds, not {timeout!r}')
-    if not timeout > 0:  # also refuses NaN
-        raise ValueError(f'network_timeout must be > 0 seconds, not {timeout!r}')
+    if timeout is not None:
+        check_seconds('network_timeout', timeout)
 
 
 def _option_names() -> set[str] | None:
