@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -27,6 +28,7 @@ from .communicator import check_options, close_all
 from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError
+from .session_numbers import SessionNumbers, default_path
 from .version import __version__
 
 __all__ = ['RigServer', 'MAX_MAIN_RIGS']
@@ -52,9 +54,11 @@ class RigServer:
     main_sync : bool
         Whether this rig decides the experiment reference.
     exp_ref : str, dict, optional
-        The reference to report in EXPINFO. A main-sync rig without one makes a new one at
-        each EXPINFO between experiments that names a subject (a ping does not), from that subject, today's date
-        and the next sequence number for that subject.
+        The reference to report in EXPINFO. A main-sync rig without one offers, at an EXPINFO
+        between experiments that names a subject (a ping's does not), that subject, today's date
+        and the next sequence number not yet claimed for them; the same offer while it is not
+        claimed. EXPINIT claims it: the number is written to `session_numbers` and never
+        offered again, also after a restart.
     experiment_description : dict, optional
         Reported in EXPINFO.
     resend_interval, resends, echo_timeout
@@ -62,6 +66,9 @@ class RigServer:
         is echoed; how long a plain answer (to an iblutil main) waits for its echo.
     clock : callable
         Returns the wall-clock time reported in EXPINFO as ``clock`` (seconds since the epoch).
+    session_numbers : str, os.PathLike, optional
+        The file of claimed session numbers of a main-sync rig; by default
+        ``~/.iblnet_sync/session_numbers.json`` (see :mod:`iblnet_sync.session_numbers`).
 
     Attributes
     ----------
@@ -77,7 +84,7 @@ class RigServer:
                  main_sync: bool = False, exp_ref: str | dict | None = None,
                  experiment_description: dict | None = None, *, resend_interval: float = RESEND_INTERVAL,
                  resends: int = ANSWER_RESENDS, echo_timeout: float = ECHO_TIMEOUT,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, session_numbers: str | os.PathLike | None = None):
         check_options(None, echo_timeout, resend_interval, resends)
         host, port = protocol.rig_address(uri, allow_any_port=True)
         self.name = name or f'udp://{host}:{port}'
@@ -91,7 +98,7 @@ class RigServer:
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
         self._alarms: dict[Any, Alarm] = {}  # one timer per main rig address, for its conversation
-        self._sequences: dict[tuple[str, datetime.date], int] = {}
+        self._numbers = SessionNumbers(session_numbers or default_path())
         self._lock = threading.Lock()
         self._closed = threading.Event()
         held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
@@ -276,7 +283,7 @@ class RigServer:
             subject = extra.get('subject') if isinstance(extra, dict) else None
             between = self.status in (ExpStatus.CONNECTED, ExpStatus.STOPPED)
             if self.main_sync and not self._fixed_reference and between and subject:
-                self.exp_ref = self._new_reference(subject)  # a task prepares a new experiment (not a ping)
+                self.exp_ref = self._numbers.offer(subject, self._today())  # a task prepares an experiment
             info = self.info()
             if isinstance(returned, dict):
                 info.update(returned)
@@ -295,7 +302,10 @@ class RigServer:
         if event is ExpMessage.EXPINIT:  # encoded first: an answer that cannot be sent changes nothing
             answer = protocol.encode(event, int(ExpStatus.INITIALIZED), returned)
             if isinstance(extra, dict) and extra.get('exp_ref'):
-                self.exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
+                exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
+                if self.main_sync and not self._fixed_reference:
+                    self._numbers.claim(exp_ref)  # before anything changes: a number not written down is not used
+                self.exp_ref = exp_ref
             self.status = ExpStatus.INITIALIZED
             return answer
         if event is ExpMessage.EXPSTART:
@@ -309,8 +319,5 @@ class RigServer:
             self.status = ExpStatus.STOPPED
         return answer
 
-    def _new_reference(self, subject: str) -> dict:
-        today = datetime.date.today()
-        sequence = self._sequences.get((subject, today), 0) + 1
-        self._sequences[(subject, today)] = sequence
-        return {'subject': subject, 'date': today, 'sequence': sequence}
+    def _today(self) -> datetime.date:
+        return datetime.date.fromtimestamp(self._clock())
