@@ -146,17 +146,20 @@ class PeerLogLimiter:
         bool
             Whether the line was logged.
         """
+        return self._log(logger, level, key, msg, args)
+
+    def warning(self, logger: logging.Logger, key: Hashable, msg: str, *args: Any) -> bool:
+        """:meth:`log` at WARNING."""
+        return self._log(logger, logging.WARNING, key, msg, args)
+
+    def _log(self, logger: logging.Logger, level: int, key: Hashable, msg: str, args: tuple) -> bool:
         if not logger.isEnabledFor(level):
             return False
         held = self.admit(key)
         if held is None:
             return False
         if held:
-            msg += ' (%d more like it from %s were not logged in the last %g s)'
-            args += (held, peer_text(str(key), 80), self.period)
-        logger.log(level, msg, *args)
+            msg += ' (%d more for %s were not logged before this one)'
+            args += (held, peer_text(str(key), 80))
+        logger.log(level, msg, *args, stacklevel=3)  # the line's location is our caller's
         return True
-
-    def warning(self, logger: logging.Logger, key: Hashable, msg: str, *args: Any) -> bool:
-        """:meth:`log` at WARNING."""
-        return self.log(logger, logging.WARNING, key, msg, *args)

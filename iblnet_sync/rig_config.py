@@ -162,10 +162,10 @@ class ValueRules:
     --------
     >>> ValueRules().reference('2026-11-24_3_mouse')['sequence']
     3
-    >>> ValueRules().value('camera', '--output=elsewhere')
+    >>> ValueRules().value('camera', '--output=elsewhere')  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    iblnet_sync.rig_config.ValueRefused: camera: may not start with - or . (it would become an option, or a hidden or parent folder), not '--output=elsewhere'
+    iblnet_sync.rig_config.ValueRefused: camera: may not start with - or . (it would become an option, ...
     """
 
     subject_pattern: re.Pattern = re.compile(DEFAULT_PATTERN)
