@@ -21,7 +21,7 @@ import yaml
 
 import iblnet_sync
 from iblnet_sync import BroadcastError, ExpStatus, Services
-from iblnet_sync.rig import CommandFailed, RigAgent, main, placeholder_values, render
+from iblnet_sync.rig import CommandFailed, RigAgent, ValueRefused, main, mask_alyx, placeholder_values, render
 from iblnet_sync.rig_config import EXAMPLE_CONFIG, RigConfigError, load_config, parse_config
 
 REF = '2026-11-24_3_mouse'
@@ -739,3 +739,64 @@ def test_log_file_rotates_by_size(tmp_path, monkeypatch, capsys):
     assert [file.name for file in files] == ['rig.log'] + [f'rig.log.{n}' for n in range(1, 6)]
     assert all(file.stat().st_size <= 2000 for file in files)
     assert 'line 299 of a flood' in path.read_text()
+
+
+def test_a_refused_event_stops_nothing_and_runs_nothing(tmp_path, agents, log_lines):
+    agent = agents({'EXPSTART': {'run': recorder(f'{tmp_path}/stopped'), 'until': 'EXPEND'},
+                    'EXPEND': [{'run': touch(f'{tmp_path}/first')}, {'run': touch(f'{tmp_path}/{{camera}}')}]})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        services.start(REF)
+        pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
+        with pytest.raises(BroadcastError, match=r'ValueRefused: camera: .*nothing was run'):
+            services.stop({'camera': '../x'})
+        with pytest.raises(BroadcastError, match=r"placeholder 'camera' has no value"):
+            services.stop()
+        assert is_running(pid) and not (tmp_path / 'first').exists(), 'the first action did not run either'
+        assert services.status('RUNNING') == {'cameras': [int(ExpStatus.RUNNING)]}
+        assert services.stop({'camera': 'left'}) == {'cameras': [None]}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['first', 'left', 'stopped']
+
+
+def test_placeholder_values_check_only_what_the_commands_use():
+    data = [REF, {'rate': 60, 'notes': 'free text', 'offset': -5, 'nested': {'a': 1}}]
+    assert placeholder_values('EXPSTART', data, None, needed={'rate'}) == {
+        'event': 'EXPSTART', 'exp_ref': REF, 'subject': 'mouse', 'date': '2026-11-24', 'sequence': '3', 'rate': '60'}
+    with pytest.raises(ValueRefused, match='offset: may not start with -'):
+        placeholder_values('EXPSTART', data, None, needed={'offset'})
+    with pytest.raises(ValueRefused, match="exp_ref: the subject may not start"):  # a given reference: always
+        placeholder_values('EXPSTART', ['2026-11-24_1_.x', {}], None, needed=set())
+    current = {'subject': '../x', 'date': datetime.date(2026, 1, 2), 'sequence': 1}
+    assert placeholder_values('EXPEND', [None], current, needed={'event'}) == {'event': 'EXPEND'}
+    with pytest.raises(ValueRefused, match=r"exp_ref \(the rig's current reference\): the subject"):
+        placeholder_values('EXPEND', [None], current, needed={'subject'})
+
+
+def test_alyx_credentials_are_never_placeholder_values():
+    data = ['https://alyx.example.org', {'technician': TOKEN}]
+    assert placeholder_values('ALYX', data, None) == {'event': 'ALYX'}
+    assert mask_alyx(data) == ['https://alyx.example.org', {'technician': '***'}]
+    assert mask_alyx([None, {}]) == [None, {}]
+
+
+@pytest.mark.parametrize('allow, key, message', [
+    ([], 'allow', 'remove the key'),
+    (['rig-pc.lab'], 'allow[0]', 'host names are not accepted'),
+    (['192.168.1.5/24'], 'allow[0]', 'the network of 192.168.1.5/24 is 192.168.1.0/24'),
+    ([8080], 'allow[0]', 'a int'),
+    ('10.0.0.300', 'allow', 'must be an IP address'),
+])
+def test_allow_is_checked_at_start_up(allow, key, message):
+    with pytest.raises(RigConfigError, match=f'{re.escape(key)}: .*{re.escape(message)}'):
+        parse_config({'allow': allow})
+
+
+def test_allow_lists_networks_and_start_up_says_who_may_drive_the_rig(agents, log_lines):
+    from ipaddress import ip_network
+    config = parse_config({'allow': ['192.168.1.10', '10.0.0.0/24', 'localhost', 'fe80::/64', '127.0.0.1']})
+    assert config.allow == tuple(map(ip_network, ('192.168.1.10/32', '10.0.0.0/24', '127.0.0.0/8', '::1/128',
+                                                  'fe80::/64', '127.0.0.1/32')))
+    assert parse_config({}).allow is None
+    agents({})
+    log_lines.wait_for('no allow: in the configuration: any host that reaches udp://127.0.0.1:.* may drive this rig')
+    agents({}, allow=['127.0.0.1'])
+    log_lines.wait_for(r'allow: 127\.0\.0\.1/32 is not enforced by this version yet')
