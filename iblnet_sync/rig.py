@@ -467,7 +467,8 @@ class RigAgent:
         logged = self._log_received(event, data, level)
         actions = self.config.on.get(event, ())
         try:
-            values = placeholder_values(event, data, self.server.exp_ref, self.config.rules, self._needed.get(event))
+            values = placeholder_values(event, data, self.server.exp_ref, self.config.rules,
+                                        self._needed.get(event, set()))
             if event == 'EXPINFO' and self.config.main_sync and not self.config.exp_ref:
                 self._check_subject(data)  # the rig makes its next reference from it
         except ValueRefused as ex:

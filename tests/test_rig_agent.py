@@ -757,6 +757,17 @@ def test_a_refused_event_stops_nothing_and_runs_nothing(tmp_path, agents, log_li
     assert sorted(path.name for path in tmp_path.iterdir()) == ['first', 'left', 'stopped']
 
 
+def test_events_without_commands_take_any_dictionary(agents):
+    agent = agents({'EXPSTART': {'run': python('pass') + ['{rate}']}})
+    anything = {'subject': 'mouse', 'notes': 'free text; with $pecial characters', 'nested': {'a': [1, None]},
+                'offset': -5, 'path': '../x'}
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        assert services.info('CONNECTED', anything)['cameras'][1]['name'] == 'cameras'
+        assert services.init(anything) == {'cameras': [int(ExpStatus.INITIALIZED), None]}
+        assert services.start(REF, {**anything, 'rate': 60}) == {'cameras': [REF, None]}
+        assert services.stop(anything) == {'cameras': [None]}
+
+
 def test_placeholder_values_check_only_what_the_commands_use():
     data = [REF, {'rate': 60, 'notes': 'free text', 'offset': -5, 'nested': {'a': 1}}]
     assert placeholder_values('EXPSTART', data, None, needed={'rate'}) == {
