@@ -198,6 +198,7 @@ class ValueRules:
         ValueRefused
             Not a text or a number (None, a list, a mapping), or a text the rules refuse.
         """
+        key = peer_text(key, 80)  # a key of the main rig's dictionary
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueRefused(f'{key}: must be a text or a number, not {_kind(value)}')
         return self.text(key, str(value), self.value_pattern)
