@@ -11,13 +11,16 @@ from typing import Any, Callable, Iterator
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import protocol
-from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, RESEND_INTERVAL, RESENDS, Communicator, check_options
+from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator, check_options
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
 from .exchange import Exchange, remaining
 
 __all__ = ['Services']
 log = logging.getLogger(__name__)
+
+ALYX_TIMEOUT = 2.0
+"""float: seconds an ALYX broadcast waits at most: a rig answers it from memory, or never."""
 
 
 class Services(Mapping):
@@ -32,7 +35,7 @@ class Services(Mapping):
         Rig name to URI (``udp://host:port``, ``host:port`` or ``host``).
     timeout : float, None
         Seconds a broadcast may take in all; None waits for ever.
-    echo_timeout, resend_interval, resends
+    echo_timeout, resend_interval, resends, pause
         Passed to each :class:`Communicator`.
     assume_resends : bool
         Kept for compatibility; has no effect.
@@ -52,11 +55,11 @@ class Services(Mapping):
 
     def __init__(self, remote_rigs: Mapping[str, str], timeout: float | None = DEFAULT_TIMEOUT, *,
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
-                 resends: int = RESENDS, assume_resends: bool = False):
+                 resends: int = RESENDS, assume_resends: bool = False, pause: float = PAUSE):
         if not isinstance(remote_rigs, Mapping):
             raise TypeError(f'remote_rigs must map rig names to URIs, e.g. {{"cameras": "udp://10.0.0.7:11001"}}, '
                             f'not a {type(remote_rigs).__name__}')
-        check_options(timeout, echo_timeout, resend_interval, resends)
+        check_options(timeout, echo_timeout, resend_interval, resends, pause)
         addresses = {}
         for name, uri in remote_rigs.items():  # every address is checked before anything opens
             try:
@@ -72,7 +75,8 @@ class Services(Mapping):
             for name, (host, port) in addresses.items():
                 self._rigs[name] = Communicator(
                     f'udp://{host}:{port}', name, dispatcher=self._dispatcher, timeout=timeout,
-                    echo_timeout=echo_timeout, resend_interval=resend_interval, resends=resends)
+                    echo_timeout=echo_timeout, resend_interval=resend_interval, resends=resends,
+                    pause=pause)
         except BaseException:
             self.close()
             raise
@@ -146,12 +150,18 @@ class Services(Mapping):
         return self.broadcast(protocol.info_message(status, data), concurrent=concurrent)
 
     def alyx(self, alyx: Any = None, concurrent: bool = True) -> dict[str, list | None]:
-        """Give every rig this rig's Alyx token, or ask each for its own when `alyx` is not logged in."""
+        """Give every rig this rig's Alyx token, or ask each for its own when `alyx` is not logged in.
+
+        A rig answers from memory, and some never answer (Timeline, iblrig's video program): the
+        call waits :data:`ALYX_TIMEOUT` seconds at most (or the shorter timeout of this object).
+        """
         datagram = protocol.alyx_message(alyx)
-        return self.broadcast(datagram, concurrent=concurrent, expect_response=not protocol.gives_token(datagram))
+        timeout = ALYX_TIMEOUT if self.timeout is None else min(self.timeout, ALYX_TIMEOUT)
+        return self.broadcast(datagram, concurrent=concurrent, expect_response=not protocol.gives_token(datagram),
+                              timeout=timeout)
 
     def broadcast(self, datagram: bytes, concurrent: bool = True, reverse: bool = False,
-                  expect_response: bool = True) -> dict[str, Any]:
+                  expect_response: bool = True, timeout: float | None = None) -> dict[str, Any]:
         """Send `datagram` to every rig and wait for all of them until one deadline.
 
         Parameters
@@ -164,6 +174,8 @@ class Services(Mapping):
             Visit the rigs in reverse order.
         expect_response : bool
             Wait for each rig's response, not only its echo.
+        timeout : float, optional
+            Seconds for this broadcast; defaults to ``self.timeout``.
 
         Returns
         -------
@@ -177,7 +189,8 @@ class Services(Mapping):
         BroadcastError
             A rig failed otherwise (refused, error report, socket error).
         """
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         rigs = list(self._rigs.values())
         if reverse:
             rigs.reverse()

@@ -251,7 +251,7 @@ def test_lifecycle_driven_by_our_services(tmp_path, no_leaked_threads, log_lines
             log_lines.wait_for(r'on\.EXPSTART: stopped .* after')
             assert (tmp_path / 'mouse-2026-11-24-3.end').exists()
             assert services.cleanup() == {'cameras': [{'cleaned': 1}]}
-            assert sys.modules[hooks_module].calls == [[None]]
+            assert sys.modules[hooks_module].calls == [[[]]]  # EXPCLEANUP's data: [8, []]
     finally:
         agent.close()
 
