@@ -423,9 +423,9 @@ class RigAgent:
         self._needed = {event: {name for action in actions if action.run for name in placeholders(action.run)}
                         for event, actions in config.on.items()}
         self.log_limiter = PeerLogLimiter(LOG_BURST, LOG_PERIOD)
-        # TODO(lead): pass allow=config.allow to RigServer once it takes it (issue 15), and drop the warning below.
         self.server = RigServer(config.listen, name=config.name, main_sync=config.main_sync, exp_ref=config.exp_ref,
-                                experiment_description=config.experiment_description)
+                                experiment_description=config.experiment_description,
+                                allow=None if config.allow is None else [str(network) for network in config.allow])
         for event in ('EXPINFO', 'EXPINIT', 'EXPSTART', 'EXPEND', 'EXPINTERRUPT', 'EXPCLEANUP', 'EXPSTATUS', 'ALYX'):
             self.server.assign_handler(event, functools.partial(self._on_event, event))
         log.info('%s listening on %s (main sync: %s; actions at %s)', config.name, self.server.uri,
@@ -434,8 +434,7 @@ class RigAgent:
             log.warning('%s: no allow: in the configuration: any host that reaches %s may drive this rig',
                         config.name, self.server.uri)
         else:
-            log.warning('%s: allow: %s is not enforced by this version yet: any host that reaches %s may drive this '
-                        'rig', config.name, ', '.join(map(str, config.allow)), self.server.uri)
+            log.info('%s: driven only from %s (allow:)', config.name, ', '.join(map(str, config.allow)))
 
     def close(self) -> None:
         """Stop every command still running (politely first), then stop serving; idempotent."""

@@ -557,7 +557,9 @@ def test_string_command_on_windows_is_checked_like_a_list(monkeypatch):
 
 
 def started_files(folder: Path) -> list[str]:
-    return sorted(path.name for path in folder.rglob('*') if path.is_file())
+    """The files under `folder` that commands made (not those of the test's HOME, ``folder/home``)."""
+    return sorted(path.name for path in folder.rglob('*') if path.is_file() and
+                  path.relative_to(folder).parts[0] != 'home')
 
 
 @POSIX_ONLY
@@ -731,11 +733,12 @@ def test_log_file_rotates_by_size(tmp_path, monkeypatch, capsys):
         main(['--help'])
     assert 'rotates at 10 MB, keeping 5' in ' '.join(capsys.readouterr().out.split())
     monkeypatch.setattr(rig, 'LOG_FILE_BYTES', 2000)
-    path = tmp_path / 'rig.log'
+    (tmp_path / 'logs').mkdir()
+    path = tmp_path / 'logs' / 'rig.log'
     with rig._console_logging(rig._log_handlers(str(path)), verbose=False):
         for index in range(300):
             logging.getLogger('iblnet_sync.rig').info('line %d of a flood', index)
-    files = sorted(tmp_path.iterdir())
+    files = sorted(path.parent.iterdir())
     assert [file.name for file in files] == ['rig.log'] + [f'rig.log.{n}' for n in range(1, 6)]
     assert all(file.stat().st_size <= 2000 for file in files)
     assert 'line 299 of a flood' in path.read_text()
@@ -754,7 +757,7 @@ def test_a_refused_event_stops_nothing_and_runs_nothing(tmp_path, agents, log_li
         assert is_running(pid) and not (tmp_path / 'first').exists(), 'the first action did not run either'
         assert services.status('RUNNING') == {'cameras': [int(ExpStatus.RUNNING)]}
         assert services.stop({'camera': 'left'}) == {'cameras': [None]}
-    assert sorted(path.name for path in tmp_path.iterdir()) == ['first', 'left', 'stopped']
+    assert started_files(tmp_path) == ['first', 'left', 'stopped']
 
 
 def test_events_without_commands_take_any_dictionary(agents):
@@ -801,7 +804,7 @@ def test_allow_is_checked_at_start_up(allow, key, message):
         parse_config({'allow': allow})
 
 
-def test_allow_lists_networks_and_start_up_says_who_may_drive_the_rig(agents, log_lines):
+def test_allow_lists_networks_and_only_they_drive_the_rig(agents, log_lines):
     from ipaddress import ip_network
     config = parse_config({'allow': ['192.168.1.10', '10.0.0.0/24', 'localhost', 'fe80::/64', '127.0.0.1']})
     assert config.allow == tuple(map(ip_network, ('192.168.1.10/32', '10.0.0.0/24', '127.0.0.0/8', '::1/128',
@@ -809,5 +812,11 @@ def test_allow_lists_networks_and_start_up_says_who_may_drive_the_rig(agents, lo
     assert parse_config({}).allow is None
     agents({})
     log_lines.wait_for('no allow: in the configuration: any host that reaches udp://127.0.0.1:.* may drive this rig')
-    agents({}, allow=['127.0.0.1'])
-    log_lines.wait_for(r'allow: 127\.0\.0\.1/32 is not enforced by this version yet')
+    agent = agents({'EXPINIT': {'run': python('pass')}}, allow=['10.0.0.0/24'])
+    log_lines.wait_for(r'driven only from 10\.0\.0\.0/24 \(allow:\)')
+    with Services({'cameras': agent.server.uri}, timeout=0.5) as services, \
+            pytest.raises(BroadcastError, match='no echo'):
+        services.init()  # from 127.0.0.1: ignored
+    agent = agents({'EXPINIT': {'run': python('pass')}}, allow=['localhost'])
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        assert services.init() == {'cameras': [int(ExpStatus.INITIALIZED), None]}
