@@ -302,7 +302,8 @@ def placeholder_values(event: str, data: list, current_ref: str | dict | None, r
     """
     rules = rules or ValueRules()
     wanted = None if needed is None else set(needed)
-    extra = data[-1] if data and isinstance(data[-1], dict) and event != 'ALYX' else {}
+    details = protocol.details(data)  # (iblrig's main sends EXPINTERRUPT's details inside a list)
+    extra = details if isinstance(details, dict) and event != 'ALYX' else {}
     given = data[0] if event == 'EXPSTART' and data else extra.get('exp_ref') if event == 'EXPINIT' else None
     values = {'event': event}
     reference = None

@@ -74,7 +74,8 @@ EXAMPLE_CONFIG = f"""\
 # each event of an experiment. Start it with:  iblnet-rig THIS_FILE.yaml
 name: cameras                      # this rig's name, in logs and in its EXPINFO answer
 listen: udp://0.0.0.0:{LISTEN_PORT}        # where to listen ({LISTEN_PORT} is iblrig's port)
-main_sync: false                   # true if this rig decides the experiment reference
+main_sync: true                    # this rig decides the experiment reference (numbers the
+                                   # sessions); false when the task or another rig does
 # exp_ref: 2026-11-24_1_mouse      # a fixed reference to report in EXPINFO (main sync only)
 # allow: [192.168.1.10, 10.0.0.0/24]   # the hosts or networks (CIDR) from which a main rig may drive this rig
 # subject_pattern: '{DEFAULT_PATTERN}'   # what a subject may look like (a regular expression)
@@ -101,12 +102,13 @@ main_sync: false                   # true if this rig decides the experiment ref
 on:
   EXPINIT:
     run: [python, -c, "import sys; print('preparing', sys.argv[1])", "{{exp_ref}}"]
-  EXPSTART:
-    run: [bonsai, C:/rigs/record.bonsai, --start, "-p:Session={{exp_ref}}"]
+  EXPSTART:                        # a stand-in recorder; a real one, e.g.:
+    # run: [bonsai, C:/rigs/record.bonsai, --start, "-p:Session={{exp_ref}}"]
+    run: [python, -c, "import sys, time; print('recording', sys.argv[1], flush=True); time.sleep(86400)", "{{exp_ref}}"]
     until: EXPEND
     grace: 10
-  EXPEND:
-    run: python copy_videos.py {{subject}} {{date}} {{sequence}}
+  EXPEND:                          # e.g. run: [python, copy_videos.py, "{{subject}}", "{{date}}", "{{sequence}}"]
+    run: [python, -c, "import sys; print('copying', sys.argv[1:])", "{{subject}}", "{{date}}", "{{sequence}}"]
     timeout: 8                     # the main rig waits for the answer (10 s by default)
   # EXPCLEANUP:
   #   call: mylab.cameras:cleanup

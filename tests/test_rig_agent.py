@@ -455,8 +455,30 @@ def test_example_config_is_a_valid_config(capsys):
     assert main(['--example-config']) == 0
     config = parse_config(yaml.safe_load(capsys.readouterr().out))
     assert config.on['EXPSTART'][0].until == 'EXPEND'
-    assert config.on['EXPEND'][0].run[:2] == ('python', 'copy_videos.py')
+    assert config.main_sync and config.on['EXPEND'][0].run[:2] == ('python', '-c')
     assert EXAMPLE_CONFIG.count('\n# ') > 5, 'commented'
+
+
+def test_the_readmes_task_runs_against_the_example_config_as_it_is(tmp_path, no_leaked_threads, log_lines):
+    """A first run: the example rig is the main sync, so a task that is not gets its reference; every
+    action runs (python stands for the interpreter running the tests: a fresh machine may have no `python`)."""
+    from legacy_task import Task
+    example = yaml.safe_load(EXAMPLE_CONFIG)
+    example['listen'] = 'udp://127.0.0.1:0'
+    for action in example[True].values():  # (YAML 1.1 reads the key `on` as true)
+        action['run'] = [sys.executable if word == 'python' else word for word in action['run']]
+    file = tmp_path / 'cameras.yaml'
+    file.write_text(yaml.safe_dump(example))
+    agent = RigAgent(load_config(file))
+    try:
+        task = Task(remote_rigs={'cameras': agent.server.uri})
+        assert task.main_sync_rig == 'cameras' and task.exp_ref['sequence'] == 1
+        assert task.run() == 1
+        log_lines.wait_for(r'on\.EXPSTART: started .*recording.* \(pid')
+        log_lines.wait_for(r'on\.EXPSTART: stopped .*recording')
+        log_lines.wait_for(r'on\.EXPEND: .*copying.* mouse \d{4}-\d\d-\d\d 1 ended, exit status 0')
+    finally:
+        agent.close()
 
 
 def test_port_taken_is_one_error_line_and_exit_1(tmp_path, agent_processes):
