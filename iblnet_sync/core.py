@@ -172,7 +172,7 @@ ECHO_TIMEOUT = 1.0
 """float: seconds to wait for an echo once no resend is left (iblutil's default)."""
 RESENDS = 50
 """int: how many times a request is sent again at most (10 s at the default interval)."""
-PAUSE = 0.002
+PAUSE = 0.005
 """float: seconds between the end of one exchange and the next request to a rig not known to run
 iblnet_sync (M22)."""
 ANSWER_RESENDS = 50

@@ -24,6 +24,8 @@ from .protocol import MAX_DATAGRAM
 __all__ = ['Alarm', 'Dispatcher', 'Endpoint', 'Timer', 'weak_call', 'CALLBACK_QUEUE']
 log = logging.getLogger(__name__)
 CALLBACK_QUEUE = 1000
+COMPACT_TIMERS = 256
+"""int: timers in the heap past which the cancelled ones are dropped (then twice the live ones)."""
 """int: user callbacks waiting to run at most; more are dropped (with a warning at most every 5 s)."""
 _WARN_EVERY = 5.0
 
@@ -165,6 +167,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._pending_ops: list[tuple[Callable, tuple, Future]] = []
         self._timers: list[tuple[float, int, Timer]] = []
+        self._compact_at = COMPACT_TIMERS  # heap size at which cancelled timers are dropped
         self._wakes_at: float | None = None  # when the network thread's select() returns at the latest
         self._sequence = itertools.count()
         self._callbacks: _CallbackThread | None = None
@@ -225,6 +228,10 @@ class Dispatcher:
         with self._lock:
             self._check_open()
             heapq.heappush(self._timers, (timer.when, next(self._sequence), timer))
+            if len(self._timers) > self._compact_at:  # cancelled timers wait in the heap until due: drop them
+                self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+                heapq.heapify(self._timers)
+                self._compact_at = max(COMPACT_TIMERS, 2 * len(self._timers))
             # Wake the thread only if it would otherwise sleep past this timer: on a busy
             # link it is already due to wake for an earlier one, and a wake-up costs a datagram.
             must_wake = self._wakes_at is None or timer.when < self._wakes_at

@@ -174,6 +174,10 @@ MAIN_KEY = 'iblnet_sync_main'
 """str: key of the same EXPINFO info: a random token naming that main (a new one per connection)."""
 
 
+MAX_TAG_ID = 64
+"""int: characters of a tag's ``id`` or ``re`` at most (ours have about 12); a longer one is junk."""
+
+
 class TooLarge(ValueError):
     """A message that no UDP datagram can carry."""
 
@@ -224,6 +228,8 @@ def parse(datagram: bytes) -> Parsed:
     if not isinstance(value, dict) or not isinstance(value.get('id'), str):
         raise DecodeError('a JSON object that is not a tagged message')
     reply_to = value.get('re')
+    if len(value['id']) > MAX_TAG_ID or (isinstance(reply_to, str) and len(reply_to) > MAX_TAG_ID):
+        raise DecodeError(f'a tag longer than {MAX_TAG_ID} characters')  # ours are short; kept ones must be
     return Parsed(_message(value.get('msg')), value['id'], reply_to if isinstance(reply_to, str) else None)
 
 

@@ -298,7 +298,7 @@ def main() -> int:
     print(f'# iblnet_sync benchmark, {datetime.date.today()}, Python {platform.python_version()}, '
           f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs (a shared machine: ratios matter)')
     print('\n## Round time: EXPSTATUS to N iblutil rigs (child process), echo, response, echo back')
-    print('(back to back: each of our rounds to an iblutil rig pays the 2 ms pause; "pause=0" leaves it out)')
+    print('(back to back: each of our rounds to an iblutil rig pays the 5 ms pause; "pause=0" leaves it out)')
     print(f'{"N":>4} {"rounds":>6} | {"raw floor med/p90 ms":>21} | {"iblnet_sync med/p90 ms":>23} {"ratio":>6} | '
           f'{"pause=0 med/p90 ms":>19} {"ratio":>6} | {"iblutil med/p90 ms":>19} {"ratio":>6}')
     for n in sizes:
