@@ -18,12 +18,12 @@ from typing import Any, Callable
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import core, protocol
-from .core import ECHO_TIMEOUT, RESEND_INTERVAL, RESENDS
+from .core import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout
 from .exchange import Exchange, remaining
 
-__all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'RESEND_INTERVAL', 'RESENDS']
+__all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'PAUSE', 'RESEND_INTERVAL', 'RESENDS']
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
@@ -60,8 +60,11 @@ def check_seconds(name: str, value: Any) -> None:
         raise ValueError(f'{name} must be > 0 seconds, not {value!r}')
 
 
-def check_options(timeout: float | None, echo_timeout: float, resend_interval: float, resends: int) -> None:
+def check_options(timeout: float | None, echo_timeout: float, resend_interval: float, resends: int,
+                  pause: float = PAUSE) -> None:
     """Raise ValueError or TypeError for option values no communicator can use."""
+    if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not 0 <= pause < 1:
+        raise ValueError(f'pause must be a number of seconds from 0 to below 1, not {pause!r}')
     if timeout is not None:
         check_seconds('timeout', timeout)
     check_seconds('echo_timeout', echo_timeout)
@@ -95,6 +98,10 @@ class Communicator:
         back from the rig (see :mod:`iblnet_sync.core`).
     assume_resends : bool
         Kept for compatibility; has no effect (resending is always safe now).
+    pause : float
+        Seconds from the end of one exchange to the next request, for a rig not known to run
+        iblnet_sync: a listener that re-arms late (iblrig's video program) would lose a request
+        sent at once. 0 sends at once.
 
     Examples
     --------
@@ -106,13 +113,14 @@ class Communicator:
     def __init__(self, server_uri: str, name: str | None = None, *, dispatcher: Dispatcher | None = None,
                  sock: socket.socket | None = None, timeout: float | None = DEFAULT_TIMEOUT,
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
-                 resends: int = RESENDS, assume_resends: bool = False):
-        check_options(timeout, echo_timeout, resend_interval, resends)
+                 resends: int = RESENDS, assume_resends: bool = False, pause: float = PAUSE):
+        check_options(timeout, echo_timeout, resend_interval, resends, pause)
         self._address = protocol.rig_address(server_uri)
         self.server_uri = f'udp://{self._address[0]}:{self._address[1]}'
         self.name = name or self.server_uri
         self.timeout, self.echo_timeout = timeout, echo_timeout
-        self._conversation = core.MainConversation(secrets.token_hex(3), resend_interval, resends, echo_timeout)
+        self._conversation = core.MainConversation(secrets.token_hex(3), resend_interval, resends, echo_timeout,
+                                                   pause=pause)
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
         self._exchange: Exchange | None = None
@@ -425,7 +433,7 @@ class Communicator:
                 return []
             if why == 'timeout':
                 return self._conversation.give_up(now)
-            return self._conversation.abort(why, detail)
+            return self._conversation.abort(why, detail, now)
         self._feed(step)
 
     def _apply(self, events: list[core.Event]) -> list[tuple[Exchange, Any, BaseException | None]]:

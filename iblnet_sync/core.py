@@ -37,7 +37,7 @@ States of the exchange: IDLE (none), SENT (awaiting the echo), ECHOED (awaiting 
 row   state         input                                            what happens
 ====  ============  ===============================================  ==========================================
 M1    IDLE          request                                          send (tagged with a new ID once the rig is
-                                                                     known to be iblnet_sync); -> SENT
+                                                                     known to be iblnet_sync); -> SENT; but see M22
 M2    SENT          timer, resends left, and nothing of the rig's    send again: the same bytes when tagged, the
                     own heard yet (copies of what we sent do not     plain bytes + tab otherwise
                     count) or the rig known to be iblnet_sync
@@ -56,8 +56,9 @@ M10   SENT/ECHOED   tagged answer whose REF is the exchange's        echoed; the
                                                                      done
 M11   any           tagged answer with another REF                   late answer: echoed, dropped
 M12   any           tagged message without REF                       echoed; the rig's message: delivered
-M13   any           plain error report ``[0, text, EVENT]``          never echoed; fails a plain exchange of
-                                                                     that event, else delivered as a message
+M13   any           plain error report ``[0, TEXT]``, ``[0, TEXT,     never echoed; fails a plain exchange that
+                    EVENT]`` or ``[0, TEXT, ORIGINAL]``              it names (no name, its event, or its request
+                                                                     in any spelling), else delivered as a message
 M14   ECHOED        plain datagram equal to the request, the event   duplicate echo: dropped (such an answer
                     never answered with the same bytes (EXPINFO)     would carry the rig's own info)
 M15   SENT/ECHOED   plain message of the exchange's event (EXPSTART:  echoed; the answer (it implies the echo):
@@ -76,7 +77,15 @@ M21   any           plain datagram we echoed 8 times since our last  an echo sto
                     request, whatever came in between                bytes for new, one datagram or several
                                                                      in turn): no longer echoed until our
                                                                      next request
+M22   IDLE          request to a rig not known to be iblnet_sync,    held (-> HELD: sent by the timer at the end
+      (HELD)        less than ``pause`` after the last exchange      of the pause, M2-M5 from then on; the
+                    ended                                            caller's deadline still counts, M5)
 ====  ============  ===============================================  ==========================================
+
+The pause (M22) is for listeners that re-arm late: iblrig's video program starts waiting for its
+next request one event-loop step after it handled the last one, so a request that arrives right
+after the echo of its previous answer is echoed but never handled. A rig known to run
+iblnet_sync, whose network thread never stops listening, gets no pause.
 
 A plain resend (M2) to a rig not known to run iblnet_sync goes out only while nothing of the
 rig's own came back: then either the request was lost (an iblutil rig saw nothing) or its echo
@@ -154,7 +163,7 @@ from . import protocol
 from .protocol import DecodeError, Message
 
 __all__ = ['MainConversation', 'RigConversation', 'Send', 'Echoed', 'Answered', 'Failed', 'Delivered',
-           'Handle', 'GaveUp', 'Event', 'RESEND_INTERVAL', 'ECHO_TIMEOUT', 'RESENDS', 'ANSWER_RESENDS']
+           'Handle', 'GaveUp', 'Event', 'RESEND_INTERVAL', 'ECHO_TIMEOUT', 'RESENDS', 'ANSWER_RESENDS', 'PAUSE']
 log = logging.getLogger(__name__)
 
 RESEND_INTERVAL = 0.2
@@ -163,6 +172,9 @@ ECHO_TIMEOUT = 1.0
 """float: seconds to wait for an echo once no resend is left (iblutil's default)."""
 RESENDS = 50
 """int: how many times a request is sent again at most (10 s at the default interval)."""
+PAUSE = 0.002
+"""float: seconds between the end of one exchange and the next request to a rig not known to run
+iblnet_sync (M22)."""
 ANSWER_RESENDS = 50
 """int: how many times a rig sends a tagged answer again while it is not echoed."""
 SEEN_IDS = 64
@@ -269,8 +281,8 @@ def _parse(data: bytes) -> protocol.Parsed | None:
 class _Exchange:
     """The main side's current request."""
 
-    __slots__ = ('deadline', 'echo_deadline', 'echo_seen', 'echoed', 'event', 'expect_answer', 'heard', 'next_send',
-                 'plain', 'ref', 'resends_left', 'sent', 'spellings', 'tagged', 'token')
+    __slots__ = ('deadline', 'echo_deadline', 'echo_seen', 'echoed', 'event', 'expect_answer', 'heard', 'held',
+                 'next_send', 'plain', 'ref', 'resends_left', 'sent', 'spellings', 'tagged', 'token')
 
     def __init__(self, token: int, event: ExpMessage, plain: bytes, expect_answer: bool, deadline: float | None):
         self.token, self.event, self.plain, self.expect_answer = token, event, plain, expect_answer
@@ -279,6 +291,7 @@ class _Exchange:
         self.spellings: set[bytes] = set()  # every spelling sent: its echo confirms the exchange
         self.sent = b''                   # what goes out on a resend
         self.echoed = self.heard = False
+        self.held = False                 # waiting for the pause to end before its first send (M22)
         self.echo_seen: bytes | None = None  # the spelling whose echo came (None: implied or never)
         self.deadline = deadline
         self.resends_left = 0
@@ -301,12 +314,16 @@ class MainConversation:
         Seconds to wait for the echo after the last send.
     tagged : bool
         Whether the rig is already known to run iblnet_sync.
+    pause : float
+        Seconds from the end of an exchange to the next request, toward a rig not known to run
+        iblnet_sync (M22).
     """
 
     def __init__(self, nonce: str, resend_interval: float = RESEND_INTERVAL, resends: int = RESENDS,
-                 echo_timeout: float = ECHO_TIMEOUT, tagged: bool = False):
+                 echo_timeout: float = ECHO_TIMEOUT, tagged: bool = False, pause: float = PAUSE):
         self.resend_interval, self.resends, self.echo_timeout = resend_interval, resends, echo_timeout
-        self.tagged = tagged
+        self.tagged, self.pause = tagged, pause
+        self._ended: float | None = None  # when the last exchange ended (M22)
         self._prefix = f'm{nonce}.'
         self._count = 0
         self._exchange: _Exchange | None = None
@@ -344,15 +361,12 @@ class MainConversation:
                 raise protocol.TooLarge(f'a message of {len(plain):,} bytes leaves no room for the tag')
         else:
             x.ref, x.sent = protocol.digest(plain), plain
-            self._sent.add(plain)
-        x.spellings.add(x.sent)
         x.resends_left = self.resends
-        self._storm.clear()
-        if plain in self._owed:  # from now on these bytes are this exchange's echo
-            self._owed.remove(plain)
         self._exchange = x
-        self._schedule(x, now)
-        return [Send(x.sent)]
+        if not self.tagged and self._ended is not None and now < self._ended + self.pause:  # M22
+            x.held, x.next_send = True, self._ended + self.pause
+            return []
+        return self._first_send(x, now)
 
     @property
     def current(self) -> int | None:
@@ -360,12 +374,14 @@ class MainConversation:
         return None if self._exchange is None else self._exchange.token
 
     def tick(self, now: float) -> list[Event]:
-        """The timer (M2-M5): resend, or fail what is overdue."""
+        """The timer (M2-M5, M22): resend, or fail what is overdue."""
         x = self._exchange
         if x is None:
             return []
         if x.deadline is not None and now >= x.deadline:
             return self._give_up(x, now)
+        if x.held:
+            return self._first_send(x, now) if x.next_send is not None and now >= x.next_send else []
         if not x.echoed and x.echo_deadline is not None and now >= x.echo_deadline:
             return self._give_up(x, now)
         if x.next_send is not None and now >= x.next_send:
@@ -381,12 +397,12 @@ class MainConversation:
                 x.echo_deadline = now + self.echo_timeout
         return []
 
-    def abort(self, stage: str, detail: str) -> list[Event]:
+    def abort(self, stage: str, detail: str, now: float | None = None) -> list[Event]:
         """End the exchange in progress with a failure (M18): refused, closed, interrupted."""
         x = self._exchange
         if x is None:
             return []
-        self._end(x)
+        self._end(x, now)
         return [Failed(x.token, stage, detail)]
 
     def give_up(self, now: float) -> list[Event]:
@@ -396,7 +412,7 @@ class MainConversation:
 
     def receive(self, data: bytes, now: float) -> list[Event]:
         """A datagram from the rig (M6-M21)."""
-        x = self._exchange
+        x = self._exchange if self._exchange is None or not self._exchange.held else None
         if data[:1] == b'{':
             return self._receive_tagged(data, x, now)
         if x is not None and not x.echoed and data in x.spellings:  # M6
@@ -422,7 +438,7 @@ class MainConversation:
             if from_peer and (plain_x is None or not _answers(plain_x, message)):  # M19: a late plain answer
                 return [Send(data)]
         if message.event == protocol.ERROR_CODE:  # M13
-            return self._error_report(x if x is None or not x.tagged else None, message)
+            return self._error_report(x if x is None or not x.tagged else None, message, now)
         if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED:  # M14
             return []
         self._storm[data] += 1
@@ -442,6 +458,18 @@ class MainConversation:
         return events
 
     # --- internals ---
+    def _first_send(self, x: _Exchange, now: float) -> list[Event]:
+        """Send exchange `x`'s request for the first time (M1, or M22 when the pause ends)."""
+        x.held = False
+        if not x.tagged:
+            self._sent.add(x.plain)
+        x.spellings.add(x.sent)
+        self._storm.clear()
+        if x.plain in self._owed:  # from now on these bytes are this exchange's echo
+            self._owed.remove(x.plain)
+        self._schedule(x, now)
+        return [Send(x.sent)]
+
     def _receive_tagged(self, data: bytes, x: _Exchange | None, now: float) -> list[Event]:
         parsed = _parse(data)
         if parsed is None or parsed.msg_id is None:  # M17
@@ -463,7 +491,7 @@ class MainConversation:
             log.debug('late answer %r dropped', data[:60])
             return events
         if message.event == protocol.ERROR_CODE:  # M10
-            return events + self._error_report(x, message, matched=True)
+            return events + self._error_report(x, message, now, matched=True)
         return events + self._answered(x, message.data, now)
 
     def _schedule(self, x: _Exchange, now: float) -> None:
@@ -474,34 +502,46 @@ class MainConversation:
         x.echoed = x.heard = True
         x.next_send = None
         if not x.expect_answer:
-            self._end(x)
+            self._end(x, now)
             return [Echoed(x.token, now), Answered(x.token, None, now)]
         return [Echoed(x.token, now)]
 
     def _answered(self, x: _Exchange, data: list, now: float) -> list[Event]:
         events: list[Event] = [] if x.echoed else [Echoed(x.token, now)]
         x.echoed = True
-        self._end(x)
+        self._end(x, now)
         return events + [Answered(x.token, data, now)]
 
-    def _error_report(self, x: _Exchange | None, message: Message, matched: bool = False) -> list[Event]:
-        text, event = (list(message.data) + [None, None])[:2]
-        if x is not None and (matched or event is None or event == x.event):
-            self._end(x)
-            return [Failed(x.token, 'error report', str(text))]
+    def _error_report(self, x: _Exchange | None, message: Message, now: float, matched: bool = False) -> list[Event]:
+        if x is not None and (matched or _is_about(x, message)):
+            self._end(x, now)
+            return [Failed(x.token, 'error report', str(message.data[0]))]
         return [Delivered(message)]
 
     def _give_up(self, x: _Exchange, now: float) -> list[Event]:
-        self._end(x)
+        self._end(x, now)
         if x.echoed:
             return [Failed(x.token, 'no response', 'echoed but no answer')]
         return [Failed(x.token, 'no echo', 'no echo')]
 
-    def _end(self, x: _Exchange) -> None:
+    def _end(self, x: _Exchange, now: float | None = None) -> None:
         """Forget the exchange; a plain echo that may still come is remembered as owed."""
         self._exchange = None
+        self._ended = now
+        if x.held:
+            return
         if not x.tagged and x.echo_seen != x.plain:
             self._owed = (self._owed + [x.plain])[-4:]
+
+
+def _is_about(x: _Exchange, report: Message) -> bool:
+    """Plain error report `report` is about exchange `x`: it names no request, or x's event, or x's request."""
+    named = protocol.reported_request(report)
+    if named is None:
+        return True
+    if isinstance(named, bytes):
+        return named == protocol.canonical(protocol.decode(x.plain))
+    return type(named) is int and named == int(x.event)
 
 
 def _answers(x: _Exchange, message: Message) -> bool:

@@ -1,7 +1,22 @@
 """The wire format: pure functions between Python values and datagrams, no sockets.
 
-Every function here produces the exact bytes that ``iblutil.io.net`` sends for the same
-call, so a rig running iblutil cannot tell the two libraries apart.
+Every function here produces the bytes that ``iblutil.io.net`` sends for the same call, but
+three, which MATLAB cannot read as iblutil writes them (Rigbox's Timeline listener, the main
+sync of mesoscope rigs, decodes with ``jsondecode``, which turns an array of only numbers and
+nulls into a numeric array that its code cannot index, and answers it with an error report):
+
+==================  ====================  ======================  =============================
+call                iblutil sends         iblnet_sync sends       why this spelling
+==================  ====================  ======================  =============================
+``stop()``          ``[4, null]``         ``[4, []]``             iblrig's own main sends it so
+``cleanup()``       ``[8, null]``         ``[8, []]``             the same, for EXPCLEANUP
+``status(S)``       ``[32, S]``           ``[32, S, {}]``         an object makes it a MATLAB cell
+==================  ====================  ======================  =============================
+
+An iblutil rig hands its callbacks ``[[]]`` or ``[S, {}]`` instead of ``[None]`` or ``[S]``;
+rigs read neither (they answer with their own status). EXPINTERRUPT keeps iblutil's
+``[16, {DETAILS}]`` (an object decodes fine); iblrig's main sends ``[16, [DETAILS]]``, which our
+rigs read as the same details (:func:`details`).
 
 Examples
 --------
@@ -26,7 +41,7 @@ __all__ = [
     'RESEND_SUFFIX', 'PEER_SUFFIX', 'PEER_KEY', 'PEER_VERSION', 'MAIN_KEY', 'announced_main', 'rig_address',
     'init_message', 'start_message', 'stop_message',
     'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
-    'exp_ref_to_str', 'exp_ref_to_dict',
+    'exp_ref_to_str', 'exp_ref_to_dict', 'details', 'reported_request',
 ]
 
 ERROR_CODE = 0
@@ -370,18 +385,25 @@ def start_message(exp_ref: str | dict | None, data: Any = None) -> bytes:
 
 
 def stop_message(data: Any = None, immediately: bool = False) -> bytes:
-    """EXPEND ``[4, DATA]``, or EXPINTERRUPT ``[16, DATA]`` when `immediately`."""
-    return encode(ExpMessage.EXPINTERRUPT if immediately else ExpMessage.EXPEND, data)
+    """EXPEND ``[4, DATA]``, or EXPINTERRUPT ``[16, DATA]`` when `immediately`; no data is ``[]``."""
+    return encode(ExpMessage.EXPINTERRUPT if immediately else ExpMessage.EXPEND, [] if data is None else data)
 
 
 def cleanup_message(data: Any = None) -> bytes:
-    """EXPCLEANUP: ``[8, DATA]``."""
-    return encode(ExpMessage.EXPCLEANUP, data)
+    """EXPCLEANUP: ``[8, DATA]``; no data is ``[]``."""
+    return encode(ExpMessage.EXPCLEANUP, [] if data is None else data)
 
 
 def status_message(status: ExpStatus | int | str) -> bytes:
-    """EXPSTATUS: ``[32, STATUS]``."""
-    return encode(ExpMessage.EXPSTATUS, int(as_status(status)))
+    """EXPSTATUS: ``[32, STATUS, {}]`` (the object lets MATLAB's ``jsondecode`` read it)."""
+    return encode(ExpMessage.EXPSTATUS, int(as_status(status)), {})
+
+
+def details(data: list) -> Any:
+    """The details a main sent with EXPEND or EXPINTERRUPT: its last element, unwrapped from
+    iblrig's one-element list (``[16, [{...}]]`` is ``[16, {...}]``)."""
+    last = data[-1] if data else None
+    return last[0] if isinstance(last, list) and len(last) == 1 and isinstance(last[0], dict) else last
 
 
 def info_message(status: ExpStatus | int | str, data: Any = None) -> bytes:
@@ -407,6 +429,20 @@ def gives_token(datagram: bytes) -> bool:
     """True for an ALYX message that carries a token (answered by an echo only, not a response)."""
     message = decode(datagram)
     return message.event is ExpMessage.ALYX and bool(message.data[1:2] and message.data[1])
+
+
+def reported_request(report: Message) -> Any:
+    """What an error report says it is about: the event code of ``[0, TEXT, EVENT]``, the request
+    of ``[0, TEXT, ORIGINAL]`` (Timeline's shape) as :func:`canonical` bytes, None for ``[0, TEXT]``,
+    or whatever else its third element is (it then matches no request).
+    """
+    named = report.data[1] if len(report.data) > 1 else None
+    if isinstance(named, str):
+        try:
+            return canonical(decode(named.encode()))
+        except DecodeError:
+            return named
+    return named
 
 
 ERROR_TEXT = 4000

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import protocol
-from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, RESEND_INTERVAL, RESENDS, Communicator, check_options
+from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator, check_options
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
 from .exchange import Exchange, remaining
@@ -32,7 +32,7 @@ class Services(Mapping):
         Rig name to URI (``udp://host:port``, ``host:port`` or ``host``).
     timeout : float, None
         Seconds a broadcast may take in all; None waits for ever.
-    echo_timeout, resend_interval, resends
+    echo_timeout, resend_interval, resends, pause
         Passed to each :class:`Communicator`.
     assume_resends : bool
         Kept for compatibility; has no effect.
@@ -52,11 +52,11 @@ class Services(Mapping):
 
     def __init__(self, remote_rigs: Mapping[str, str], timeout: float | None = DEFAULT_TIMEOUT, *,
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
-                 resends: int = RESENDS, assume_resends: bool = False):
+                 resends: int = RESENDS, assume_resends: bool = False, pause: float = PAUSE):
         if not isinstance(remote_rigs, Mapping):
             raise TypeError(f'remote_rigs must map rig names to URIs, e.g. {{"cameras": "udp://10.0.0.7:11001"}}, '
                             f'not a {type(remote_rigs).__name__}')
-        check_options(timeout, echo_timeout, resend_interval, resends)
+        check_options(timeout, echo_timeout, resend_interval, resends, pause)
         addresses = {}
         for name, uri in remote_rigs.items():  # every address is checked before anything opens
             try:
@@ -72,7 +72,8 @@ class Services(Mapping):
             for name, (host, port) in addresses.items():
                 self._rigs[name] = Communicator(
                     f'udp://{host}:{port}', name, dispatcher=self._dispatcher, timeout=timeout,
-                    echo_timeout=echo_timeout, resend_interval=resend_interval, resends=resends)
+                    echo_timeout=echo_timeout, resend_interval=resend_interval, resends=resends,
+                    pause=pause)
         except BaseException:
             self.close()
             raise

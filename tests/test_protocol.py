@@ -28,11 +28,8 @@ VECTORS = [  # (our call, iblutil's call, the datagram PROTOCOL.md gives)
      b'[2, "2026-11-24_3_mouse", null]'),
     (lambda: protocol.start_message(REF, {'a': 1}), lambda: Service.start(None, REF, {'a': 1}),
      b'[2, "2026-11-24_3_mouse", {"a": 1}]'),
-    (lambda: protocol.stop_message(), lambda: Service.stop(None), b'[4, null]'),
     (lambda: protocol.stop_message({'error': 'X'}, immediately=True),
      lambda: Service.stop(None, {'error': 'X'}, immediately=True), b'[16, {"error": "X"}]'),
-    (lambda: protocol.cleanup_message(), lambda: Service.cleanup(None), b'[8, null]'),
-    (lambda: protocol.status_message('RUNNING'), lambda: Service.status(None, 'RUNNING'), b'[32, 20]'),
     (lambda: protocol.info_message('CONNECTED', {'subject': 'mouse'}),
      lambda: Service.info(None, 'CONNECTED', {'subject': 'mouse'}), b'[64, 0, {"subject": "mouse"}]'),
     (lambda: protocol.alyx_message(), lambda: Service.alyx(None, None), b'[128, null, {}]'),
@@ -45,6 +42,42 @@ VECTORS = [  # (our call, iblutil's call, the datagram PROTOCOL.md gives)
 def test_vectors_match_protocol_md_and_iblutil(ours, theirs, expected):
     assert ours() == expected
     assert EchoProtocol.encode(list(theirs())) == expected
+
+
+MATLAB_SAFE = [  # (our call, iblutil's call, iblutil's bytes, ours): an object or array where iblutil has none
+    (lambda: protocol.stop_message(), lambda: Service.stop(None), b'[4, null]', b'[4, []]'),
+    (lambda: protocol.cleanup_message(), lambda: Service.cleanup(None), b'[8, null]', b'[8, []]'),
+    (lambda: protocol.status_message('RUNNING'), lambda: Service.status(None, 'RUNNING'), b'[32, 20]', b'[32, 20, {}]'),
+    (lambda: protocol.stop_message(immediately=True), lambda: Service.stop(None, immediately=True),
+     b'[16, null]', b'[16, []]'),
+]
+
+
+@pytest.mark.parametrize('ours, theirs, iblutils, expected', MATLAB_SAFE)
+def test_bytes_that_matlab_cannot_index_are_sent_with_an_array_or_object(ours, theirs, iblutils, expected):
+    """MATLAB's jsondecode makes a numeric array of a list of numbers and nulls, which Timeline cannot index."""
+    assert EchoProtocol.encode(list(theirs())) == iblutils
+    assert ours() == expected
+    value = json.loads(expected)
+    assert not all(v is None or isinstance(v, (int, float)) for v in value)  # not all numbers and nulls
+    assert protocol.decode(expected).event == protocol.decode(iblutils).event
+
+
+@pytest.mark.parametrize('report, about', [
+    (b'[0, "KeyError: k"]', None),
+    (b'[0, "KeyError: k", 2]', 2),
+    (b'[0,"parse failure","[4, null]"]', b'[4, null]'),
+    (b'[0,"parse failure","[4,null]\\t"]', b'[4, null]'),  # any spelling names the same request
+    (b'[0,"parse failure","not json"]', 'not json'),
+])
+def test_an_error_report_names_its_request_in_any_shape(report, about):
+    assert protocol.reported_request(protocol.decode(report)) == about
+
+
+def test_iblrigs_interrupt_details_in_a_list_are_the_details():
+    assert protocol.details(protocol.decode(b'[16, [{"error": "X"}]]').data) == {'error': 'X'}
+    assert protocol.details(protocol.decode(b'[16, {"error": "X"}]').data) == {'error': 'X'}
+    assert protocol.details(protocol.decode(b'[4, []]').data) == []
 
 
 def test_decode_message_and_error_report():
