@@ -295,43 +295,9 @@ class IblrigMain(IblutilMain):
     def __init__(self, poll: float = POLL):
         super().__init__()
         self.poll = poll
-        self._slept_at = 0.0  # when the queue loop last went to sleep
-        self._queued: tuple[bytes, bool, float] | None = None
 
-    @property
-    def wakeup(self) -> float | None:
-        times = [t for t in (super().wakeup, self._queued[2] if self._queued else None) if t is not None]
-        return min(times) if times else None
-
-    def next_poll(self, now: float) -> float:
-        """When the queue loop next looks at the queue, from `now` on."""
-        polls = max(1, math.ceil((now - self._slept_at) / self.poll - 1e-9))
-        return self._slept_at + polls * self.poll
-
-    def request(self, plain: bytes, now: float, expect_answer: bool = True,
-                deadline: float | None = None) -> list[core.Event]:
-        self._queued = (plain, expect_answer, self.next_poll(now))
-        return self.tick(now)
-
-    def receive(self, data: bytes, now: float) -> list[core.Event]:
-        return self._ended(super().receive(data, now), now)
-
-    def tick(self, now: float) -> list[core.Event]:
-        events = super().tick(now)
-        if self._queued is not None and now >= self._queued[2]:
-            plain, expect_answer, _ = self._queued
-            self._queued = None
-            events += super().request(plain, now, expect_answer)
-        return self._ended(events, now)
-
-    def give_up(self, now: float) -> list[core.Event]:
-        if self._queued is not None:  # never left the queue
-            self._queued = None
-            self.token += 1
-            return self._ended([core.Failed(self.token, 'no response', 'still queued')], now)
-        return self._ended(super().give_up(now), now)
-
-    def _ended(self, events: list[core.Event], now: float) -> list[core.Event]:
-        if any(isinstance(e, (core.Answered, core.Failed)) for e in events):
-            self._slept_at = now
-        return events
+    def send_time(self, now: float) -> float:
+        """The queue's next poll from `now` on."""
+        slept_at = self.ended or 0.0  # (the loop sleeps after each exchange, and first at its start)
+        polls = max(1, math.ceil((now - slept_at) / self.poll - 1e-9))
+        return slept_at + polls * self.poll
