@@ -99,8 +99,9 @@ def test_the_sweep_finds_a_rule_switched_off(monkeypatch, rule, patch, invariant
 
 
 def test_without_the_storm_guard_a_known_seed_storms(monkeypatch):
-    """M21 and the rig's cap of R6/R7 off: seed 2050949 (plain peers that never learn of each other,
-    several requests bouncing in turn) never falls silent."""
-    assert not simulation.simulate(2050949)[1]
+    """M21 and the rig's cap of R6/R7 off: seed 1871 (ours with ours on a network that duplicates a tenth
+    of the datagrams; found by a search once the pause M22 changed the timings of seed 2050949) never
+    falls silent."""
+    assert not simulation.simulate(1871)[1]
     monkeypatch.setattr(core, 'STORM_ECHOES', 10 ** 9)
-    assert 'bounded' in simulation.simulate(2050949)[1]
+    assert 'bounded' in simulation.simulate(1871)[1]
