@@ -520,7 +520,7 @@ class Run:
             if not isinstance(peer, (IblutilMain, IblutilRig)) or peer.alive or peer.cause is None:
                 continue
             why, awaited, since = peer.cause
-            if why == 'no echo' and awaited in self.storm_cut:
+            if awaited in self.storm_cut:  # (whatever then ended its wait: the echo would not have come)
                 return True  # M21's documented price: iblutil's main would have echoed that storm for ever
             if why != 'replaced' and any(data == awaited and when >= since for data, when in self.unechoed):
                 return False
