@@ -21,7 +21,7 @@ from program_peers import IblrigMainPeer, TimelinePeer, VideoPeer
 from real_programs import REARM, IblrigMain, Timeline, VideoProgram, compact, iblrig_stop
 from relay import LossyRelay
 
-from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services, core, protocol, ping
+from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services, core, ping, protocol
 from iblnet_sync.core import Send
 
 TODAY = datetime.date.today()
@@ -207,12 +207,14 @@ def test_timeline_never_answering_alyx_fails_fast_by_name(timeline, no_leaked_th
 def test_iblnet_ping_shows_timelines_info(timeline, capsys):
     exit_code = ping.main(['--rig', f'timeline={timeline.uri}', '--json', '--count', '2'])
     out = capsys.readouterr().out
-    report = json.loads(out)
-    rig = report[0] if isinstance(report, list) else report
+    (report,) = json.loads(out)
     assert exit_code == 0, out
-    assert 'timeline' in out and '"main_sync": true' in out and REF in out
-    assert rig is not None
-    assert timeline.received[0] == ExpMessage.EXPINFO
+    assert report['name'] == 'timeline' and report['status'] == 'RUNNING' and report['answered'] == 2
+    assert 'no answer to EXPINFO' not in (report['clock_note'] or ''), report  # Timeline answered EXPINFO
+    assert report['clock_offset_s'] is None  # (it sends no clock)
+    code, data = timeline.model.received[0]
+    assert code == ExpMessage.EXPINFO and 'subject' in data[1]
+    assert timeline.model.answered[0].startswith(b'[64,20,{"main_sync":true')
 
 
 # --- the video program beside our main-sync rig ---
