@@ -159,11 +159,11 @@ def load_rigs(args: argparse.Namespace) -> dict[str, str]:
 def _info_request() -> bytes:
     """EXPINFO CONNECTED with a small info, marked ``"ping": true``: our rigs answer with their ``clock``.
 
-    No subject is sent: a main-sync RigServer between experiments prepares a reference for the
-    placeholder subject, which the task's own EXPINFO replaces.
+    The subject is empty: Rigbox's Timeline answers no EXPINFO without a ``subject`` field (another
+    subject only makes it warn), and a main-sync rig prepares no reference for an empty one.
     """
-    return protocol.info_message('CONNECTED', {protocol.PEER_KEY: protocol.PEER_VERSION, 'ping': True,
-                                               'rig_version': __version__})
+    return protocol.info_message('CONNECTED', {'subject': '', protocol.PEER_KEY: protocol.PEER_VERSION,
+                                               'ping': True, 'rig_version': __version__})
 
 
 def _send_round(services: Services, datagrams: Mapping[str, bytes],

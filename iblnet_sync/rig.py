@@ -11,6 +11,12 @@ one to start from).
   at EXPINTERRUPT: Ctrl-C first (SIGINT to its process group; Ctrl-Break on Windows), then
   terminated after a grace period.
 - Ctrl-C or SIGTERM (Ctrl-Break on Windows) stops the agent and every command it started.
+- Values from the network are data: the experiment reference and every value a placeholder
+  takes are checked (:class:`~iblnet_sync.rig_config.ValueRules`) before anything runs; a
+  value that breaks a rule is refused with an error report naming the key and the rule.
+- Alyx credentials are never logged above DEBUG, and the token not even there; text from the
+  network is escaped and cut in log lines (:func:`~iblnet_sync.logtext.peer_text`); the
+  ``--log-file`` rotates by size.
 
 Examples
 --------
@@ -27,6 +33,7 @@ import functools
 import importlib
 import json
 import logging
+import logging.handlers
 import os
 import select
 import signal
@@ -41,14 +48,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import protocol
-from .rig_config import EXAMPLE_CONFIG, Action, RigConfig, RigConfigError, load_config
+from .logtext import PeerLogLimiter, peer_text
+from .rig_config import (
+    EXAMPLE_CONFIG,
+    Action,
+    RigConfig,
+    RigConfigError,
+    ValueRefused,
+    ValueRules,
+    load_config,
+    placeholders,
+)
 from .rig_server import RigServer
 
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ['Child', 'CommandFailed', 'RigAgent', 'import_calls', 'main', 'placeholder_values', 'render',
-           'stop_children']
+__all__ = ['Child', 'CommandFailed', 'RigAgent', 'ValueRefused', 'import_calls', 'main', 'mask_alyx',
+           'placeholder_values', 'render', 'stop_children']
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 TAIL_LINES = 12
@@ -59,6 +76,15 @@ FORCE_WAIT = 2.0
 """float: seconds to wait after each step of a forced stop (terminate, then kill)."""
 READER_WAIT = 1.0
 """float: how long an ended command's stderr may still be read (a grandchild may hold it open)."""
+RECEIVED_CHARS = 200
+"""int: characters of a message's data shown in the line that says it was received."""
+STDERR_CHARS = 1000
+"""int: characters of one stderr line of a command shown in the log."""
+LOG_BURST, LOG_PERIOD = 10, 60.0
+"""int, float: "EVENT received" lines logged per event in each period of seconds; the others are counted."""
+LOG_FILE_BYTES, LOG_FILE_BACKUPS = 10_000_000, 5
+"""int, int: ``--log-file`` is renamed PATH.1 (PATH.1 to PATH.2, ...) at this size; this many old files are kept."""
+_REFERENCE_KEYS = frozenset({'exp_ref', 'subject', 'date', 'sequence'})
 
 
 class CommandFailed(RuntimeError):
@@ -127,7 +153,7 @@ class Child:
         with self.process.stderr as pipe:
             for line in pipe:
                 self._tail.append(line.rstrip())
-                log.info('  [pid %d] %s', self.process.pid, line.rstrip())
+                log.info('  [pid %d] %s', self.process.pid, peer_text(line.rstrip(), STDERR_CHARS))
         if not self.action.until:
             return
         self.process.wait()
@@ -238,8 +264,9 @@ class _Children:
 
 
 # --- commands and calls ---
-def placeholder_values(event: str, data: list, current_ref: str | dict | None) -> dict[str, str]:
-    """The values a command's placeholders take for one message.
+def placeholder_values(event: str, data: list, current_ref: str | dict | None, rules: ValueRules | None = None,
+                       needed: Iterable[str] | None = None) -> dict[str, str]:
+    """The values a command's placeholders take for one message, each checked.
 
     Parameters
     ----------
@@ -249,29 +276,59 @@ def placeholder_values(event: str, data: list, current_ref: str | dict | None) -
         The message data (without the event code).
     current_ref : str, dict, None
         The rig's experiment reference, used when the message carries none.
+    rules : ValueRules, optional
+        What the reference and the values may look like (the defaults of ``ValueRules()``).
+    needed : iterable of str, optional
+        The placeholders the event's commands use: only these values are checked and
+        returned (other keys of the main rig's dictionary may hold anything). All by default.
 
     Returns
     -------
     dict of str to str
-        The keys of the dictionary the main rig sent (its last data element), then ``event``
-        and, when a reference is known, ``exp_ref``, ``subject``, ``date`` and ``sequence``.
+        ``event``; ``exp_ref``, ``subject``, ``date`` and ``sequence`` when a reference is
+        known; and the keys of the dictionary the main rig sent (its last data element; never
+        the credentials of ALYX) whose value is not None.
+
+    Raises
+    ------
+    ValueRefused
+        The reference in the message (EXPSTART, EXPINIT: always parsed, since the rig takes
+        it), or a needed value, breaks a rule; the message names the key and the rule.
 
     Examples
     --------
     >>> placeholder_values('EXPSTART', ['2026-11-24_3_mouse', {'rate': 60}], None)['sequence']
     '3'
     """
-    extra = data[-1] if data and isinstance(data[-1], dict) else {}
-    values = {str(key): str(value) for key, value in extra.items() if value is not None}
-    values['event'] = event
+    rules = rules or ValueRules()
+    wanted = None if needed is None else set(needed)
+    extra = data[-1] if data and isinstance(data[-1], dict) and event != 'ALYX' else {}
     given = data[0] if event == 'EXPSTART' and data else extra.get('exp_ref') if event == 'EXPINIT' else None
-    reference = given or current_ref
+    values = {'event': event}
+    reference = None
+    if given:
+        reference = rules.reference(given)
+    elif current_ref and (wanted is None or wanted & _REFERENCE_KEYS):
+        reference = rules.reference(current_ref, "exp_ref (the rig's current reference)")
     if reference:
-        values['exp_ref'] = str(protocol.exp_ref_to_str(reference))
-        with contextlib.suppress(ValueError, TypeError):
-            parts = protocol.exp_ref_to_dict(reference)
-            values.update(subject=parts['subject'], date=str(parts['date']), sequence=str(parts['sequence']))
+        values.update(exp_ref=str(protocol.exp_ref_to_str(reference)), subject=reference['subject'],
+                      date=reference['date'].isoformat(), sequence=str(reference['sequence']))
+    for key, value in extra.items():
+        if value is not None and key not in values and (wanted is None or key in wanted):
+            values[str(key)] = rules.value(str(key), value)
     return values
+
+
+def mask_alyx(data: list) -> list:
+    """ALYX data as it may be logged (at DEBUG only): the base URL and user names, every token ``'***'``.
+
+    Examples
+    --------
+    >>> mask_alyx(['https://alyx.example.org', {'technician': 'c2VjcmV0'}])
+    ['https://alyx.example.org', {'technician': '***'}]
+    """
+    return [item if index == 0 or item is None else {key: '***' for key in item} if isinstance(item, dict) else '***'
+            for index, item in enumerate(data)]
 
 
 def render(command: Sequence[str] | str, values: Mapping[str, str], key: str = 'run') -> list[str] | str:
@@ -292,9 +349,8 @@ def render(command: Sequence[str] | str, values: Mapping[str, str], key: str = '
 
 
 def show(command: Sequence[str] | str, width: int = 120) -> str:
-    """A command as one line for logs and messages, shortened to `width` characters."""
-    text = (command if isinstance(command, str) else subprocess.list2cmdline(command)).replace('\n', '\\n')
-    return text if len(text) <= width else text[:width - 3] + '...'
+    """A command as one line for logs and messages: escaped, and cut after `width` characters."""
+    return peer_text(command if isinstance(command, str) else subprocess.list2cmdline(command), width)
 
 
 def import_calls(config: RigConfig) -> dict[str, Callable[[list], Any]]:
@@ -350,6 +406,8 @@ class RigAgent:
     ----------
     server : RigServer
         The rig the main rig talks to; ``server.uri`` is the bound address.
+    log_limiter : PeerLogLimiter
+        Limits the "EVENT received" lines per event (:data:`LOG_BURST` per :data:`LOG_PERIOD`).
 
     Examples
     --------
@@ -362,12 +420,21 @@ class RigAgent:
         self._calls = dict(calls) if calls is not None else import_calls(config)
         self._children = _Children()
         self._long_running: list[Child] = []  # only touched on the server's callback thread
+        self._needed = {event: {name for action in actions if action.run for name in placeholders(action.run)}
+                        for event, actions in config.on.items()}
+        self.log_limiter = PeerLogLimiter(LOG_BURST, LOG_PERIOD)
         self.server = RigServer(config.listen, name=config.name, main_sync=config.main_sync, exp_ref=config.exp_ref,
-                                experiment_description=config.experiment_description)
+                                experiment_description=config.experiment_description,
+                                allow=None if config.allow is None else [str(network) for network in config.allow])
         for event in ('EXPINFO', 'EXPINIT', 'EXPSTART', 'EXPEND', 'EXPINTERRUPT', 'EXPCLEANUP', 'EXPSTATUS', 'ALYX'):
             self.server.assign_handler(event, functools.partial(self._on_event, event))
         log.info('%s listening on %s (main sync: %s; actions at %s)', config.name, self.server.uri,
                  'yes' if config.main_sync else 'no', ', '.join(config.on) or 'no event')
+        if config.allow is None:
+            log.warning('%s: no allow: in the configuration: any host that reaches %s may drive this rig',
+                        config.name, self.server.uri)
+        else:
+            log.info('%s: driven only from %s (allow:)', config.name, ', '.join(map(str, config.allow)))
 
     def close(self) -> None:
         """Stop every command still running (politely first), then stop serving; idempotent."""
@@ -385,35 +452,68 @@ class RigAgent:
 
     # --- on the server's callback thread ---
     def _on_event(self, event: str, data: list) -> Any:
-        """Stop the long-running commands this event ends, then do the event's actions in order."""
+        """Check the message's values, stop the long-running commands this event ends, then do the event's actions.
+
+        Raises
+        ------
+        ValueRefused
+            A value from the network breaks a rule: nothing was run or stopped.
+        CommandFailed
+            A placeholder has no value (nothing was run or stopped), or a command failed.
+        """
         received = time.monotonic()
         level = logging.INFO if event != 'EXPSTATUS' or event in self.config.on else logging.DEBUG  # polled often
-        log.log(level, '%s received %s', event, json.dumps(data, default=str)[:200])
-        values = placeholder_values(event, data, self.server.exp_ref)
+        logged = self._log_received(event, data, level)
+        actions = self.config.on.get(event, ())
+        try:
+            values = placeholder_values(event, data, self.server.exp_ref, self.config.rules,
+                                        self._needed.get(event, set()))
+            if event == 'EXPINFO' and self.config.main_sync and not self.config.exp_ref:
+                self._check_subject(data)  # the rig makes its next reference from it
+        except ValueRefused as ex:
+            raise ValueRefused(f'{ex}; nothing was run') from None
+        commands = [render(action.run, values, f'{action.key}.run') if action.run else None for action in actions]
         problems = self._stop_long_running(lambda child: event == 'EXPINTERRUPT' or child.action.until == event)
         returned = None
-        for action in self.config.on.get(event, ()):
-            if action.call:
+        for action, command in zip(actions, commands):
+            if command is None:
                 returned = self._call(action, data)
             elif action.until:
-                self._start_long_running(action, values, received)
+                self._start_long_running(action, command, received)
             else:
-                self._run_quick(action, values, received)
+                self._run_quick(action, command, received)
         if problems:
             raise CommandFailed('; '.join(problems))
-        log.log(level, '%s handled in %s', event, _seconds_since(received))
+        if logged:
+            log.log(level, '%s handled in %s', event, _seconds_since(received))
         return returned
 
-    def _start(self, action: Action, values: Mapping[str, str], received: float) -> Child:
-        assert action.run is not None
-        child = self._children.start(render(action.run, values, f'{action.key}.run'), action)
+    def _log_received(self, event: str, data: list, level: int) -> bool:
+        """Say that `event` was received, with its data escaped and cut (ALYX's only at DEBUG, its token masked)."""
+        shown = '(Alyx credentials: logged at DEBUG only, the token masked)' if event == 'ALYX' else \
+            peer_text(json.dumps(data, default=str), RECEIVED_CHARS)
+        logged = self.log_limiter.log(log, level, event, '%s received %s', event, shown)
+        if logged and event == 'ALYX':
+            log.debug('ALYX data: %s', peer_text(json.dumps(mask_alyx(data), default=str), RECEIVED_CHARS))
+        return logged
+
+    def _check_subject(self, data: list) -> None:
+        extra = data[-1] if data and isinstance(data[-1], dict) else {}
+        subject = extra.get('subject')
+        if subject:
+            if not isinstance(subject, str):
+                raise ValueRefused(f'subject: must be a text, not a {type(subject).__name__}')
+            self.config.rules.text('subject', subject, self.config.rules.subject_pattern)
+
+    def _start(self, action: Action, command: list[str] | str, received: float) -> Child:
+        child = self._children.start(command, action)
         log.info('%s: started %s (pid %d, %s after the event was received)', action.key, show(child.command),
                  child.process.pid, f'{(child.started - received) * 1000:.1f} ms')
         return child
 
-    def _run_quick(self, action: Action, values: Mapping[str, str], received: float) -> None:
+    def _run_quick(self, action: Action, command: list[str] | str, received: float) -> None:
         """Run a command to its end; raise :class:`CommandFailed` unless it exits with 0."""
-        child = self._start(action, values, received)
+        child = self._start(action, command, received)
         try:
             child.process.wait(action.timeout)
         except subprocess.TimeoutExpired:
@@ -430,11 +530,11 @@ class RigAgent:
             raise child.failure(f'failed, {child.ended()}')
         log.info('%s: %s ended, %s', action.key, show(child.command), child.ended())
 
-    def _start_long_running(self, action: Action, values: Mapping[str, str], received: float) -> None:
+    def _start_long_running(self, action: Action, command: list[str] | str, received: float) -> None:
         problems = self._stop_long_running(lambda child: child.action is action)
         if problems:  # started again before its `until` event: the earlier run is over anyway
             log.warning('%s: the earlier run had failed: %s', action.key, '; '.join(problems))
-        self._long_running.append(self._start(action, values, received))
+        self._long_running.append(self._start(action, command, received))
 
     def _stop_long_running(self, due: Callable[[Child], bool]) -> list[str]:
         """Stop the long-running commands for which `due` holds; return what went wrong, in words."""
@@ -504,10 +604,11 @@ class _StopSignals:
 
 
 def _log_handlers(log_file: str | None) -> list[logging.Handler]:
-    """Where log lines go: stderr, and `log_file` when given (raises OSError if it cannot be opened)."""
+    """Where log lines go: stderr, and `log_file` rotated by size when given (OSError if it cannot be opened)."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, encoding='utf-8'))
+        handlers.append(logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES,
+                                                             backupCount=LOG_FILE_BACKUPS, encoding='utf-8'))
     return handlers
 
 
@@ -541,7 +642,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--name', help='the rig\'s name (replaces the file\'s)')
     parser.add_argument('--main-sync', action=argparse.BooleanOptionalAction, default=None,
                         help='whether this rig decides the experiment reference (replaces the file\'s)')
-    parser.add_argument('--log-file', metavar='PATH', help='also write the log lines to this file')
+    parser.add_argument('--log-file', metavar='PATH',
+                        help=f'also write the log lines to this file; it rotates at {LOG_FILE_BYTES // 10 ** 6} MB, '
+                        f'keeping {LOG_FILE_BACKUPS} older files (PATH.1 the newest)')
     parser.add_argument('-v', '--verbose', action='store_true', help='log the network library\'s details too')
     parser.add_argument('--example-config', action='store_true', help='print a commented configuration and exit')
     args = parser.parse_args(argv)

@@ -14,35 +14,60 @@ A file looks like::
 
 :data:`EXAMPLE_CONFIG` is a commented file to start from. Every problem is a
 :class:`RigConfigError` whose one-line message names the key, e.g. ``on.EXPSTART.until``.
+
+What comes from the network is data: :class:`ValueRules` checks the experiment reference and
+every value a placeholder takes before anything runs, and a placeholder inside a shell's or
+interpreter's script text (``[sh, -c, "cp {exp_ref} /data"]``) is refused here, at start-up,
+with the safe form in the message (the value as an argument after the script).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import ipaddress
 import os
 import re
 import shlex
 import socket
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from iblutil.io.net.base import LISTEN_PORT, ExpMessage
 
 from . import protocol
 from .config import ConfigError
+from .logtext import peer_text
 
-__all__ = ['DEFAULT_GRACE', 'EVENTS', 'EXAMPLE_CONFIG', 'Action', 'RigConfig', 'RigConfigError',
-           'load_config', 'parse_config']
+__all__ = ['DEFAULT_GRACE', 'DEFAULT_PATTERN', 'EVENTS', 'EXAMPLE_CONFIG', 'MAX_VALUE_LENGTH', 'SPECIAL_CHARACTERS',
+           'Action', 'Network', 'RigConfig', 'RigConfigError', 'ValueRefused', 'ValueRules', 'load_config',
+           'parse_config', 'placeholders']
 
 EVENTS = tuple(event.name for event in ExpMessage)
 """tuple of str: the event names an ``on:`` mapping may use."""
 DEFAULT_GRACE = 5.0
 """float: seconds a child is given to stop after the polite stop, before it is terminated."""
-_TOP_KEYS = ('name', 'listen', 'main_sync', 'exp_ref', 'experiment_description', 'on')
+_TOP_KEYS = ('name', 'listen', 'main_sync', 'exp_ref', 'experiment_description', 'subject_pattern', 'value_pattern',
+             'allow', 'on')
 _ACTION_KEYS = ('run', 'call', 'until', 'grace', 'timeout')
 _CALL_SPEC = re.compile(r'^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$')
+_WINDOWS = os.name == 'nt'  # where a string command is handed to the system as it is (tests set it)
+
+DEFAULT_PATTERN = r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}'
+"""str: what a subject, and any other value from the network, may look like by default: 1 to 64 letters,
+digits, ``_``, ``-`` and ``.``, not starting with ``-`` or ``.`` (``subject_pattern:``, ``value_pattern:``)."""
+MAX_VALUE_LENGTH = 255
+"""int: the longest value any pattern lets through (the longest file name of most file systems)."""
+SPECIAL_CHARACTERS = '/\\:*?"<>|\'`$;&%!^(){}[],=~#'
+"""str: characters that no value may contain, whatever the pattern: paths, shells and batch files read them."""
+_DEVICE_NAME = re.compile(r'(CON|PRN|AUX|NUL|COM[0-9\u00b9\u00b2\u00b3]|LPT[0-9\u00b9\u00b2\u00b3])(\..*)?',
+                          re.IGNORECASE)
+_DATE = re.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}')
+_SEQUENCE = re.compile(r'[1-9][0-9]{0,8}')
+_REFERENCE_RULE = 'must be DATE_SEQUENCE_SUBJECT like 2026-11-24_1_mouse, or a mapping of date, sequence and subject'
 
 EXAMPLE_CONFIG = f"""\
 # iblnet-rig: what this acquisition PC does when the main rig (the behaviour task) sends
@@ -51,12 +76,20 @@ name: cameras                      # this rig's name, in logs and in its EXPINFO
 listen: udp://0.0.0.0:{LISTEN_PORT}        # where to listen ({LISTEN_PORT} is iblrig's port)
 main_sync: false                   # true if this rig decides the experiment reference
 # exp_ref: 2026-11-24_1_mouse      # a fixed reference to report in EXPINFO (main sync only)
+# allow: [192.168.1.10, 10.0.0.0/24]   # the hosts or networks (CIDR) from which a main rig may drive this rig
+# subject_pattern: '{DEFAULT_PATTERN}'   # what a subject may look like (a regular expression)
+# value_pattern: '{DEFAULT_PATTERN}'     # what other values may look like (default: subject_pattern)
 
 # For each event ({', '.join(EVENTS)}):
 # one action, or a list of actions done in order. An action is one of
 #   run:  a command line, a list or a string (no shell: pipes and redirections do nothing).
 #         Placeholders: {{exp_ref}} {{subject}} {{date}} {{sequence}} {{event}}, and the keys of
 #         the dictionary the main rig sent; write {{{{ and }}}} for literal braces.
+#         Values from the network are data: checked before anything runs (a reference is
+#         DATE_SEQUENCE_SUBJECT; a value is one word of letters, digits, _ - and . that does
+#         not start with - or .), anything else is refused and reported to the main rig.
+#         For a shell, pass values as arguments after the script, never inside it:
+#           run: [sh, -c, 'cp "$1" /data', sh, '{{exp_ref}}']
 #         A quick command runs to its end: a non-zero exit status reaches the main rig as an
 #         error with the end of the command's stderr.
 #         timeout: SECONDS  stops a quick command that takes longer, and reports it.
@@ -67,7 +100,7 @@ main_sync: false                   # true if this rig decides the experiment ref
 #         back to the main rig. The module must be importable (or sit next to this file).
 on:
   EXPINIT:
-    run: [python, -c, "print('preparing {{exp_ref}}')"]
+    run: [python, -c, "import sys; print('preparing', sys.argv[1])", "{{exp_ref}}"]
   EXPSTART:
     run: [bonsai, C:/rigs/record.bonsai, --start, "-p:Session={{exp_ref}}"]
     until: EXPEND
@@ -93,6 +126,162 @@ class RigConfigError(ConfigError):
         self.key = key
         where = ': '.join(str(part) for part in (source, key) if part)
         super().__init__(' '.join(f'{where}: {problem}'.split()) if where else problem)
+
+
+class ValueRefused(ValueError):
+    """A value from the network that the rig will not use; the message names the key and the rule.
+
+    Raised before anything runs, so the main rig gets ``[0, "ValueRefused: KEY: RULE, not 'VALUE'", EVENT]``.
+    """
+
+
+def _describe(pattern: re.Pattern) -> str:
+    if pattern.pattern == DEFAULT_PATTERN:
+        return f'{DEFAULT_PATTERN} (1 to 64 letters, digits, _, - or ., not starting with - or .)'
+    return pattern.pattern
+
+
+@dataclass(frozen=True)
+class ValueRules:
+    """What the experiment reference and the values of placeholders may look like.
+
+    Whatever the patterns say, a value is at most :data:`MAX_VALUE_LENGTH` characters, does
+    not start with ``-`` (it would become an option) or ``.`` (a hidden or parent folder), and
+    contains no space, control character, path separator, drive colon or
+    :data:`SPECIAL_CHARACTERS`, and is no Windows device name (``NUL``, ``COM1``): so it stays
+    one argument, one file name, and one log line, whatever the command does with it.
+
+    Attributes
+    ----------
+    subject_pattern : re.Pattern
+        What the subject of a reference must match in full.
+    value_pattern : re.Pattern
+        What any other value a placeholder takes must match in full.
+
+    Examples
+    --------
+    >>> ValueRules().reference('2026-11-24_3_mouse')['sequence']
+    3
+    >>> ValueRules().value('camera', '--output=elsewhere')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    iblnet_sync.rig_config.ValueRefused: camera: may not start with - or . (it would become an option, ...
+    """
+
+    subject_pattern: re.Pattern = re.compile(DEFAULT_PATTERN)
+    value_pattern: re.Pattern = re.compile(DEFAULT_PATTERN)
+
+    def text(self, key: str, text: str, pattern: re.Pattern, what: str = '') -> str:
+        """Return `text` if it keeps the fixed rules and matches `pattern`; else raise :class:`ValueRefused`.
+
+        Parameters
+        ----------
+        key : str
+            The key to name in the message, e.g. ``'exp_ref'``.
+        text : str
+            The value.
+        pattern : re.Pattern
+            What it must match in full.
+        what : str
+            What the value is within `key`, e.g. ``'the subject'``.
+        """
+        rule = _broken_rule(text) or (None if pattern.fullmatch(text) else f'must match {_describe(pattern)}')
+        if rule:
+            raise ValueRefused(f"{key}: {what + ' ' if what else ''}{rule}, not '{peer_text(text, 80)}'")
+        return text
+
+    def value(self, key: str, value: Any) -> str:
+        """A value from the main rig's dictionary as a placeholder's text: a text or a number, checked.
+
+        Raises
+        ------
+        ValueRefused
+            Not a text or a number (None, a list, a mapping), or a text the rules refuse.
+        """
+        key = peer_text(key, 80)  # a key of the main rig's dictionary
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueRefused(f'{key}: must be a text or a number, not {_kind(value)}')
+        return self.text(key, str(value), self.value_pattern)
+
+    def reference(self, value: Any, key: str = 'exp_ref') -> dict:
+        """Parse an experiment reference strictly.
+
+        Parameters
+        ----------
+        value : str, dict
+            ``'YYYY-MM-DD_N_SUBJECT'``, or a mapping with ``date`` (text or date), ``sequence`` and ``subject``.
+        key : str
+            The key to name in messages.
+
+        Returns
+        -------
+        dict
+            ``{'subject': str, 'date': datetime.date, 'sequence': int}``.
+
+        Raises
+        ------
+        ValueRefused
+            Not of that form; a date that is not a real date written YYYY-MM-DD; a sequence
+            that is not a whole number from 1; a subject the rules refuse.
+        """
+        if isinstance(value, str):
+            parts = value.split('_', 2)
+            if len(parts) != 3:
+                raise ValueRefused(f"{key}: {_REFERENCE_RULE}, not '{peer_text(value, 80)}'")
+            date, sequence, subject = parts
+        elif isinstance(value, Mapping) and {'date', 'sequence', 'subject'} <= set(value):
+            date, sequence, subject = value['date'], value['sequence'], value['subject']
+        else:
+            raise ValueRefused(f'{key}: {_REFERENCE_RULE}, not {_kind(value)}')
+        return {'subject': self._subject(key, subject), 'date': _date(key, date), 'sequence': _sequence(key, sequence)}
+
+    def _subject(self, key: str, subject: Any) -> str:
+        if not isinstance(subject, str):
+            raise ValueRefused(f'{key}: the subject must be a text, not {_kind(subject)}')
+        return self.text(key, subject, self.subject_pattern, 'the subject')
+
+
+def _broken_rule(text: str) -> str | None:
+    """The fixed rule that `text` breaks, in words, or None."""
+    if not text:
+        return 'may not be empty'
+    if len(text) > MAX_VALUE_LENGTH:
+        return f'may have at most {MAX_VALUE_LENGTH} characters (it has {len(text):,})'
+    if text[0] in '-.':
+        return 'may not start with - or . (it would become an option, or a hidden or parent folder)'
+    if any(char.isspace() or not char.isprintable() for char in text):
+        return 'may not contain spaces or control characters (they split arguments and forge log lines)'
+    if any(char in '/\\:' for char in text):
+        return 'may not contain /, \\ or : (it would become a path)'
+    if any(char in SPECIAL_CHARACTERS for char in text):
+        return f'may not contain any of {SPECIAL_CHARACTERS} (shells and batch files read them)'
+    if _DEVICE_NAME.fullmatch(text.rstrip('. ')):
+        return 'may not be a Windows device name such as NUL or COM1'
+    return None
+
+
+def _date(key: str, value: Any) -> datetime.date:
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str) and _DATE.fullmatch(value):
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            pass
+    shown = f"'{peer_text(value, 40)}'" if isinstance(value, str) else _kind(value)
+    raise ValueRefused(f'{key}: the date must be a real date written YYYY-MM-DD, not {shown}')
+
+
+def _sequence(key: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 10 ** 9:
+        return value
+    if isinstance(value, str) and _SEQUENCE.fullmatch(value):
+        return int(value)
+    shown = f"'{peer_text(value, 40)}'" if isinstance(value, str) else _kind(value)
+    raise ValueRefused(f'{key}: the sequence must be a whole number from 1 (no sign, no leading zero), not {shown}')
+
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 @dataclass(frozen=True)
@@ -136,6 +325,10 @@ class RigConfig:
     on: Mapping[str, tuple[Action, ...]] = field(default_factory=dict)
     folder: Path | None = None
     """The folder of the file, if any: modules of ``call`` actions may sit there."""
+    rules: ValueRules = field(default_factory=ValueRules)
+    """What the reference and the values of placeholders may look like (``subject_pattern``, ``value_pattern``)."""
+    allow: tuple[Network, ...] | None = None
+    """The networks from which a main rig may drive this rig (``allow:``); None: any host."""
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> RigConfig:
@@ -188,14 +381,19 @@ def parse_config(content: Any, overrides: Mapping[str, Any] | None = None,
         content = {('on' if key is True else key): value for key, value in content.items()}
     content = {**content, **{key: value for key, value in (overrides or {}).items() if value is not None}}
     _refuse_unknown(content, _TOP_KEYS, '', source)
+    subject_pattern = _pattern(content.get('subject_pattern', DEFAULT_PATTERN), 'subject_pattern', source)
+    rules = ValueRules(subject_pattern, _pattern(content['value_pattern'], 'value_pattern', source)
+                       if 'value_pattern' in content else subject_pattern)
     return RigConfig(
         name=_name(content.get('name', socket.gethostname()), source),
         listen=_listen(content.get('listen', RigConfig.listen), source),
         main_sync=_boolean(content.get('main_sync', False), 'main_sync', source),
-        exp_ref=_exp_ref(content.get('exp_ref'), source),
+        exp_ref=_exp_ref(content.get('exp_ref'), rules, source),
         experiment_description=_mapping(content.get('experiment_description') or {}, 'experiment_description',
                                         source),
         on=_events(content.get('on') or {}, source),
+        rules=rules,
+        allow=_allow(content.get('allow'), source),
     )
 
 
@@ -229,14 +427,52 @@ def _boolean(value: Any, key: str, source: Any) -> bool:
     return value
 
 
-def _exp_ref(value: Any, source: Any) -> str | None:
+def _exp_ref(value: Any, rules: ValueRules, source: Any) -> str | None:
     if value is None:
         return None
     try:
-        return protocol.exp_ref_to_str(protocol.exp_ref_to_dict(str(value)))
-    except ValueError:
-        raise RigConfigError('exp_ref', f'must look like 2026-11-24_1_mouse (DATE_SEQUENCE_SUBJECT), not {value!r}',
-                             source) from None
+        return protocol.exp_ref_to_str(rules.reference(str(value)))
+    except ValueRefused as ex:
+        raise RigConfigError('exp_ref', f'{str(ex).partition(": ")[2]} (like 2026-11-24_1_mouse)', source) from None
+
+
+def _pattern(value: Any, key: str, source: Any) -> re.Pattern:
+    if not isinstance(value, str) or not value:
+        raise RigConfigError(key, f'must be a regular expression, not {_kind(value)}', source)
+    try:
+        return re.compile(value)
+    except re.error as ex:
+        raise RigConfigError(key, f'not a regular expression: {ex}', source) from None
+
+
+_LOCALHOST = (ipaddress.ip_network('127.0.0.0/8'), ipaddress.ip_network('::1/128'))
+
+
+def _allow(value: Any, source: Any) -> tuple[Network, ...] | None:
+    """The networks of ``allow:``: IP addresses, networks written in CIDR, ``localhost``; None when not given."""
+    if value is None:
+        return None
+    listed = value if isinstance(value, list) else [value]
+    if not listed:
+        raise RigConfigError('allow', 'an empty list would let no main rig drive this rig; remove the key to let any '
+                             'host drive it', source)
+    networks: list[Network] = []
+    for index, item in enumerate(listed):
+        key = f'allow[{index}]' if isinstance(value, list) else 'allow'
+        text = item.strip() if isinstance(item, str) else None
+        if text is not None and text.lower() == 'localhost':
+            networks.extend(_LOCALHOST)
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text or '', strict=True))
+        except ValueError:
+            hint = ''
+            with contextlib.suppress(ValueError):
+                hint = f' (the network of {text} is {ipaddress.ip_network(text or "", strict=False)})'
+            raise RigConfigError(key, f'must be an IP address, a network such as 192.168.1.0/24, or localhost, not '
+                                 f'{_kind(item)}{hint}; host names are not accepted (their address can change)',
+                                 source) from None
+    return tuple(dict.fromkeys(networks))
 
 
 def _mapping(value: Any, key: str, source: Any) -> dict:
@@ -304,7 +540,7 @@ def _seconds(value: Any, key: str, source: Any) -> float:
 def _command(value: Any, key: str, source: Any) -> tuple[str, ...] | str:
     """A list of arguments as a tuple; a string split like a shell would, except on Windows."""
     if isinstance(value, str) and value.strip():
-        if os.name == 'nt':  # the system splits a command line on Windows; shlex would eat its backslashes
+        if _WINDOWS:  # the system splits a command line on Windows; shlex would eat its backslashes
             command: tuple[str, ...] | str = value
         else:
             try:
@@ -317,6 +553,7 @@ def _command(value: Any, key: str, source: Any) -> tuple[str, ...] | str:
         raise RigConfigError(key, f'must be a command line or a list of arguments, not {_kind(value)}', source)
     for part in ([command] if isinstance(command, str) else command):
         _check_placeholders(part, key, source)
+    _check_scripts(_windows_split(command) if isinstance(command, str) else command, key, source)
     return command
 
 
@@ -324,13 +561,205 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
+def placeholders(command: Sequence[str] | str) -> set[str]:
+    """The names of the placeholders in a command (checked by :func:`parse_config`), e.g. ``{'exp_ref'}``."""
+    parts = [command] if isinstance(command, str) else command
+    return {name for part in parts for _, name, _, _ in string.Formatter().parse(part) if name}
+
+
 def _check_placeholders(template: str, key: str, source: Any) -> None:
-    """Refuse braces that ``str.format`` cannot read, and positional fields such as ``{}``."""
+    """Refuse braces that ``str.format`` cannot read, positional fields such as ``{}``, and attributes or indexes."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as ex:
         raise RigConfigError(key, f'bad placeholder in {template!r}: {ex} (write {{{{ and }}}} for braces)',
                              source) from None
-    for name in fields:
+    for name, spec in fields:
         if not name or name.isdigit():
             raise RigConfigError(key, f'placeholders must be named, e.g. {{exp_ref}}, in {template!r}', source)
+        if any(char in name for char in '.[') or '{' in (spec or ''):
+            raise RigConfigError(key, f'placeholders are plain names such as {{exp_ref}} or {{exp_ref:>20}}, not '
+                                 f'{{{name}}} in {template!r}', source)
+
+
+def _windows_split(line: str) -> tuple[str, ...]:
+    """A Windows command line's words, near enough to find the program and its options (quotes removed)."""
+    try:
+        words = shlex.split(line, posix=False)
+    except ValueError:  # an unbalanced quote
+        words = line.split()
+    return tuple(word[1:-1] if len(word) > 1 and word[0] == word[-1] == '"' else word for word in words)
+
+
+# --- programs that read an argument as code: a placeholder there would make a value code ---
+@dataclass(frozen=True)
+class _Runner:
+    """How a program's options say where its script text is.
+
+    ``code``: letters of options followed by code (``-c``); ``glued``: whether the code may be
+    glued to its letter (``-cprint(1)``); ``value``: letters followed by a value, glued or as
+    the next argument (``-o pipefail``); ``glued_value``: letters whose value can only be glued
+    (perl's ``-Idir``); ``stop``: letters after which the rest are the program's arguments
+    (``python -m module``); ``long_code``: long options followed by code; ``plus``: options
+    may start with ``+`` too; ``example``: the safe form, with values read as arguments.
+    """
+
+    code: str
+    example: tuple[str, ...]
+    glued: bool = False
+    value: str = ''
+    glued_value: str = ''
+    stop: str = ''
+    long_code: tuple[str, ...] = ()
+    plus: bool = False
+
+
+_SHELL = _Runner('c', (), value='oO', long_code=('--command', '--init-command'), plus=True)
+_RUNNERS = {
+    **{name: _SHELL for name in ('sh', 'bash', 'dash', 'zsh', 'ksh', 'mksh', 'ash', 'yash', 'fish', 'csh', 'tcsh')},
+    'python': _Runner('c', ('python', '-c', 'import sys; print(sys.argv[1])', '{exp_ref}'), glued=True, value='WX',
+                      stop='m'),
+    'perl': _Runner('eE', ('perl', '-e', 'print $ARGV[0]', '{exp_ref}'), glued=True, glued_value='IMmxCdDil0V'),
+    'ruby': _Runner('e', ('ruby', '-e', 'puts ARGV[0]', '{exp_ref}'), glued=True, value='IrCE', glued_value='xWTF0Kl'),
+    'node': _Runner('ep', ('node', '-e', 'console.log(process.argv[1])', '{exp_ref}'), value='r',
+                    long_code=('--eval', '--print')),
+    'rscript': _Runner('e', ('Rscript', '-e', 'print(commandArgs(trailingOnly = TRUE)[1])', '{exp_ref}')),
+    'php': _Runner('r', ('php', '-r', 'echo $argv[1];', '{exp_ref}')),
+    'osascript': _Runner('e', ('osascript', '-e', 'on run argv', '-e', 'return item 1 of argv', '-e', 'end run',
+                               '{exp_ref}')),
+}
+_PROGRAM_VERSION = re.compile(r'(python|pythonw|pypy|perl|ruby|node|php)[0-9.]*w?')
+_POWERSHELL_VALUES = ('executionpolicy', 'ep', 'ex', 'windowstyle', 'w', 'version', 'v', 'psconsolefile',
+                      'outputformat', 'o', 'of', 'inputformat', 'if', 'in', 'configurationname', 'config',
+                      'workingdirectory', 'wd', 'settingsfile', 'settings', 'custompipename')
+_CMD_EXAMPLE = "put the commands in a .bat file and pass the values as its arguments (%1, %2 in the file; the " \
+               "values never contain characters that cmd reads), e.g. ['C:/rigs/copy.bat', '{exp_ref}']"
+_POWERSHELL_EXAMPLE = "run a script file with the values as its arguments ($args[0] or param() in the file), e.g. " \
+                      "[powershell, -File, C:/rigs/copy.ps1, '{exp_ref}'], or with PowerShell 7.4: " \
+                      "[pwsh, -CommandWithArgs, 'Copy-Item $args[0] D:/data', '{exp_ref}']"
+
+
+def _program(word: str) -> str:
+    """A program's name without folder, case or .exe: ``C:\\Python311\\python.exe`` is ``python``."""
+    name = re.split(r'[\\/]', word)[-1].lower()
+    name = name[:-4] if name.endswith(('.exe', '.com')) else name
+    match = _PROGRAM_VERSION.fullmatch(name)
+    return 'python' if name == 'py' or (match and match.group(1) in ('python', 'pythonw', 'pypy')) else \
+        match.group(1) if match else name
+
+
+def _check_scripts(parts: Sequence[str], key: str, source: Any) -> None:
+    """Refuse a placeholder in a script's text, wherever a shell or interpreter sits in the command."""
+    for start, word in enumerate(parts):
+        program = _program(word)
+        args = parts[start + 1:]
+        if program in _RUNNERS:
+            end = _script_end(_RUNNERS[program], args)
+        elif program == 'cmd':
+            end = _cmd_script_end(args)
+        elif program in ('powershell', 'pwsh'):
+            end = _powershell_script_end(program, args)
+        else:
+            continue
+        if end is None:
+            continue
+        script = parts[start:start + 1 + end + 1]
+        named = [name for part in script for name in sorted(placeholders(part))]
+        if named:
+            raise RigConfigError(key, f'{{{named[0]}}} is inside the script text that {program} runs: a value there '
+                                 f'would be read as code; {_safe_form(program, parts, start, start + 1 + end)}', source)
+
+
+def _script_end(runner: _Runner, args: Sequence[str]) -> int | None:
+    """The index in `args` of the last argument that is code, or None if the program runs no code of ours."""
+    last = None
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg in ('-', '--') or not arg.startswith(('-', '+') if runner.plus else '-'):
+            break  # the first operand: the rest are the script's (or the program's) arguments
+        if arg.startswith('--'):
+            name, equals, _ = arg.partition('=')
+            if name in runner.long_code:
+                last = index if equals else index + 1
+                index += 0 if equals else 1
+            index += 1
+            continue
+        letters = arg[1:]
+        for position, letter in enumerate(letters):
+            rest = letters[position + 1:]
+            if letter in runner.code:
+                last = index if rest and runner.glued else index + 1
+                index += 0 if rest and runner.glued else 1
+                break
+            if letter in runner.value:
+                index += 0 if rest else 1
+                break
+            if letter in runner.glued_value:
+                break
+            if letter in runner.stop:
+                return last
+        index += 1
+    return last
+
+
+def _cmd_script_end(args: Sequence[str]) -> int | None:
+    """cmd reads everything from ``/c`` (or ``/k``) on as its script."""
+    for arg in args:
+        if not arg.startswith('/'):
+            return None
+        if arg[1:2].lower() in ('c', 'k'):
+            return len(args) - 1
+    return None
+
+
+def _powershell_script_end(program: str, args: Sequence[str]) -> int | None:
+    """PowerShell reads everything after ``-Command`` as its script (and Windows PowerShell a first operand)."""
+    skip = False
+    for index, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if not arg.startswith(('-', '/')):
+            return len(args) - 1 if program == 'powershell' else None  # powershell's default is -Command
+        name = arg[1:].lower().partition(':')[0]
+        if name in ('commandwithargs', 'cwa'):
+            return index + 1  # its code, then the arguments it reads as $args
+        if name in _POWERSHELL_VALUES:
+            skip = True
+        elif name and ('command'.startswith(name) or name in ('e', 'ec') or
+                       (len(name) > 1 and 'encodedcommand'.startswith(name))):
+            return len(args) - 1
+        elif name and 'file'.startswith(name):
+            return None
+    return None
+
+
+def _safe_form(program: str, parts: Sequence[str], start: int, script: int) -> str:
+    """The message's advice: the same command with the values as arguments after the script."""
+    if program == 'cmd':
+        return _CMD_EXAMPLE
+    if program in ('powershell', 'pwsh'):
+        return _POWERSHELL_EXAMPLE
+    if _RUNNERS[program] is not _SHELL:
+        return 'pass the values as arguments after the code and read them there (sys.argv, $ARGV...), e.g. ' + \
+            _flow(_RUNNERS[program].example)
+    names: list[str] = []
+    after = list(parts[script + 1:])
+    shift = max(len(after) - 1, 0)  # positional arguments already there: $1 ... $shift
+    text = []
+    for literal, name, spec, conversion in string.Formatter().parse(parts[script]):
+        text.append(literal.replace('{', '{{').replace('}', '}}'))
+        if name is not None:
+            field_text = '{' + name + ('!' + conversion if conversion else '') + (':' + spec if spec else '') + '}'
+            if field_text not in names:
+                names.append(field_text)
+            text.append(f'"${shift + names.index(field_text) + 1}"')
+    safe = [*parts[:script], ''.join(text), *(after or [_program(parts[start])]), *names]
+    return 'pass the values as the shell\'s arguments instead, e.g. ' + _flow(safe)
+
+
+def _flow(words: Sequence[str]) -> str:
+    """A list as YAML writes it on one line: ``[sh, -c, cp "$1" /data, sh, '{exp_ref}']``."""
+    import yaml
+    return yaml.safe_dump(list(words), default_flow_style=True, width=10 ** 6).strip()

@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import secrets
 import socket
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus
 
 from . import core, protocol
+from .allow import Allowed
 from .communicator import check_options, close_all
 from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError
+from .session_numbers import SessionNumbers, default_path
 from .version import __version__
 
 __all__ = ['RigServer', 'MAX_MAIN_RIGS']
@@ -34,6 +37,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[list], Any]
 MAX_MAIN_RIGS = 64
 """int: main rig addresses remembered at most; the least recently active one is forgotten first."""
+MAX_REFUSED_HOSTS = 256
+"""int: hosts outside ``allow`` remembered, so that each is logged once."""
+OWNED_EVENTS = frozenset({ExpMessage.EXPINIT, ExpMessage.EXPSTART, ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT,
+                          ExpMessage.EXPCLEANUP})
+"""Events only the host that initialised the experiment in progress may send."""
 
 
 class RigServer:
@@ -52,9 +60,11 @@ class RigServer:
     main_sync : bool
         Whether this rig decides the experiment reference.
     exp_ref : str, dict, optional
-        The reference to report in EXPINFO. A main-sync rig without one makes a new one at
-        each EXPINFO between experiments that names a subject (a ping does not), from that subject, today's date
-        and the next sequence number for that subject.
+        The reference to report in EXPINFO. A main-sync rig without one offers, at an EXPINFO
+        between experiments that names a subject (a ping's does not), that subject, today's date
+        and the next sequence number not yet claimed for them; the same offer while it is not
+        claimed. EXPINIT claims it: the number is written to `session_numbers` and never
+        offered again, also after a restart.
     experiment_description : dict, optional
         Reported in EXPINFO.
     resend_interval, resends, echo_timeout
@@ -62,6 +72,21 @@ class RigServer:
         is echoed; how long a plain answer (to an iblutil main) waits for its echo.
     clock : callable
         Returns the wall-clock time reported in EXPINFO as ``clock`` (seconds since the epoch).
+    session_numbers : str, os.PathLike, optional
+        The file of claimed session numbers of a main-sync rig; by default
+        ``~/.iblnet_sync/session_numbers.json`` (see :mod:`iblnet_sync.session_numbers`).
+    allow : iterable of str, optional
+        The hosts and networks (``10.0.0.5``, ``10.0.0.0/24``, ``localhost``) from which a main
+        rig may drive this rig; datagrams from any other host get no echo and no answer (logged
+        once per host). None: any host.
+
+    Notes
+    -----
+    From EXPINIT until EXPEND, EXPINTERRUPT or EXPCLEANUP the rig belongs to the host that
+    initialised it: another host's EXPINIT, EXPSTART, EXPEND, EXPINTERRUPT or EXPCLEANUP gets an
+    error report naming the experiment and its host, and changes nothing (EXPINFO, EXPSTATUS and
+    ALYX are answered to anyone allowed). The owner may start again at any time (a task that
+    died without EXPEND, from any port of that host); restarting the rig also frees it.
 
     Attributes
     ----------
@@ -77,7 +102,8 @@ class RigServer:
                  main_sync: bool = False, exp_ref: str | dict | None = None,
                  experiment_description: dict | None = None, *, resend_interval: float = RESEND_INTERVAL,
                  resends: int = ANSWER_RESENDS, echo_timeout: float = ECHO_TIMEOUT,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, session_numbers: str | os.PathLike | None = None,
+                 allow: Iterable[str] | None = None):
         check_options(None, echo_timeout, resend_interval, resends)
         host, port = protocol.rig_address(uri, allow_any_port=True)
         self.name = name or f'udp://{host}:{port}'
@@ -91,7 +117,10 @@ class RigServer:
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
         self._alarms: dict[Any, Alarm] = {}  # one timer per main rig address, for its conversation
-        self._sequences: dict[tuple[str, datetime.date], int] = {}
+        self._numbers = SessionNumbers(session_numbers or default_path())
+        self._allow = None if allow is None else Allowed(allow)
+        self._refused: OrderedDict[str, None] = OrderedDict()  # hosts told off in the log (bounded)
+        self._owner: tuple[str, str | None] | None = None  # (host, exp_ref) of the experiment in progress
         self._lock = threading.Lock()
         self._closed = threading.Event()
         held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
@@ -111,7 +140,8 @@ class RigServer:
         except BaseException:
             self._finalizer()
             raise
-        log.info('%s listening on %s', self.name, self.uri)
+        log.info('%s listening on %s; %s', self.name, self.uri,
+                 'any host may drive it' if self._allow is None else f'driven only from {self._allow}')
 
     # --- public API ---
     def assign_handler(self, event: ExpMessage | int | str, handler: Handler | None) -> None:
@@ -188,6 +218,9 @@ class RigServer:
     # --- on the dispatcher thread ---
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Hand a datagram from a main rig to its conversation (a new one only for a real message)."""
+        if self._allow is not None and not self._allow(addr[0]):
+            self._note_refused(addr[0])
+            return
         log.debug('%s: received %r from %s', self.name, data, addr)
         with self._lock:
             conversation = self._peers.get(addr)
@@ -202,6 +235,15 @@ class RigServer:
             if new and len(self._peers) > MAX_MAIN_RIGS:
                 self._forget_one()
             self._apply(addr, conversation, events)
+
+    def _note_refused(self, host: str) -> None:
+        """Log once per host (of the last few hundred) that it may not drive this rig."""
+        if host in self._refused:
+            return
+        self._refused[host] = None
+        if len(self._refused) > MAX_REFUSED_HOSTS:
+            self._refused.popitem(last=False)
+        log.warning('%s: ignoring %s, which is not in allow (%s)', self.name, host, self._allow)
 
     def error_received(self, error: OSError) -> None:
         """A main rig went away (port unreachable): nothing to do but note it."""
@@ -260,13 +302,27 @@ class RigServer:
             return
         event, data = request.message
         try:
+            self._check_owner(event, addr[0])
             answer = self._respond(event, data, self._handlers.get(event))
+            self._update_owner(event, addr[0])
         except Exception as ex:
             log.error('%s: handler for %s failed: %r', self.name, event.name, ex)
             answer = protocol.error_report(ex, event)
         with self._lock:
             if not self._closed.is_set():
                 self._apply(addr, conversation, conversation.answer(request.request, answer, time.monotonic()))
+
+    def _check_owner(self, event: ExpMessage, host: str) -> None:
+        """Refuse another host's lifecycle event while an experiment belongs to one."""
+        if self._owner is not None and event in OWNED_EVENTS and host != self._owner[0]:
+            raise PermissionError(f'{self.name} runs experiment {self._owner[1]} of {self._owner[0]}; '
+                                  f'{event.name} from {host} refused (that host ends it, or restart this rig)')
+
+    def _update_owner(self, event: ExpMessage, host: str) -> None:
+        if event is ExpMessage.EXPINIT:
+            self._owner = (host, protocol.exp_ref_to_str(self.exp_ref))
+        elif event in (ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT, ExpMessage.EXPCLEANUP):
+            self._owner = None
 
     def _respond(self, event: ExpMessage, data: list, handler: Handler | None) -> bytes | None:
         """Run the handler and build the conventional response; update the status."""
@@ -276,7 +332,7 @@ class RigServer:
             subject = extra.get('subject') if isinstance(extra, dict) else None
             between = self.status in (ExpStatus.CONNECTED, ExpStatus.STOPPED)
             if self.main_sync and not self._fixed_reference and between and subject:
-                self.exp_ref = self._new_reference(subject)  # a task prepares a new experiment (not a ping)
+                self.exp_ref = self._numbers.offer(subject, self._today())  # a task prepares an experiment
             info = self.info()
             if isinstance(returned, dict):
                 info.update(returned)
@@ -295,7 +351,10 @@ class RigServer:
         if event is ExpMessage.EXPINIT:  # encoded first: an answer that cannot be sent changes nothing
             answer = protocol.encode(event, int(ExpStatus.INITIALIZED), returned)
             if isinstance(extra, dict) and extra.get('exp_ref'):
-                self.exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
+                exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
+                if self.main_sync and not self._fixed_reference:
+                    self._numbers.claim(exp_ref)  # before anything changes: a number not written down is not used
+                self.exp_ref = exp_ref
             self.status = ExpStatus.INITIALIZED
             return answer
         if event is ExpMessage.EXPSTART:
@@ -309,8 +368,5 @@ class RigServer:
             self.status = ExpStatus.STOPPED
         return answer
 
-    def _new_reference(self, subject: str) -> dict:
-        today = datetime.date.today()
-        sequence = self._sequences.get((subject, today), 0) + 1
-        self._sequences[(subject, today)] = sequence
-        return {'subject': subject, 'date': today, 'sequence': sequence}
+    def _today(self) -> datetime.date:
+        return datetime.date.fromtimestamp(self._clock())

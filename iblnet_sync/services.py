@@ -19,6 +19,9 @@ from .exchange import Exchange, remaining
 __all__ = ['Services']
 log = logging.getLogger(__name__)
 
+ALYX_TIMEOUT = 2.0
+"""float: seconds an ALYX broadcast waits at most: a rig answers it from memory, or never."""
+
 
 class Services(Mapping):
     """The main rig's connection to every auxiliary rig, with iblutil's ``Services`` calls.
@@ -147,12 +150,18 @@ class Services(Mapping):
         return self.broadcast(protocol.info_message(status, data), concurrent=concurrent)
 
     def alyx(self, alyx: Any = None, concurrent: bool = True) -> dict[str, list | None]:
-        """Give every rig this rig's Alyx token, or ask each for its own when `alyx` is not logged in."""
+        """Give every rig this rig's Alyx token, or ask each for its own when `alyx` is not logged in.
+
+        A rig answers from memory, and some never answer (Timeline, iblrig's video program): the
+        call waits :data:`ALYX_TIMEOUT` seconds at most (or the shorter timeout of this object).
+        """
         datagram = protocol.alyx_message(alyx)
-        return self.broadcast(datagram, concurrent=concurrent, expect_response=not protocol.gives_token(datagram))
+        timeout = ALYX_TIMEOUT if self.timeout is None else min(self.timeout, ALYX_TIMEOUT)
+        return self.broadcast(datagram, concurrent=concurrent, expect_response=not protocol.gives_token(datagram),
+                              timeout=timeout)
 
     def broadcast(self, datagram: bytes, concurrent: bool = True, reverse: bool = False,
-                  expect_response: bool = True) -> dict[str, Any]:
+                  expect_response: bool = True, timeout: float | None = None) -> dict[str, Any]:
         """Send `datagram` to every rig and wait for all of them until one deadline.
 
         Parameters
@@ -165,6 +174,8 @@ class Services(Mapping):
             Visit the rigs in reverse order.
         expect_response : bool
             Wait for each rig's response, not only its echo.
+        timeout : float, optional
+            Seconds for this broadcast; defaults to ``self.timeout``.
 
         Returns
         -------
@@ -178,7 +189,8 @@ class Services(Mapping):
         BroadcastError
             A rig failed otherwise (refused, error report, socket error).
         """
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         rigs = list(self._rigs.values())
         if reverse:
             rigs.reverse()

@@ -305,8 +305,8 @@ class NetworkSession:
         except BaseException:
             self.cleanup_mixin_network()
             raise
-        self.communicate('init', {'exp_ref': protocol.exp_ref_to_str(self.exp_ref)})
-        self._network_stage = ExpStatus.INITIALIZED
+        self._network_stage = ExpStatus.INITIALIZED  # from here on a failure interrupts every rig
+        self._step('init', {'exp_ref': protocol.exp_ref_to_str(self.exp_ref)})
         log.info('Experiment %s initialised on %s', protocol.exp_ref_to_str(self.exp_ref), list(answers))
 
     def on_exp_ref(self, exp_ref: dict) -> None:
@@ -337,14 +337,33 @@ class NetworkSession:
         if self._network_stage is ExpStatus.CONNECTED:
             self.init_mixin_network()
         if self._network_stage is ExpStatus.INITIALIZED:
-            self.communicate('start', protocol.exp_ref_to_str(self.exp_ref))
             self._network_stage = ExpStatus.RUNNING
+            self._step('start', protocol.exp_ref_to_str(self.exp_ref))
 
     def stop_mixin_network(self) -> None:
         """EXPEND to every rig, in reverse order (once, if started)."""
         if self.remote_rigs and self._network_stage is ExpStatus.RUNNING:
-            self.communicate('stop')
+            self._step('stop')
             self._network_stage = ExpStatus.STOPPED
+
+    def interrupt_mixin_network(self, error: BaseException) -> None:
+        """EXPINTERRUPT with `error`'s details to every rig (reverse order), then close the connections.
+
+        Called when the task crashes, and when EXPINIT, EXPSTART or EXPEND fails: a rig that did
+        start must not be left recording. A rig that misses the EXPINTERRUPT too is logged.
+        """
+        if self.remote_rigs.is_connected and self._network_stage in (ExpStatus.INITIALIZED, ExpStatus.RUNNING):
+            failure = self.communicate('stop', _interrupt_data(error), True, raise_on_exception=False)
+            if isinstance(failure, Exception):  # the error that caused this is raised: this one is only logged
+                log.warning('EXPINTERRUPT did not reach every rig: %s', failure)
+        self.cleanup_mixin_network()
+
+    def _step(self, method: str, *args: Any) -> None:
+        """One step of the lifecycle after EXPINFO: on failure every rig is interrupted, then it is raised."""
+        failure = self.communicate(method, *args, raise_on_exception=False)
+        if isinstance(failure, Exception):
+            self.interrupt_mixin_network(failure)
+            raise failure
 
     def cleanup_mixin_network(self) -> None:
         """Close the connections and restore the SIGTERM handler; idempotent."""
@@ -362,11 +381,7 @@ class NetworkSession:
             host_run = getattr(super(), 'run', None)
             result = host_run(*args, **kwargs) if host_run else None
         except BaseException as ex:
-            if self.remote_rigs.is_connected and self._network_stage is ExpStatus.RUNNING:
-                failure = self.communicate('stop', _interrupt_data(ex), True, raise_on_exception=False)
-                if isinstance(failure, Exception):  # the task's own error is raised below: this one is only logged
-                    log.warning('EXPINTERRUPT did not reach every rig: %s', failure)
-            self.cleanup_mixin_network()
+            self.interrupt_mixin_network(ex)
             raise
         self.stop_mixin_network()
         self.cleanup_mixin_network()
@@ -440,8 +455,11 @@ class NetworkSession:
         from one.converters import ConversionMixin
         claims = _main_sync_claims(answers)
         if len(claims) != 1:
+            fix = ('set main_sync: true in the config of the rig that decides the reference (iblnet-rig), or '
+                   "RigServer(main_sync=True); or make this PC the main sync: hardware_settings['MAIN_SYNC'] = True"
+                   if not claims else 'set main_sync: false on all but one of them')
             raise RuntimeError(f'Exactly one remote rig must be the main sync; {len(claims)} claim it'
-                               f'{": " + ", ".join(claims) if claims else ""} (of {", ".join(answers)})')
+                               f'{": " + ", ".join(claims) if claims else ""} (of {", ".join(answers)}). To fix: {fix}')
         rig = claims[0]
         ref = answers[rig][1].get('exp_ref')
         try:

@@ -17,6 +17,16 @@ def pytest_configure(config):
     os.environ.pop('IBLNET_SYNC_REMOTE_RIGS', None)
 
 
+@pytest.fixture(autouse=True)
+def fresh_home(tmp_path, monkeypatch):
+    """Each test its own HOME: ONE's parameters and a main-sync rig's session numbers start empty."""
+    home = tmp_path / 'home'
+    home.mkdir()
+    for variable in ('HOME', 'USERPROFILE'):
+        monkeypatch.setenv(variable, str(home))
+    return home
+
+
 @pytest.fixture
 def iblutil_rigs():
     """Make real iblutil rigs: ``make(name, **options)``; all are closed after the test."""

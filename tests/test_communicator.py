@@ -62,7 +62,7 @@ def test_request_echo_response_and_response_echoed(pair):
 def test_response_with_the_same_bytes_as_the_request_is_delivered(pair):
     com, rig = pair
     with ThreadPoolExecutor(1) as pool:
-        result = pool.submit(com.status, 'RUNNING')
+        result = pool.submit(com.request, b'[32, 20]')  # as iblutil's main sends it
         request = rig.recv()
         assert request == b'[32, 20]'
         rig.send(request)      # the echo
@@ -161,8 +161,8 @@ def test_failing_callback_sends_an_error_report_to_the_rig(pair):
 def test_concurrent_callers_are_serialised_per_rig(pair):
     com, rig = pair
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(com.status, 'CONNECTED')
-        second = pool.submit(com.status, 'RUNNING')
+        first = pool.submit(com.request, b'[32, 0]')  # iblutil's bytes: the answer [32, 0] has the request's
+        second = pool.submit(com.request, b'[32, 20]')
         requests = [rig.recv()]
         assert rig.nothing_within(0.05), 'a second request went out while the first was open'
         rig.send(requests[0])
@@ -213,7 +213,7 @@ def test_resends_to_a_silent_rig_then_tags_once_the_rig_is_known(no_leaked_threa
     with Communicator(URI, 'cameras', sock=ours, timeout=0.3, resend_interval=0.05) as com:
         with pytest.raises(RigTimeout, match='no echo'):
             com.status('CONNECTED')  # nothing came back: resent, spelled so that its echo is known
-        assert rig.recv() == b'[32, 0]' and rig.recv() == b'[32, 0]\t'
+        assert rig.recv() == b'[32, 0, {}]' and rig.recv() == b'[32, 0, {}]\t'
         while not rig.nothing_within(0.05):
             pass
         assert not com.peer_is_iblnet_sync
@@ -229,7 +229,7 @@ def test_resends_to_a_silent_rig_then_tags_once_the_rig_is_known(no_leaked_threa
             status = pool.submit(com.status, 'CONNECTED')
             tagged = rig.recv()
             parsed = protocol.parse(tagged)
-            assert parsed.msg_id.startswith('m') and parsed.message == protocol.decode(b'[32, 0]')
+            assert parsed.msg_id.startswith('m') and parsed.message == protocol.decode(b'[32, 0, {}]')
             rig.send(tagged)
             rig.send(protocol.tag(b'[32, 20]', 'r1.1', parsed.msg_id))
             assert status.result(5) == [20]

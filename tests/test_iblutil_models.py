@@ -21,8 +21,8 @@ from peers import LOOPBACK, LoopThread
 from iblnet_sync import core, protocol
 from iblnet_sync.core import Send, events_of
 
-STATUS = protocol.status_message('RUNNING')          # a rig of peers.IblutilRig answers b'[32, 0]'
-ANSWER = protocol.status_message('CONNECTED')
+STATUS = b'[32, 20]'  # EXPSTATUS as iblutil's main sends it; a rig of peers.IblutilRig answers b'[32, 0]'
+ANSWER = b'[32, 0]'
 TOKEN = protocol.encode(protocol.ExpMessage.ALYX, 'https://alyx.example.org', {'u': 't'})  # echoed, not answered
 JUNK = [b'', b'x', b'hello', b'[]', b'[32]', b'[999, 1]', b'[0, "KeyError: k", 2]', b'{"id": 3}', b'\xff\xfe']
 DEADLINE = 5.0

@@ -21,7 +21,7 @@ import yaml
 
 import iblnet_sync
 from iblnet_sync import BroadcastError, ExpStatus, Services
-from iblnet_sync.rig import CommandFailed, RigAgent, main, placeholder_values, render
+from iblnet_sync.rig import CommandFailed, RigAgent, ValueRefused, main, mask_alyx, placeholder_values, render
 from iblnet_sync.rig_config import EXAMPLE_CONFIG, RigConfigError, load_config, parse_config
 
 REF = '2026-11-24_3_mouse'
@@ -251,7 +251,7 @@ def test_lifecycle_driven_by_our_services(tmp_path, no_leaked_threads, log_lines
             log_lines.wait_for(r'on\.EXPSTART: stopped .* after')
             assert (tmp_path / 'mouse-2026-11-24-3.end').exists()
             assert services.cleanup() == {'cameras': [{'cleaned': 1}]}
-            assert sys.modules[hooks_module].calls == [[None]]
+            assert sys.modules[hooks_module].calls == [[[]]]  # EXPCLEANUP's data: [8, []]
     finally:
         agent.close()
 
@@ -465,3 +465,358 @@ def test_port_taken_is_one_error_line_and_exit_1(tmp_path, agent_processes):
         agent = agent_processes({'name': 'cameras', 'listen': f'udp://127.0.0.1:{taken.getsockname()[1]}'}, tmp_path)
         assert agent.process.wait(DEADLINE) == 1
     agent.wait_for('ERROR .*Cannot listen on udp://127.0.0.1')
+
+
+# --- what a rig trusts (issue 15): values from the network are data, never code, options or paths ---
+class RecordLines(Lines, logging.Handler):
+    """Every record of the library's loggers, as ``LEVEL message`` lines, at whatever level the loggers pass."""
+
+    def __init__(self) -> None:
+        Lines.__init__(self)
+        logging.Handler.__init__(self, logging.NOTSET)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.add(f'{record.levelname} {record.getMessage()}')
+
+
+@pytest.fixture
+def library_logs(agents):
+    """The records of every iblnet_sync logger from INFO (the agent's defaults without -v); the agent's from DEBUG
+    if the test sets ``iblnet_sync.rig`` to DEBUG. Listed after `agents`, so that its levels are restored first."""
+    lines = RecordLines()
+    library, agent = logging.getLogger('iblnet_sync'), logging.getLogger('iblnet_sync.rig')
+    levels = library.level, agent.level
+    library.addHandler(lines)
+    library.setLevel(logging.INFO)
+    yield lines
+    library.removeHandler(lines)
+    library.setLevel(levels[0])
+    agent.setLevel(levels[1])
+
+
+SHELL_SCRIPTS = [  # (command with a placeholder in a script's text, what the message teaches)
+    (['sh', '-c', 'cp {exp_ref} /data'], r"""\[sh, -c, cp "\$1" /data, sh, '\{exp_ref\}'\]"""),
+    (['/bin/bash', '-ec', 'mkdir -p /data/{subject}'], r"""bash, '\{subject\}'\]"""),
+    (['env', 'LANG=C', 'zsh', '-c', 'echo {event}'], r"""zsh, '\{event\}'\]"""),
+    ('sh -c "cp {exp_ref} /data"', r"""sh, '\{exp_ref\}'\]"""),
+    (['cmd', '/c', 'copy {exp_ref} D:/data'], r'\.bat file'),
+    (['cmd.exe', '/S', '/C', 'copy', '{exp_ref}', 'D:/data'], r'\.bat file'),
+    (['powershell', '-NoProfile', '-Command', 'Copy-Item {exp_ref} D:/data'], r'-File'),
+    (['pwsh', '-c', 'Copy-Item {exp_ref} D:/data'], r'-File'),
+    (['powershell.exe', 'Copy-Item {exp_ref} D:/data'], r'-File'),
+    (['python', '-c', "print('preparing {exp_ref}')"], r'sys\.argv'),
+    (['python3', '-Ic', "print('{exp_ref}')"], r'sys\.argv'),
+    (['perl', '-e', 'print "{exp_ref}"'], r'perl'),
+    (['node', '-e', 'console.log("{exp_ref}")'], r'node'),
+]
+
+
+@pytest.mark.parametrize('command, safe_form', SHELL_SCRIPTS)
+def test_placeholder_in_a_script_text_is_refused_at_start_up(tmp_path, capsys, command, safe_form):
+    content = {'name': 'cameras', 'listen': 'udp://127.0.0.1:0', 'on': {'EXPEND': {'run': command}}}
+    with pytest.raises(RigConfigError, match='on.EXPEND.run: .*script') as caught:
+        parse_config(content)
+    assert re.search(safe_form, str(caught.value)), str(caught.value)
+    file = tmp_path / 'rig.yaml'
+    file.write_text(yaml.safe_dump(content))
+    assert main([str(file)]) == 2
+    error = capsys.readouterr().err
+    assert error.count('\n') == 1 and 'on.EXPEND.run' in error
+
+
+SAFE_COMMANDS = [
+    ['sh', '-c', 'cp "$1" /data', 'sh', '{exp_ref}'],
+    ['bash', '-o', 'pipefail', '-c', 'cp "$1" "$2"', 'bash', '{exp_ref}', '/data/{subject}'],
+    ['bash', 'copy.sh', '-c', '{exp_ref}'],  # -c here is the script's own option
+    ['python', '-c', 'import sys; print(sys.argv[1])', '{exp_ref}'],
+    ['python', '-W', 'ignore::DeprecationWarning', '-m', 'copy_videos', '{exp_ref}'],
+    ['cmd', '/c', 'C:/rigs/copy.bat'],
+    ['C:/rigs/copy.bat', '{exp_ref}'],
+    ['powershell', '-NoProfile', '-File', 'C:/rigs/copy.ps1', '{exp_ref}'],
+    ['pwsh', '-CommandWithArgs', 'Copy-Item $args[0] D:/data', '{exp_ref}'],
+    ['bonsai', 'C:/rigs/record.bonsai', '--start', '-p:Session={exp_ref}'],
+    'python copy_videos.py {subject} {date} {sequence}',
+]
+
+
+@pytest.mark.parametrize('command', SAFE_COMMANDS)
+def test_values_as_arguments_are_accepted(command):
+    config = parse_config({'on': {'EXPEND': {'run': command}}})
+    assert config.on['EXPEND'][0].run
+
+
+def test_string_command_on_windows_is_checked_like_a_list(monkeypatch):
+    from iblnet_sync import rig_config
+    monkeypatch.setattr(rig_config, '_WINDOWS', True)
+    line = 'C:/rigs/copy_videos.exe {subject} "D:/data/{exp_ref}"'
+    assert parse_config({'on': {'EXPEND': {'run': line}}}).on['EXPEND'][0].run == line, 'the system splits it'
+    with pytest.raises(RigConfigError, match=r'\.bat file'):
+        parse_config({'on': {'EXPEND': {'run': 'cmd /c copy {exp_ref} D:\\data'}}})
+    with pytest.raises(RigConfigError, match='-File'):
+        parse_config({'on': {'EXPEND': {'run': '"C:\\Program Files\\PowerShell\\7\\pwsh.exe" -c "ls {exp_ref}"'}}})
+
+
+def started_files(folder: Path) -> list[str]:
+    """The files under `folder` that commands made (not those of the test's HOME, ``folder/home``)."""
+    return sorted(path.name for path in folder.rglob('*') if path.is_file() and
+                  path.relative_to(folder).parts[0] != 'home')
+
+
+@POSIX_ONLY
+def test_shell_code_in_a_reference_is_refused_and_nothing_runs(tmp_path, agents):
+    ran = tmp_path / 'ran'
+    agent = agents({'EXPSTART': {'run': ['sh', '-c', 'touch "$1"', 'sh', f'{tmp_path}/{{exp_ref}}']}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        with pytest.raises(BroadcastError, match=r'ValueRefused: exp_ref: the subject') as caught:
+            services.start(f'2026-11-24_1_m; touch {ran} #')
+        assert 'nothing was run' in str(caught.value)
+        assert services.status('CONNECTED') == {'cameras': [int(ExpStatus.CONNECTED)]}, 'the reference is not taken'
+    assert started_files(tmp_path) == []
+
+
+def test_value_starting_with_a_dash_never_becomes_an_option(tmp_path, agents):
+    writer = python('import argparse, pathlib\n'
+                    'parser = argparse.ArgumentParser()\n'
+                    f"parser.add_argument('--output', default='{tmp_path}/default')\n"
+                    "parser.add_argument('camera', nargs='?')\n"
+                    'pathlib.Path(parser.parse_args().output).touch()') + ['{camera}']
+    agent = agents({'EXPSTART': {'run': writer}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        for value in (f'--output={tmp_path}/elsewhere', '-5'):
+            with pytest.raises(BroadcastError, match=r'ValueRefused: camera: may not start with -'):
+                services.start(REF, {'camera': value})
+    assert started_files(tmp_path) == []
+
+
+@pytest.mark.parametrize('reference, rule', [
+    ('2026-11-24_1_../escaped', 'the subject'),
+    ('2026-11-24_1_..', 'the subject'),
+    ('2026-11-24_1_.hidden', 'the subject'),
+    ('2026-11-24_1_-rf', 'the subject'),
+    ('2026-11-24_1_' + 'm' * 65, 'the subject'),
+    ('2026-11-24_1_', 'the subject'),
+    ('2026-11-24_-1_mouse', 'the sequence'),
+    ('2026-11-24_0_mouse', 'the sequence'),
+    ('2026-11-24_+1_mouse', 'the sequence'),
+    ('2026-13-01_1_mouse', 'the date'),
+    ('26-11-24_1_mouse', 'the date'),
+    ('mouse', 'DATE_SEQUENCE_SUBJECT'),
+])
+def test_reference_is_parsed_strictly_before_anything_runs(tmp_path, agents, reference, rule):
+    (tmp_path / 'data').mkdir()
+    agent = agents({'EXPSTART': {'run': touch(f'{tmp_path}/data/{{exp_ref}}.start')},
+                    'EXPINIT': {'run': touch(f'{tmp_path}/data/{{subject}}.init')}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        with pytest.raises(BroadcastError, match=f'ValueRefused: exp_ref: .*{re.escape(rule)}'):
+            services.start(reference)
+        with pytest.raises(BroadcastError, match=f'ValueRefused: exp_ref: .*{re.escape(rule)}'):
+            services.init({'exp_ref': reference})
+    assert started_files(tmp_path) == []
+
+
+def test_rig_reference_from_a_subject_is_checked_too(tmp_path, agents):
+    agent = agents({'EXPINIT': {'run': touch(f'{tmp_path}/{{exp_ref}}')}}, main_sync=True)
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        with pytest.raises(BroadcastError, match='ValueRefused: subject: '):
+            services.info('CONNECTED', {'subject': '../escaped'})
+        assert services.info('CONNECTED', {'subject': 'mouse'})['cameras'][1]['exp_ref'].endswith('_1_mouse')
+        services.init()
+    assert started_files(tmp_path) == [f'{datetime.date.today()}_1_mouse']
+
+
+def test_values_of_the_main_dictionary_are_scalars_of_safe_characters(tmp_path, agents):
+    agent = agents({'EXPSTART': {'run': touch(f'{tmp_path}/{{rate}}')}})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        for value, rule in ([60, 1], 'a text or a number'), ('a b', 'spaces'), ('x;y', 'shells'), \
+                ('C:x', 'path'), ('a/b', 'path'), ('NUL', 'device'), ('é' * 65, 'must match'):
+            with pytest.raises(BroadcastError, match=f'ValueRefused: rate: .*{rule}'):
+                services.start(REF, {'rate': value})
+        assert services.start(REF, {'rate': 60, 'unused': [1, 2], 'notes': 'free text: not in a command'})
+    assert started_files(tmp_path) == ['60']
+
+
+def test_subject_and_value_patterns_are_configurable(tmp_path, agents):
+    agent = agents({'EXPSTART': {'run': touch(f'{tmp_path}/{{subject}}-{{rate}}')}},
+                   subject_pattern=r'[A-Z]{2}\+\d{3}', value_pattern=r'\d+')
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        with pytest.raises(BroadcastError, match=r'ValueRefused: exp_ref: the subject must match .*\[A-Z\]'):
+            services.start(REF, {'rate': 60})
+        with pytest.raises(BroadcastError, match=r'ValueRefused: rate: must match \\d\+'):
+            services.start('2026-11-24_1_KS+001', {'rate': 'fast'})
+        services.start('2026-11-24_1_KS+001', {'rate': 60})
+    assert started_files(tmp_path) == ['KS+001-60']
+    with pytest.raises(RigConfigError, match='subject_pattern: not a regular expression'):
+        parse_config({'subject_pattern': '[unclosed'})
+    with pytest.raises(RigConfigError, match='exp_ref: '):
+        parse_config({'exp_ref': '2026-11-24_1_../x'})
+
+
+# --- what a rig trusts: secrets and logs ---
+TOKEN = 'c2VjcmV0LXRva2VuLTQyNDI0Mg'
+
+
+def test_alyx_token_is_never_logged_above_debug_and_masked_at_debug(agents, library_logs):
+    from types import SimpleNamespace
+    agent = agents({'ALYX': {'run': python('pass') + ['{event}']}})
+    logging.getLogger('iblnet_sync.rig').setLevel(logging.DEBUG)  # as with -v
+    alyx = SimpleNamespace(base_url='https://alyx.example.org', is_logged_in=True, user='technician', _token=TOKEN)
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        services.alyx(alyx)
+        library_logs.wait_for('ALYX handled')
+    lines = library_logs.lines
+    assert not [line for line in lines if TOKEN in line]
+    assert not [line for line in lines if not line.startswith('DEBUG') and ('alyx.example' in line or 'technician'
+                                                                            in line)]
+    assert [line for line in lines if line.startswith('DEBUG') and '"technician": "***"' in line]
+
+
+def test_65_kb_values_are_cut_in_logs(tmp_path, agents, library_logs):
+    agent = agents({'EXPINIT': {'run': touch(f'{tmp_path}/{{camera}}')}})
+    failures = []
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        for send, args in ((services.start, ('m' * 60_000,)),
+                           (services.start, ('2026-11-24_1_' + 'm' * 60_000,)),
+                           (services.init, ({'camera': 'c' * 60_000},))):
+            try:
+                send(*args)
+            except BroadcastError as ex:
+                failures.append(str(ex))
+    assert library_logs.lines and max(map(len, library_logs.lines)) < 1000
+    assert [line for line in library_logs.lines if 'more characters]' in line], 'cut with a marker'
+    assert len(failures) == 3 and max(map(len, failures)) < 1000
+    assert 'ValueRefused: exp_ref: ' in failures[0] and 'ValueRefused: exp_ref: ' in failures[1]
+    assert 'ValueRefused: camera: ' in failures[2]
+    assert started_files(tmp_path) == []
+
+
+FORGERIES = ['\r2026-11-24 00:00:00.000 ERROR   forged', '\x1b[2K\x1b[1Gforged', 'a\u2028forged', 'a\u2029b',
+             'a\nb', 'a\x85b', 'a\x00b']
+
+
+def test_control_characters_never_reach_a_log_line(agents, library_logs):
+    noisy = python("import sys; sys.stderr.write(chr(27) + '[2K' + chr(27) + '[1Gforged by a child' + chr(10))")
+    agent = agents({'EXPSTART': {'run': python('pass') + ['{camera}', '{exp_ref}'], 'until': 'EXPEND'},
+                    'EXPINIT': {'run': noisy}})
+    failures = []
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        for value in FORGERIES:
+            for args in ((REF, {'camera': value}), (f'2026-11-24_1_m{value}', {'camera': 'one'})):
+                try:
+                    services.start(*args)
+                except BroadcastError as ex:
+                    failures.append(str(ex))
+        services.init()
+    library_logs.wait_for('forged by a child')
+    forged = [line for line in library_logs.lines if any(c in line for c in '\r\n\x1b\u2028\u2029\x85\x00')]
+    assert not forged and len(library_logs.lines) >= 2 * len(FORGERIES)
+    assert len(failures) == 2 * len(FORGERIES)
+    assert all(re.search('ValueRefused: (camera|exp_ref): ', failure) for failure in failures)
+
+
+def test_a_flood_of_events_is_logged_with_a_count_of_what_was_not(agents, library_logs):
+    from iblnet_sync import rig
+    agent = agents({})
+    now = [0.0]
+    agent.log_limiter.clock = lambda: now[0]
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        for _ in range(rig.LOG_BURST + 20):
+            services.info('CONNECTED')
+        assert len([line for line in library_logs.lines if 'EXPINFO received' in line]) == rig.LOG_BURST
+        now[0] += rig.LOG_PERIOD
+        services.info('CONNECTED')
+    library_logs.wait_for(r'EXPINFO received .*\(20 more for EXPINFO were not logged before this one\)')
+
+
+def test_log_file_rotates_by_size(tmp_path, monkeypatch, capsys):
+    from iblnet_sync import rig
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    assert 'rotates at 10 MB, keeping 5' in ' '.join(capsys.readouterr().out.split())
+    monkeypatch.setattr(rig, 'LOG_FILE_BYTES', 2000)
+    (tmp_path / 'logs').mkdir()
+    path = tmp_path / 'logs' / 'rig.log'
+    with rig._console_logging(rig._log_handlers(str(path)), verbose=False):
+        for index in range(300):
+            logging.getLogger('iblnet_sync.rig').info('line %d of a flood', index)
+    files = sorted(path.parent.iterdir())
+    assert [file.name for file in files] == ['rig.log'] + [f'rig.log.{n}' for n in range(1, 6)]
+    assert all(file.stat().st_size <= 2000 for file in files)
+    assert 'line 299 of a flood' in path.read_text()
+
+
+def test_a_refused_event_stops_nothing_and_runs_nothing(tmp_path, agents, log_lines):
+    agent = agents({'EXPSTART': {'run': recorder(f'{tmp_path}/stopped'), 'until': 'EXPEND'},
+                    'EXPEND': [{'run': touch(f'{tmp_path}/first')}, {'run': touch(f'{tmp_path}/{{camera}}')}]})
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        services.start(REF)
+        pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
+        with pytest.raises(BroadcastError, match=r'ValueRefused: camera: .*nothing was run'):
+            services.stop({'camera': '../x'})
+        with pytest.raises(BroadcastError, match=r"placeholder 'camera' has no value"):
+            services.stop()
+        assert is_running(pid) and not (tmp_path / 'first').exists(), 'the first action did not run either'
+        assert services.status('RUNNING') == {'cameras': [int(ExpStatus.RUNNING)]}
+        assert services.stop({'camera': 'left'}) == {'cameras': [None]}
+    assert started_files(tmp_path) == ['first', 'left', 'stopped']
+
+
+def test_events_without_commands_take_any_dictionary(agents):
+    agent = agents({'EXPSTART': {'run': python('pass') + ['{rate}']}})
+    anything = {'subject': 'mouse', 'notes': 'free text; with $pecial characters', 'nested': {'a': [1, None]},
+                'offset': -5, 'path': '../x'}
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        assert services.info('CONNECTED', anything)['cameras'][1]['name'] == 'cameras'
+        assert services.init(anything) == {'cameras': [int(ExpStatus.INITIALIZED), None]}
+        assert services.start(REF, {**anything, 'rate': 60}) == {'cameras': [REF, None]}
+        assert services.stop(anything) == {'cameras': [None]}
+
+
+def test_placeholder_values_check_only_what_the_commands_use():
+    data = [REF, {'rate': 60, 'notes': 'free text', 'offset': -5, 'nested': {'a': 1}}]
+    assert placeholder_values('EXPSTART', data, None, needed={'rate'}) == {
+        'event': 'EXPSTART', 'exp_ref': REF, 'subject': 'mouse', 'date': '2026-11-24', 'sequence': '3', 'rate': '60'}
+    with pytest.raises(ValueRefused, match='offset: may not start with -'):
+        placeholder_values('EXPSTART', data, None, needed={'offset'})
+    with pytest.raises(ValueRefused, match="exp_ref: the subject may not start"):  # a given reference: always
+        placeholder_values('EXPSTART', ['2026-11-24_1_.x', {}], None, needed=set())
+    current = {'subject': '../x', 'date': datetime.date(2026, 1, 2), 'sequence': 1}
+    assert placeholder_values('EXPEND', [None], current, needed={'event'}) == {'event': 'EXPEND'}
+    with pytest.raises(ValueRefused, match=r"exp_ref \(the rig's current reference\): the subject"):
+        placeholder_values('EXPEND', [None], current, needed={'subject'})
+
+
+def test_alyx_credentials_are_never_placeholder_values():
+    data = ['https://alyx.example.org', {'technician': TOKEN}]
+    assert placeholder_values('ALYX', data, None) == {'event': 'ALYX'}
+    assert mask_alyx(data) == ['https://alyx.example.org', {'technician': '***'}]
+    assert mask_alyx([None, {}]) == [None, {}]
+
+
+@pytest.mark.parametrize('allow, key, message', [
+    ([], 'allow', 'remove the key'),
+    (['rig-pc.lab'], 'allow[0]', 'host names are not accepted'),
+    (['192.168.1.5/24'], 'allow[0]', 'the network of 192.168.1.5/24 is 192.168.1.0/24'),
+    ([8080], 'allow[0]', 'a int'),
+    ('10.0.0.300', 'allow', 'must be an IP address'),
+])
+def test_allow_is_checked_at_start_up(allow, key, message):
+    with pytest.raises(RigConfigError, match=f'{re.escape(key)}: .*{re.escape(message)}'):
+        parse_config({'allow': allow})
+
+
+def test_allow_lists_networks_and_only_they_drive_the_rig(agents, log_lines):
+    from ipaddress import ip_network
+    config = parse_config({'allow': ['192.168.1.10', '10.0.0.0/24', 'localhost', 'fe80::/64', '127.0.0.1']})
+    assert config.allow == tuple(map(ip_network, ('192.168.1.10/32', '10.0.0.0/24', '127.0.0.0/8', '::1/128',
+                                                  'fe80::/64', '127.0.0.1/32')))
+    assert parse_config({}).allow is None
+    agents({})
+    log_lines.wait_for('no allow: in the configuration: any host that reaches udp://127.0.0.1:.* may drive this rig')
+    agent = agents({'EXPINIT': {'run': python('pass')}}, allow=['10.0.0.0/24'])
+    log_lines.wait_for(r'driven only from 10\.0\.0\.0/24 \(allow:\)')
+    with Services({'cameras': agent.server.uri}, timeout=0.5) as services, \
+            pytest.raises(BroadcastError, match='no echo'):
+        services.init()  # from 127.0.0.1: ignored
+    agent = agents({'EXPINIT': {'run': python('pass')}}, allow=['localhost'])
+    with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+        assert services.init() == {'cameras': [int(ExpStatus.INITIALIZED), None]}

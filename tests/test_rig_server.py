@@ -149,3 +149,48 @@ def test_serve_forever_ends_on_ctrl_c_with_one_line_and_no_traceback():
         assert process.wait(10) == 0
         rest = process.stderr.read()
     assert 'Traceback' not in rest and rest.count('\n') == 1 and 'interrupted' in rest
+
+
+def _from_host(rig, host, name):
+    """A Communicator whose datagrams come from `host` (another address of the loopback network)."""
+    import socket
+
+    from iblnet_sync import Communicator
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.connect(('127.0.0.1', int(rig.uri.rsplit(':', 1)[1])))
+    return Communicator(rig.uri, name, sock=sock, timeout=2)
+
+
+def test_only_allowed_hosts_drive_a_rig_and_each_other_host_is_logged_once(servers, caplog):
+    rig = servers('cameras', allow=['127.0.0.1/32'])
+    with Services({'cameras': rig.uri}, timeout=2) as services, _from_host(rig, '127.0.0.2', 'stranger') as stranger:
+        assert services.status('CONNECTED') == {'cameras': [0]}
+        for _ in range(2):
+            with pytest.raises(TimeoutError, match='no echo'):
+                stranger.request(b'[1, {"exp_ref": "2026-11-24_1_x"}]', timeout=0.3)
+        assert rig.status is ExpStatus.CONNECTED and rig.exp_ref is None
+    assert [r.getMessage() for r in caplog.records].count(
+        "cameras: ignoring 127.0.0.2, which is not in allow (127.0.0.1/32)") == 1
+    with pytest.raises(ValueError, match="allow: 'rig.example.org' is not an IP address"):
+        RigServer('udp://127.0.0.1:0', allow=['rig.example.org'])
+
+
+def test_an_experiment_belongs_to_the_host_that_initialised_it(servers):
+    rig = servers('cameras')
+    ref = f'{TODAY}_1_mouse'
+    with Services({'cameras': rig.uri}, timeout=2) as owner, _from_host(rig, '127.0.0.2', 'intruder') as intruder:
+        owner.init({'exp_ref': ref})
+        owner.start(ref)
+        for call in (lambda: intruder.init({'exp_ref': f'{TODAY}_9_other'}), lambda: intruder.start(f'{TODAY}_9_other'),
+                     lambda: intruder.stop(), lambda: intruder.stop({'error': 'x'}, immediately=True),
+                     lambda: intruder.cleanup()):
+            with pytest.raises(Exception, match=f'runs experiment {ref} of 127.0.0.1') as refused:
+                call()
+            assert 'error report' in str(refused.value)
+        assert rig.status is ExpStatus.RUNNING and rig.exp_ref['sequence'] == 1  # nothing changed
+        assert intruder.status('CONNECTED') == [int(ExpStatus.RUNNING)]  # anyone allowed may ask
+        with Services({'cameras': rig.uri}, timeout=2) as restarted:  # the owner's task again, from a new port
+            assert restarted.init({'exp_ref': f'{TODAY}_2_mouse'}) == {'cameras': [10, None]}
+            restarted.stop()
+        assert intruder.init({'exp_ref': f'{TODAY}_9_other'}) == [10, None]  # free once it ended

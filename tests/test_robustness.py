@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import iblnet_sync
-from iblnet_sync import ClosedError, Communicator, RigErrorReport, RigServer, Services
+from iblnet_sync import ClosedError, Communicator, RigErrorReport, RigServer, Services, protocol
 from iblnet_sync.dispatcher import CALLBACK_QUEUE
 from iblnet_sync.rig_server import MAX_MAIN_RIGS
 
@@ -134,7 +134,7 @@ def test_close_fails_the_exchange_in_flight_and_every_waiting_caller_at_once(no_
     com = Communicator(URI, 'cameras', sock=ours, timeout=30)
     with ThreadPoolExecutor(3) as pool:
         calls = [pool.submit(com.status, 'CONNECTED') for _ in range(3)]  # one in flight, two waiting
-        assert theirs.recv(100) == b'[32, 0]'
+        assert theirs.recv(100) == protocol.status_message('CONNECTED')
         started = time.monotonic()
         com.close()
         for call in calls:

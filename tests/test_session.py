@@ -188,7 +188,7 @@ def test_sigterm_cleans_up_and_restores_the_previous_handler(no_leaked_threads):
             signal.signal(signal.SIGTERM, previous)
 
 
-def test_alyx_token_from_a_rig_is_installed_without_prompt(iblutil_rigs):
+def test_alyx_token_from_a_rig_is_installed_without_prompt(iblutil_rigs, fresh_home):
     rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
     task = Task(remote_rigs={'cameras': rig.uri})
     installed = threading.Event()
@@ -199,7 +199,7 @@ def test_alyx_token_from_a_rig_is_installed_without_prompt(iblutil_rigs):
     assert task.one.alyx.base_url == 'https://alyx.example.org'
     import one.params
     assert one.params.get(client='https://alyx.example.org', silent=True).TOKEN == {'rig-user': {'token': 'rig-token'}}
-    assert Path.home().name.startswith('iblnet_sync_home_'), 'ONE must write under the isolated HOME'
+    assert Path.home() == fresh_home, 'ONE must write under the isolated HOME'
     task.cleanup_mixin_network()
 
 
@@ -459,3 +459,65 @@ def test_whole_lifecycles_survive_ten_percent_loss_each_way_with_default_setting
         finally:
             relay.close()
         assert relay.counts['dropped'] >= 10, relay.counts  # the link did lose datagrams
+
+
+def _recording_rig(name, main_sync=False, fail_at=None):
+    """A RigServer that records the events it handles and raises at `fail_at`."""
+    rig = RigServer('udp://127.0.0.1:0', name=name, main_sync=main_sync)
+    rig.handled = []
+
+    def handler(event):
+        def handle(data):
+            rig.handled.append(event)
+            if event == fail_at:
+                raise RuntimeError(f'{name} cannot {event}')
+        return handle
+    for event in ('EXPINIT', 'EXPSTART', 'EXPEND', 'EXPINTERRUPT'):
+        rig.assign_handler(event, handler(event))
+    return rig
+
+
+@pytest.mark.parametrize('fail_at', ['EXPINIT', 'EXPSTART', 'EXPEND'])
+def test_a_rig_failing_after_expinfo_gets_every_rig_interrupted_then_closed_then_raised(fail_at, no_leaked_threads):
+    with _recording_rig('cameras', main_sync=True) as cameras, _recording_rig('ephys', fail_at=fail_at) as ephys:
+        task = None
+        with pytest.raises(Exception, match=f'ephys cannot {fail_at}') as raised:
+            task = Task(remote_rigs={'cameras': cameras.uri, 'ephys': ephys.uri})
+            task.run()
+        assert 'error report' in str(raised.value)
+        for rig in (cameras, ephys):
+            assert rig.handled[-1] == 'EXPINTERRUPT', (rig.name, rig.handled)  # none left recording
+        assert task is None or not task.remote_rigs.is_connected
+
+
+def test_no_main_sync_says_how_to_make_one(no_leaked_threads):
+    with RigServer('udp://127.0.0.1:0', name='cameras') as cameras:
+        with pytest.raises(RuntimeError, match=r"0 claim it.*set main_sync: true.*MAIN_SYNC'\] = True"):
+            Task(remote_rigs={'cameras': cameras.uri})
+
+
+def test_a_main_sync_rig_never_hands_out_a_number_twice_across_restarts(tmp_path, no_leaked_threads):
+    numbers = tmp_path / 'numbers.json'
+    with RigServer('udp://127.0.0.1:0', name='sync', main_sync=True, session_numbers=numbers) as rig:
+        with Services({'sync': rig.uri}) as services:
+            asked = [services.info('CONNECTED', {'subject': 'mouse'})['sync'][1]['exp_ref'] for _ in range(3)]
+            assert asked == [f'{TODAY}_1_mouse'] * 3  # asked again before EXPINIT: the same offer
+            assert services.info('CONNECTED', {'subject': 'rat'})['sync'][1]['exp_ref'] == f'{TODAY}_1_rat'
+            services.init({'exp_ref': asked[0]})  # claimed
+            services.stop()
+            assert services.info('CONNECTED', {'subject': 'mouse'})['sync'][1]['exp_ref'] == f'{TODAY}_2_mouse'
+    with RigServer('udp://127.0.0.1:0', name='sync', main_sync=True, session_numbers=numbers) as restarted:
+        task = Task(remote_rigs={'sync': restarted.uri})
+        assert task.exp_ref['sequence'] == 2  # not 1 again: that folder holds data
+        task.run()
+    task = None
+    with RigServer('udp://127.0.0.1:0', name='sync', main_sync=True, session_numbers=numbers) as again:
+        task = Task(remote_rigs={'sync': again.uri})
+        assert task.exp_ref['sequence'] == 3
+        task.cleanup_mixin_network()
+
+
+def test_the_default_numbers_file_is_in_the_home_folder(fresh_home, no_leaked_threads):
+    with RigServer('udp://127.0.0.1:0', name='sync', main_sync=True) as rig:
+        Task(remote_rigs={'sync': rig.uri}).run()
+    assert (fresh_home / '.iblnet_sync' / 'session_numbers.json').read_text().count(f'"{TODAY}"') == 1
