@@ -76,16 +76,39 @@ class _Peer:
 
 
 class IblutilMain(_Peer):
-    """iblutil's ``Services`` with one rig: a confirmed send, then the first message of the event."""
+    """iblutil's ``Services`` with one rig: a confirmed send, then the first message of the event.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    pause : float
+        Seconds its caller lets pass after an exchange ended before the next request goes out
+        (0: at once). The simulator's reference runs give iblutil's main the pace of ours.
+    """
+
+    def __init__(self, pause: float = 0.0) -> None:
         super().__init__()
         self.token = 0
         self.want: ExpMessage | None = None
         self.open = False
+        self.pause = pause
+        self.ended: float | None = None  # when the last exchange ended
+        self._queued: tuple[bytes, bool, float] | None = None  # a request waiting for its time: (plain, answer?, when)
+
+    @property
+    def wakeup(self) -> float | None:
+        times = [t for t in (super().wakeup, self._queued[2] if self._queued else None) if t is not None]
+        return min(times) if times else None
+
+    def send_time(self, now: float) -> float:
+        """When a request asked for at `now` goes out."""
+        return now if self.ended is None else max(now, self.ended + self.pause)
 
     def request(self, plain: bytes, now: float, expect_answer: bool = True,
                 deadline: float | None = None) -> list[core.Event]:
+        self._queued = (plain, expect_answer, self.send_time(now))
+        return self.tick(now)
+
+    def _send_request(self, plain: bytes, now: float, expect_answer: bool) -> list[core.Event]:
         self.token += 1
         if not self.alive:
             return [core.Failed(self.token, 'closed', 'the protocol closed')]
@@ -95,6 +118,9 @@ class IblutilMain(_Peer):
         return [core.Send(plain)]
 
     def receive(self, data: bytes, now: float) -> list[core.Event]:
+        return self._ended(self._receive(data, now), now)
+
+    def _receive(self, data: bytes, now: float) -> list[core.Event]:
         if not self.alive:
             return []
         if self.awaiting is not None:
@@ -114,13 +140,27 @@ class IblutilMain(_Peer):
 
     def tick(self, now: float) -> list[core.Event]:
         why = self._overdue(now)
-        return self._fail(now, why) if why and self.alive else []
+        events = self._fail(now, why) if why and self.alive else []
+        if self._queued is not None and now >= self._queued[2]:
+            plain, expect_answer, _ = self._queued
+            self._queued = None
+            events += self._send_request(plain, now, expect_answer)
+        return self._ended(events, now)
 
     def give_up(self, now: float) -> list[core.Event]:
+        if self._queued is not None:  # never sent
+            self._queued = None
+            self.token += 1
+            return self._ended([core.Failed(self.token, 'no response', 'never sent')], now)
         if not self.open:
             return []
         self.open = False
-        return [core.Failed(self.token, 'no response', 'timed out')]
+        return self._ended([core.Failed(self.token, 'no response', 'timed out')], now)
+
+    def _ended(self, events: list[core.Event], now: float) -> list[core.Event]:
+        if any(isinstance(e, (core.Answered, core.Failed)) for e in events):
+            self.ended = now
+        return events
 
     def abort(self, stage: str, detail: str) -> list[core.Event]:
         return []  # iblutil ignores socket errors; the echo wait times out

@@ -2,24 +2,30 @@
 does find violations when a rule of the core is switched off (so that its silence means something)."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import simulation
 
-from iblnet_sync import core
+from iblnet_sync import core, protocol
 from iblnet_sync.core import Send
 
-SWEEP = 20000
-"""int: scenarios in the fixed-seed sweep (about 20 s on one core of a laptop)."""
+SWEEP = 18000
+"""int: scenarios in the fixed-seed sweep, every pairing drawn (about 20 s on one core of the shared test machine)."""
 
 
 def test_a_fixed_seed_sweep_keeps_every_invariant():
-    started = time.perf_counter()
     counts, first = simulation.soak(SWEEP, seed=0)
-    elapsed = time.perf_counter() - started
     assert not counts, f'violations {dict(counts)}; first seeds {first} (replay: tests/simulation.py --replay SEED -v)'
-    assert elapsed < 60, f'{SWEEP} scenarios took {elapsed:.0f} s'
+
+
+def test_the_sweep_draws_every_pairing_and_a_pairing_can_be_forced():
+    drawn = {simulation.Scenario.draw(seed).pairing for seed in range(200)}
+    assert drawn == set(simulation.PAIRINGS)
+    for name, (main, rig) in simulation.PAIRINGS.items():
+        forced = simulation.Scenario.draw(7, pairing=name)
+        assert (forced.main, forced.rig, forced.pairing) == (main, rig, name)
+        assert forced.calls == simulation.Scenario.draw(7, pairing='ours').calls  # the rest of the draw is the same
+    with pytest.raises(ValueError, match='unknown pairing'):
+        simulation.Scenario.draw(7, pairing='matlab')
 
 
 def test_a_scenario_replays_exactly():
@@ -36,6 +42,16 @@ def test_the_command_line_soaks_and_replays(capsys):
     assert all(f'{name:14s} violated in 0 scenarios' in out for name in simulation.INVARIANTS)
     assert simulation.main(['--replay', '3970', '-v']) == 0
     assert 'main->rig' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('pairing', simulation.PROGRAMS)
+def test_the_command_line_soaks_and_replays_one_pairing(capsys, pairing):
+    assert simulation.main(['--scenarios', '150', '--pairing', pairing]) == 0
+    assert f'150 scenarios of pairing {pairing} from seed 0' in capsys.readouterr().out
+    assert simulation.main(['--replay', '4', '--pairing', pairing, '-v']) == 0
+    out = capsys.readouterr().out
+    assert f"main='{simulation.PAIRINGS[pairing][0]}', rig='{simulation.PAIRINGS[pairing][1]}'" in out
+    assert 'rig->main' in out
 
 
 # --- the simulator can fail: switch a rule off, and the sweep must notice ---
@@ -60,11 +76,21 @@ def echo_no_plain_datagram(receive):
     return patched
 
 
+def iblutil_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """iblutil's own bytes for EXPSTATUS, EXPEND and EXPCLEANUP, which Timeline cannot read."""
+    monkeypatch.setattr(protocol, 'status_message', lambda status: protocol.encode(32, int(protocol.as_status(status))))
+    monkeypatch.setattr(protocol, 'stop_message', lambda data=None, immediately=False: protocol.encode(
+        16 if immediately else 4, data))
+    monkeypatch.setattr(protocol, 'cleanup_message', lambda data=None: protocol.encode(8, data))
+
+
 @pytest.mark.parametrize('rule, patch, invariant', [
     ('R4', lambda mp: mp.setattr(core.RigConversation, '_receive_tagged', handle_every_tagged_copy), 'handled_once'),
     ('M2', lambda mp: mp.setattr(core.MainConversation, '_schedule', never_resend), 'no_failure'),
     ('M16', lambda mp: mp.setattr(core.MainConversation, 'receive',
                                   echo_no_plain_datagram(core.MainConversation.receive)), 'iblutil_alive'),
+    ('M22', lambda mp: mp.setattr(simulation, 'PAUSE', {'pause': 0.0}), 'program_works'),  # the video program loses
+    ('bytes', iblutil_bytes, 'program_works'),  # Timeline answers [4, null] with an error report
 ])
 def test_the_sweep_finds_a_rule_switched_off(monkeypatch, rule, patch, invariant):
     patch(monkeypatch)
@@ -73,8 +99,9 @@ def test_the_sweep_finds_a_rule_switched_off(monkeypatch, rule, patch, invariant
 
 
 def test_without_the_storm_guard_a_known_seed_storms(monkeypatch):
-    """M21 and the rig's cap of R6/R7 off: seed 2050949 (plain peers that never learn of each other,
-    several requests bouncing in turn) never falls silent."""
-    assert not simulation.simulate(2050949)[1]
+    """M21 and the rig's cap of R6/R7 off: seed 1871 (ours with ours on a network that duplicates a tenth
+    of the datagrams; found by a search once the pause M22 changed the timings of seed 2050949) never
+    falls silent."""
+    assert not simulation.simulate(1871)[1]
     monkeypatch.setattr(core, 'STORM_ECHOES', 10 ** 9)
-    assert 'bounded' in simulation.simulate(2050949)[1]
+    assert 'bounded' in simulation.simulate(1871)[1]
