@@ -22,6 +22,7 @@ from .core import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout
 from .exchange import Exchange, remaining
+from .logtext import PeerLogLimiter, datagram_text, peer_text
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'PAUSE', 'RESEND_INTERVAL', 'RESENDS']
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ def check_options(timeout: float | None, echo_timeout: float, resend_interval: f
     check_seconds('resend_interval', resend_interval)
     if isinstance(resends, bool) or not isinstance(resends, int) or resends < 0:
         raise ValueError(f'resends must be an integer >= 0, not {resends!r}')
+
+
+_REPORTS = PeerLogLimiter()
+"""Error reports that fail no call are logged, a few a minute per rig: a rig cannot flood the log."""
 
 
 class Communicator:
@@ -232,7 +237,8 @@ class Communicator:
             for send in sends:  # (a request is only ever sends)
                 if isinstance(send, core.Send) and (refused := self._send(send.datagram)) is not None:
                     self._end(exchange, 'refused', refused)
-            log.debug('%s: sent %r', self.name, datagram)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug('%s: sent %s', self.name, datagram_text(datagram))
         except BaseException:  # e.g. KeyboardInterrupt
             self._end(exchange, 'interrupted')
             raise
@@ -398,7 +404,8 @@ class Communicator:
         if isinstance(addr, tuple) and addr and addr[0] != self.hostname:
             log.debug('%s: ignored %d bytes from %s, not the rig', self.name, len(data), addr)
             return
-        log.debug('%s: received %r', self.name, data)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug('%s: received %s', self.name, datagram_text(data))
         self._feed(lambda now: self._conversation.receive(data, now))
 
     def error_received(self, error: OSError) -> None:
@@ -497,7 +504,8 @@ class Communicator:
         addr = self._address
         if message.event == protocol.ERROR_CODE and log_it:  # (one that fails a call is raised instead)
             text, event = (list(message.data) + [None, None])[:2]
-            log.error('%s (%s) reported an error for %s: %s', self.name, self.server_uri, _event_name(event), text)
+            _REPORTS.log(log, logging.ERROR, self.name, '%s (%s) reported an error for %s: %s', self.name,
+                         self.server_uri, peer_text(_event_name(event), 60), peer_text(text))
         entries = self._callbacks[message.event]
         if not entries:  # the usual case: nobody listens for it
             return

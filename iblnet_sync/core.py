@@ -111,7 +111,8 @@ States: IDLE, HANDLING (the handler runs), ANSWERED (the answer awaits its echo)
 ====  ============  ===============================================  ==========================================
 row   state         input                                            what happens
 ====  ============  ===============================================  ==========================================
-R1    any           junk, or a plain error report                    dropped, never echoed (junk makes no entry)
+R1    any           junk, or a plain error report                    dropped, never echoed (junk makes no entry;
+                                                                     a report is delivered, to be logged)
 R2    ANSWERED      datagram equal to our answer (plain), or a       the echo: -> DONE, resends stop
                     tagged one with our answer's ID
 R3    any           tagged datagram with our ID, not awaited, a      late echo of one of our answers: dropped
@@ -615,9 +616,7 @@ class RigConversation:
             return []
         parsed = _parse(data)
         if parsed is None or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):  # R1
-            if parsed is not None:
-                log.warning('The main rig reported an error: %s', parsed.message.data)
-            return []
+            return [] if parsed is None else [Delivered(parsed.message)]  # (the adapter logs a report)
         if parsed.msg_id is not None:
             return self._receive_tagged(data, parsed, now)
         stripped = protocol.canonical(parsed.message)  # any other spelling is a resend

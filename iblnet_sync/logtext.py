@@ -21,7 +21,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ['PEER_TEXT_LIMIT', 'PeerLogLimiter', 'peer_text']
+from .protocol import DecodeError, ExpMessage, parse
+
+__all__ = ['PEER_TEXT_LIMIT', 'PeerLogLimiter', 'datagram_text', 'mask_alyx', 'peer_text']
 
 PEER_TEXT_LIMIT = 300
 """int: characters of a peer's text shown in a log line by default; the rest is counted, not shown."""
@@ -69,6 +71,36 @@ def peer_text(value: Any, limit: int = PEER_TEXT_LIMIT) -> str:
         shown.append(piece)
         used += len(piece)
     return ''.join(shown)
+
+
+def mask_alyx(data: list) -> list:
+    """ALYX data as it may be logged (at DEBUG only): the base URL and user names, every token ``'***'``.
+
+    Examples
+    --------
+    >>> mask_alyx(['https://alyx.example.org', {'technician': 'c2VjcmV0'}])
+    ['https://alyx.example.org', {'technician': '***'}]
+    """
+    return [item if index == 0 or item is None else {key: '***' for key in item} if isinstance(item, dict) else '***'
+            for index, item in enumerate(data)]
+
+
+def datagram_text(datagram: bytes, limit: int = PEER_TEXT_LIMIT) -> str:
+    """A datagram as it may be logged: :func:`peer_text` of its text, an Alyx token masked.
+
+    Examples
+    --------
+    >>> datagram_text(b'[128, "https://alyx.example.org", {"technician": "c2VjcmV0"}]')
+    'ALYX [\'https://alyx.example.org\', {\'technician\': \'***\'}]'
+    """
+    if b'128' in datagram:  # only then can it be an ALYX message, plain or tagged
+        try:
+            message = parse(datagram).message
+        except DecodeError:
+            message = None
+        if message is not None and message.event is ExpMessage.ALYX:
+            return peer_text(f'ALYX {mask_alyx(message.data)}', limit)
+    return peer_text(datagram.decode('utf-8', 'replace'), limit)
 
 
 class PeerLogLimiter:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import protocol
-from .logtext import PeerLogLimiter, peer_text
+from .logtext import PeerLogLimiter, mask_alyx, peer_text
 from .rig_config import (
     EXAMPLE_CONFIG,
     Action,
@@ -318,18 +318,6 @@ def placeholder_values(event: str, data: list, current_ref: str | dict | None, r
         if value is not None and key not in values and (wanted is None or key in wanted):
             values[str(key)] = rules.value(str(key), value)
     return values
-
-
-def mask_alyx(data: list) -> list:
-    """ALYX data as it may be logged (at DEBUG only): the base URL and user names, every token ``'***'``.
-
-    Examples
-    --------
-    >>> mask_alyx(['https://alyx.example.org', {'technician': 'c2VjcmV0'}])
-    ['https://alyx.example.org', {'technician': '***'}]
-    """
-    return [item if index == 0 or item is None else {key: '***' for key in item} if isinstance(item, dict) else '***'
-            for index, item in enumerate(data)]
 
 
 def render(command: Sequence[str] | str, values: Mapping[str, str], key: str = 'run') -> list[str] | str:

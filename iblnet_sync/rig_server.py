@@ -29,6 +29,7 @@ from .communicator import check_options, close_all
 from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError
+from .logtext import PeerLogLimiter, datagram_text, peer_text
 from .session_numbers import SessionNumbers, default_path
 from .version import __version__
 
@@ -39,6 +40,8 @@ MAX_MAIN_RIGS = 64
 """int: main rig addresses remembered at most; the least recently active one is forgotten first."""
 MAX_REFUSED_HOSTS = 256
 """int: hosts outside ``allow`` remembered, so that each is logged once."""
+_PEER_LOG = PeerLogLimiter()
+"""Lines a main rig can cause again and again (its error reports, refused requests): a few a minute per host."""
 OWNED_EVENTS = frozenset({ExpMessage.EXPINIT, ExpMessage.EXPSTART, ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT,
                           ExpMessage.EXPCLEANUP})
 """Events only the host that initialised the experiment in progress may send."""
@@ -117,6 +120,7 @@ class RigServer:
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
         self._alarms: dict[Any, Alarm] = {}  # one timer per main rig address, for its conversation
+        self._waiting: dict[Any, tuple[core.RigConversation, int, bytes]] = {}  # per main: its request, as received
         self._numbers = SessionNumbers(session_numbers or default_path())
         self._allow = None if allow is None else Allowed(allow)
         self._refused: OrderedDict[str, None] = OrderedDict()  # hosts told off in the log (bounded)
@@ -221,7 +225,8 @@ class RigServer:
         if self._allow is not None and not self._allow(addr[0]):
             self._note_refused(addr[0])
             return
-        log.debug('%s: received %r from %s', self.name, data, addr)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug('%s: received %s from %s', self.name, datagram_text(data), addr)
         with self._lock:
             conversation = self._peers.get(addr)
             new = conversation is None
@@ -234,7 +239,7 @@ class RigServer:
             self._peers.move_to_end(addr)
             if new and len(self._peers) > MAX_MAIN_RIGS:
                 self._forget_one()
-            self._apply(addr, conversation, events)
+            self._apply(addr, conversation, events, data)
 
     def _note_refused(self, host: str) -> None:
         """Log once per host (of the last few hundred) that it may not drive this rig."""
@@ -257,16 +262,26 @@ class RigServer:
             if conversation is not None:
                 self._apply(addr, conversation, conversation.tick(time.monotonic()))
 
-    def _apply(self, addr: Any, conversation: core.RigConversation, events: list[core.Event]) -> None:
-        """Carry out a conversation's events (with the lock held)."""
+    def _apply(self, addr: Any, conversation: core.RigConversation, events: list[core.Event],
+               received: bytes = b'') -> None:
+        """Carry out a conversation's events (with the lock held); `received` is the datagram they answer."""
         for event in events:
             if isinstance(event, core.Send):
                 self._send(event.datagram, addr)
-            elif isinstance(event, core.Handle):
-                if not self._dispatcher.run_callback(self._handle, addr, conversation, event):
+            elif isinstance(event, core.Handle):  # (only a received datagram makes one)
+                # Only a main's newest request may still be handled (a newer one supersedes it), and it
+                # waits as the bytes received: parsed only when its turn comes, so a flood of large
+                # requests costs their size once per main, never their parsed objects a thousand times.
+                queued = addr in self._waiting
+                self._waiting[addr] = (conversation, event.request, received)
+                if not queued and not self._dispatcher.run_callback(self._handle, addr):
+                    del self._waiting[addr]
                     busy = protocol.error_report(RuntimeError('rig busy: too many requests waiting'),
                                                  event.message.event)
                     self._apply(addr, conversation, conversation.answer(event.request, busy, time.monotonic()))
+            elif isinstance(event, core.Delivered):  # an error report from the main
+                _PEER_LOG.warning(log, addr[0], '%s: %s reported an error: %s', self.name, addr,
+                                  peer_text(event.message.data))
             elif isinstance(event, core.GaveUp):
                 log.warning('%s: %s never echoed our answer %r', self.name, addr, event.datagram[:80])
         self._arm_timer(addr, conversation)
@@ -284,6 +299,7 @@ class RigServer:
         """Forget the least recently active main rig."""
         addr = next(iter(self._peers))
         del self._peers[addr]
+        self._waiting.pop(addr, None)
         alarm = self._alarms.pop(addr, None)
         if alarm is not None:
             alarm.cancel()
@@ -295,22 +311,28 @@ class RigServer:
             log.debug('%s: send to %s failed: %s', self.name, addr, ex)
 
     # --- on the callback thread ---
-    def _handle(self, addr: Any, conversation: core.RigConversation, request: core.Handle) -> None:
-        """Run the handler of a request that is still current, and give the core its answer."""
-        if not conversation.is_current(request.request):
-            log.debug('%s: %s superseded before it was handled', self.name, request.message.event.name)
+    def _handle(self, addr: Any) -> None:
+        """Run the handler of the main's newest request if it is still current, and give the core its answer."""
+        with self._lock:
+            waiting = self._waiting.pop(addr, None)
+        if waiting is None:  # (the main was forgotten meanwhile)
             return
-        event, data = request.message
+        conversation, request, received = waiting
+        if not conversation.is_current(request):
+            log.debug('%s: a request of %s superseded before it was handled', self.name, addr)
+            return
+        event, data = protocol.parse(received).message
         try:
             self._check_owner(event, addr[0])
             answer = self._respond(event, data, self._handlers.get(event))
             self._update_owner(event, addr[0])
         except Exception as ex:
-            log.error('%s: handler for %s failed: %r', self.name, event.name, ex)
+            _PEER_LOG.log(log, logging.ERROR, addr[0], '%s: handler for %s failed: %s', self.name, event.name,
+                          peer_text(repr(ex)))
             answer = protocol.error_report(ex, event)
         with self._lock:
             if not self._closed.is_set():
-                self._apply(addr, conversation, conversation.answer(request.request, answer, time.monotonic()))
+                self._apply(addr, conversation, conversation.answer(request, answer, time.monotonic()))
 
     def _check_owner(self, event: ExpMessage, host: str) -> None:
         """Refuse another host's lifecycle event while an experiment belongs to one."""

@@ -30,6 +30,7 @@ from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 from . import protocol
 from .communicator import DEFAULT_TIMEOUT, Communicator, check_seconds
 from .config import resolve_remote_rigs
+from .logtext import mask_alyx
 from .services import Services
 from .version import __version__
 
@@ -412,7 +413,7 @@ class NetworkSession:
         if user in (getattr(self._one.alyx._par, 'TOKEN', None) or {}):
             self._one.alyx.authenticate(username=user)  # finds the cached token: no request, no prompt
         log.info('Alyx token for %s on %s installed', user, base_url)
-        log.debug('Token: %s', token)
+        log.debug('Token for %s: %s', user, mask_alyx([base_url, dict(token)])[1])
 
     def _on_alyx(self, data: list, addr: Any, rig) -> None:
         """A rig gave us its Alyx token, or asked for ours."""
