@@ -130,6 +130,8 @@ class Communicator:
         self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
         self._exchange: Exchange | None = None
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
+        self._queued: set[Future] = set()  # on_event Futures handed to the callback thread, not yet settled
+        self._cost = 0  # bytes of the datagram being received
         self._closed = False
         held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
         self._finalizer = weakref.finalize(self, close_all, held)
@@ -381,12 +383,14 @@ class Communicator:
             settle = self._apply(self._conversation.abort('closed', 'the communicator was closed'))
             self._free.notify_all()
             futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
+            futures += self._queued  # (their messages may never be run: the callback thread stops)
+            self._queued = set()
             for entries in self._callbacks.values():
                 entries.clear()
             self._alarm.cancel()
         self._settle(settle)
         for future in futures:
-            future.cancel()
+            _cancel(future)
         try:
             self._dispatcher.unregister(self._sock)
         finally:
@@ -406,6 +410,7 @@ class Communicator:
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug('%s: received %s', self.name, datagram_text(data))
+        self._cost = len(data)  # what a message for the callbacks costs their queue (see _deliver)
         self._feed(lambda now: self._conversation.receive(data, now))
 
     def error_received(self, error: OSError) -> None:
@@ -514,11 +519,18 @@ class Communicator:
             entries[:] = [e for e in entries if not isinstance(e[0], Future)]
         for callback, compound in once + list(entries):
             args = (message.data, addr, message.event) if compound else (message.data, addr)
-            self._dispatcher.run_callback(self._run_callback, callback, args, message.event)
+            if self._dispatcher.run_callback(self._run_callback, callback, args, message.event, cost=self._cost):
+                if isinstance(callback, Future):
+                    self._queued.add(callback)  # settled when its turn comes, or cancelled by close()
+            elif isinstance(callback, Future):
+                _cancel(callback)
+                log.warning('%s: on_event(%s) cancelled: the callbacks are too slow and its message was dropped',
+                            self.name, message.event.name)
 
     def _run_callback(self, callback: Callback, args: tuple, event: ExpMessage) -> None:
         """On the callback thread: resolve a Future or call a function; report its failure to the rig."""
         if isinstance(callback, Future):
+            self._queued.discard(callback)
             if not callback.done():
                 callback.set_result(args)
             return
@@ -531,6 +543,13 @@ class Communicator:
 
 
 _EVENTS = [ExpMessage(0), *ExpMessage]
+
+
+def _cancel(future: Future) -> None:
+    """Cancel `future` and wake whoever waits for it (``Future.cancel`` alone does not wake
+    ``concurrent.futures.wait``)."""
+    if future.cancel():
+        future.set_running_or_notify_cancel()
 
 
 def _flags(event: ExpMessage | int | str) -> list[ExpMessage]:

@@ -21,9 +21,11 @@ from typing import Any, Callable, Protocol
 from .errors import ClosedError
 from .protocol import MAX_DATAGRAM
 
-__all__ = ['Alarm', 'Dispatcher', 'Endpoint', 'Timer', 'weak_call', 'CALLBACK_QUEUE']
+__all__ = ['Alarm', 'Dispatcher', 'Endpoint', 'Timer', 'weak_call', 'CALLBACK_QUEUE', 'CALLBACK_BYTES']
 log = logging.getLogger(__name__)
 CALLBACK_QUEUE = 1000
+CALLBACK_BYTES = 2 ** 21
+"""int: bytes of datagrams (2 MiB) that callbacks waiting in the queue may carry at most."""
 COMPACT_TIMERS = 256
 """int: timers in the heap past which the cancelled ones are dropped (then twice the live ones)."""
 """int: user callbacks waiting to run at most; more are dropped (with a warning at most every 5 s)."""
@@ -48,12 +50,18 @@ class _CallbackThread:
     def __init__(self, name: str):
         self._queue: queue.Queue = queue.Queue(CALLBACK_QUEUE)
         self._dropped, self._warned_at = 0, -_WARN_EVERY
+        self._bytes = 0  # the cost of what waits in the queue
+        self._cost_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
-    def submit(self, function: Callable, args: tuple) -> bool:
+    def submit(self, function: Callable, args: tuple, cost: int = 0) -> bool:
         try:
-            self._queue.put_nowait((function, args))
+            with self._cost_lock:
+                if self._bytes + cost > CALLBACK_BYTES:
+                    raise queue.Full
+                self._queue.put_nowait((function, args, cost))
+                self._bytes += cost
             return True
         except queue.Full:
             self._dropped += 1
@@ -78,7 +86,9 @@ class _CallbackThread:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            function, args = item
+            function, args, cost = item
+            with self._cost_lock:
+                self._bytes -= cost
             try:
                 function(*args)
             except Exception:
@@ -241,9 +251,11 @@ class Dispatcher:
             self._wake()
         return timer
 
-    def run_callback(self, function: Callable, *args: Any) -> bool:
+    def run_callback(self, function: Callable, *args: Any, cost: int = 0) -> bool:
         """Run a user callback on the callback thread, after those queued before it.
 
+        `cost` is the size in bytes of the datagram it carries: the queue holds at most
+        :data:`CALLBACK_QUEUE` callbacks and :data:`CALLBACK_BYTES` of datagrams.
         Returns False when it was dropped: the dispatcher is closed, or the queue is full.
         """
         with self._lock:
@@ -252,7 +264,7 @@ class Dispatcher:
                 return False
             if self._callbacks is None:
                 self._callbacks = _CallbackThread(f'{self.name}-callbacks')
-            return self._callbacks.submit(function, args)
+            return self._callbacks.submit(function, args, cost)
 
     def close(self) -> None:
         """Stop both threads and close the selector; idempotent, callable from any thread."""
