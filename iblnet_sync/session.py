@@ -437,7 +437,6 @@ class NetworkSession:
 
     def _reference_from(self, answers: Mapping[str, Any]) -> tuple[str, dict]:
         """The main sync rig's name and its reference, checked against this task's subject and date."""
-        from one.converters import ConversionMixin
         claims = _main_sync_claims(answers)
         if len(claims) != 1:
             raise RuntimeError(f'Exactly one remote rig must be the main sync; {len(claims)} claim it'
@@ -445,8 +444,7 @@ class NetworkSession:
         rig = claims[0]
         ref = answers[rig][1].get('exp_ref')
         try:
-            ref = ConversionMixin.ref2dict(ref)
-            ref = {'subject': str(ref['subject']), 'date': ref['date'], 'sequence': int(ref['sequence'])}
+            ref = protocol.exp_ref_to_dict(ref)  # as ONE's ref2dict, without importing ONE (and pandas)
         except (AttributeError, KeyError, TypeError, ValueError):
             raise RuntimeError(f'Main sync rig {rig!r} sent an invalid experiment reference {ref!r}') from None
         if self._subject() and ref['subject'] != self._subject():
