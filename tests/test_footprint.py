@@ -2,9 +2,11 @@
 (neither ONE nor pandas: only an Alyx token needs them)."""
 from __future__ import annotations
 
+import configparser
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,15 @@ def test_a_main_sync_reference_reads_as_with_one(reference):
 def test_a_reference_one_cannot_read_is_refused(reference):
     assert _our_reading(reference) == 'invalid'
     assert _one_reading(reference) == 'invalid' or _one_reading(reference)['date'] is None
+
+
+def test_package_metadata_names_author_and_the_pythons_ci_tests():
+    config = configparser.ConfigParser()
+    config.read(ROOT / 'setup.cfg')
+    metadata = config['metadata']
+    assert metadata['author'] and metadata['license'] and metadata['keywords']
+    classified = re.findall(r'Programming Language :: Python :: (3\.\d+)$', metadata['classifiers'], re.M)
+    assert classified == ['3.10', '3.11', '3.12', '3.13']
+    assert config['options']['python_requires'] == f'>={classified[0]}'
+    supported = re.search(r'^SUPPORTED=\((.*?)\)', (ROOT / '.ci' / 'run').read_text(), re.M)
+    assert supported is not None and supported.group(1).split() == classified

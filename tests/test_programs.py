@@ -1,6 +1,9 @@
 """The demo and iblnet-ping as a person meets them: --version, and every failure told in a line, with its exit code."""
 from __future__ import annotations
 
+import datetime
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,3 +114,25 @@ def test_ping_names_every_option_that_is_wrong():
     result = run(PING + ['--rig', 'cameras=127.0.0.1', '--timeout', '-1', '--interval', '0'])
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].endswith(': --timeout must be > 0, not -1; --interval must be > 0, not 0')
+
+
+def test_the_readme_task_example_runs_with_what_the_readme_says_it_needs(tmp_path):
+    readme = (ROOT / 'README.md').read_text()
+    example = re.findall(r'```python\n(.*?)```', readme, re.S)[0]
+    assert "Task(remote_rigs=['cameras', 'neuropixel']" in example
+    (tmp_path / 'task.py').write_text(example)
+    with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True) as cameras, \
+            RigServer('udp://127.0.0.1:0', name='neuropixel') as neuropixel:
+        rigs = tmp_path / 'remote_rigs.yaml'
+        rigs.write_text(f'cameras: {cameras.uri}\nneuropixel: {neuropixel.uri}\n')
+        result = subprocess.run([sys.executable, 'task.py'], check=False, capture_output=True, text=True, timeout=60,
+                                cwd=tmp_path, env={**os.environ, 'IBLNET_SYNC_REMOTE_RIGS': str(rigs),
+                                                   'PYTHONPATH': str(ROOT)})
+        statuses = cameras.status.name, neuropixel.status.name
+    assert result.returncode == 0, result.stderr
+    reference, folder = result.stdout.splitlines()
+    today = datetime.date.today()
+    assert reference == repr({'subject': 'mouse', 'date': today, 'sequence': 1})
+    assert Path(folder).parts[-3:] == ('mouse', today.isoformat(), '001')
+    assert statuses == ('STOPPED', 'STOPPED')
+    assert not Path(folder).exists()  # it only computes the folder
