@@ -40,11 +40,11 @@ def test_the_test_run_gives_home_back():
     code = ('import os, sys, pytest\n'
             'sys.argv = ["pytest"]\n'
             'before = os.environ.get("HOME")\n'
-            'pytest.main(["-q", "-p", "no:terminal", "--co", "tests/test_hygiene.py"])\n'
-            'print(before == os.environ.get("HOME"))\n')
+            'code = pytest.main(["-q", "-p", "no:terminal", "--co", "tests/test_footprint.py"])\n'
+            'print(int(code), before == os.environ.get("HOME"))\n')
     result = run([sys.executable, '-c', code])
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == 'True'
+    assert result.stdout.strip().splitlines()[-1] == '0 True'
 
 
 def test_import_loads_neither_one_nor_pandas():
