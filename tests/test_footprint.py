@@ -40,7 +40,7 @@ def test_the_test_run_gives_home_back():
     code = ('import os, sys, pytest\n'
             'sys.argv = ["pytest"]\n'
             'before = os.environ.get("HOME")\n'
-            'code = pytest.main(["-q", "-p", "no:terminal", "--co", "tests/test_footprint.py"])\n'
+            'code = pytest.main(["-q", "--co", "tests/test_footprint.py"])\n'
             'print(int(code), before == os.environ.get("HOME"))\n')
     result = run([sys.executable, '-c', code])
     assert result.returncode == 0, result.stderr
