@@ -5,6 +5,10 @@ the auxiliary rigs are :class:`~iblnet_sync.RigServer` instances on loopback, on
 the main sync that decides the experiment reference. ``--rigs FILE`` runs the same task
 against the real rigs named in a remote rigs file. ``-v`` logs every datagram sent and
 every message received.
+
+Exit code: 0 after the experiment, 1 when it failed (a rig did not answer, no rig or more than
+one is the main sync), 2 for a bad command line or remote rigs file, 130 after Ctrl-C. A failure
+is told in one line on stderr, not a traceback (``-v`` adds the traceback of a failed experiment).
 """
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ import sys
 import time
 from typing import Any
 
-from iblnet_sync import ExpMessage, ExpStatus, NetworkSession, RigServer
+from iblnet_sync import BroadcastError, ClosedError, ConfigError, ExpMessage, ExpStatus, NetworkSession, RigServer
 from iblnet_sync.config import load_remote_rigs
 from iblnet_sync.protocol import exp_ref_to_str
+from iblnet_sync.version import __version__
 
 log = logging.getLogger('iblnet_sync.demo')
+PROG = 'python -m iblnet_sync.demo'
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _EVENT_NAMES = {'info': 'EXPINFO', 'init': 'EXPINIT', 'start': 'EXPSTART', 'status': 'EXPSTATUS', 'stop': 'EXPEND'}
 
 
@@ -89,31 +96,57 @@ def _log_received(rig: str, data: list, addr: Any, event: ExpMessage) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo experiment and print its timeline; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument('--subject', default='demo_mouse')
     parser.add_argument('--rigs', metavar='FILE', help='run against the real rigs of this remote rigs '
                         'file (one of them must be the main sync) instead of three local ones')
     parser.add_argument('--verbose', '-v', action='store_true',
                         help='log every datagram sent and every message received')
+    parser.add_argument('--version', action='version', version=f'%(prog)s (iblnet_sync {__version__})')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(relativeCreated)8.1f ms %(threadName)s %(name)s: %(message)s')
     logging.getLogger('iblnet_sync').setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    if args.rigs:
-        rigs, remote_rigs = [], load_remote_rigs(args.rigs)
-        print(f'Rigs from {args.rigs}: ' + ', '.join(f'{name} ({uri})' for name, uri in remote_rigs.items()))
-    else:
-        rigs = [RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True),
-                RigServer('udp://127.0.0.1:0', name='neuropixel'),
-                RigServer('udp://127.0.0.1:0', name='widefield')]
-        remote_rigs = {rig.name: rig.uri for rig in rigs}
+    try:
+        if args.rigs:
+            try:
+                remote_rigs = load_remote_rigs(args.rigs)
+            except (ConfigError, OSError) as ex:
+                return _fail(EXIT_USAGE, ex)
+            print(f'Rigs from {args.rigs}: ' + ', '.join(f'{name} ({uri})' for name, uri in remote_rigs.items()))
+            return _experiment(args, [], remote_rigs)
+        return _experiment(args, [RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True),
+                                  RigServer('udp://127.0.0.1:0', name='neuropixel'),
+                                  RigServer('udp://127.0.0.1:0', name='widefield')], None)
+    except KeyboardInterrupt:
+        print(f'{PROG}: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (BroadcastError, ClosedError, RuntimeError, ValueError, OSError) as ex:
+        if args.verbose:
+            log.exception('The experiment failed')
+        return _fail(EXIT_FAILED, ex)
+
+
+def _fail(code: int, error: BaseException) -> int:
+    """Say what went wrong, without a traceback, and return the exit code.
+
+    The message is one line, but for the lines that belong to it: a YAML error's line, column
+    and caret, and a BroadcastError's line per failed rig.
+    """
+    print(f'{PROG}: error: {error or type(error).__name__}', file=sys.stderr)
+    return code
+
+
+def _experiment(args: argparse.Namespace, rigs: list[RigServer], remote_rigs: dict[str, str] | None) -> int:
+    """The task against `rigs` (local, closed at the end) or the rigs of a file; prints the timeline."""
     timeline: list = []
+    task = None
     try:
         if rigs:
             print('Local rigs:')
         for rig in rigs:
             print(f'  {rig.name:<11} {rig.uri}{"  (main sync)" if rig.main_sync else ""}')
-        task = DemoTask(remote_rigs=remote_rigs, subject=args.subject, timeline=timeline,
-                        log_received=args.verbose)
+        task = DemoTask(remote_rigs=remote_rigs or {rig.name: rig.uri for rig in rigs}, subject=args.subject,
+                        timeline=timeline, log_received=args.verbose)
         print(f'Experiment {exp_ref_to_str(task.exp_ref)}, decided by {task.main_sync_rig} (the main sync): '
               f'session number {task.session_info["SESSION_NUMBER"]}')
         trials = task.run()
@@ -126,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         if rigs:
             print('\nFinal rig states: ' + ', '.join(f'{rig.name}={rig.status.name}' for rig in rigs))
     finally:
+        if task is not None:
+            task.cleanup_mixin_network()  # idempotent: a no-op after a whole run
         for rig in rigs:
             rig.close()
-    return 0
+    return EXIT_OK
 
 
 def _status_name(code: Any) -> str:

@@ -123,10 +123,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         An unknown option or a value out of range.
     """
     args = build_parser().parse_args(argv)
-    if (args.count is not None and args.count < 1) or args.timeout <= 0 or args.resends < 0:
-        raise UsageError('--count must be >= 1, --timeout > 0 and --resends >= 0')
-    if args.max_offset < 0 or args.interval <= 0:
-        raise UsageError('--max-offset must be >= 0 and --interval > 0')
+    wrong = [f'{option} must be {rule}, not {value:g}' for option, value, rule, right in [
+        ('--count', args.count, '>= 1', args.count is None or args.count >= 1),
+        ('--timeout', args.timeout, '> 0', args.timeout > 0),
+        ('--resends', args.resends, '>= 0', args.resends >= 0),
+        ('--max-offset', args.max_offset, '>= 0', args.max_offset >= 0),
+        ('--interval', args.interval, '> 0', args.interval > 0),
+    ] if not right]
+    if wrong:
+        raise UsageError('; '.join(wrong))
     return args
 
 

@@ -453,7 +453,6 @@ class NetworkSession:
 
     def _reference_from(self, answers: Mapping[str, Any]) -> tuple[str, dict]:
         """The main sync rig's name and its reference, checked against this task's subject and date."""
-        from one.converters import ConversionMixin
         claims = _main_sync_claims(answers)
         if len(claims) != 1:
             fix = ('set main_sync: true in the config of the rig that decides the reference (iblnet-rig), or '
@@ -464,8 +463,7 @@ class NetworkSession:
         rig = claims[0]
         ref = answers[rig][1].get('exp_ref')
         try:
-            ref = ConversionMixin.ref2dict(ref)
-            ref = {'subject': str(ref['subject']), 'date': ref['date'], 'sequence': int(ref['sequence'])}
+            ref = protocol.exp_ref_to_dict(ref)  # as ONE's ref2dict, without importing ONE (and pandas)
         except (AttributeError, KeyError, TypeError, ValueError):
             raise RuntimeError(f'Main sync rig {rig!r} sent an invalid experiment reference {ref!r}') from None
         if self._subject() and ref['subject'] != self._subject():

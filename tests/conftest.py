@@ -1,5 +1,8 @@
 """Test configuration: an isolated HOME (ONE writes its parameters there) and real iblutil rigs."""
+from __future__ import annotations
+
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -10,21 +13,41 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+_saved_environment: dict[str, str | None] = {}
+_home: list[str] = []
+
+
 def pytest_configure(config):
     home = tempfile.mkdtemp(prefix='iblnet_sync_home_')
+    _home.append(home)
+    for variable in ('HOME', 'USERPROFILE', 'IBLNET_SYNC_REMOTE_RIGS'):
+        _saved_environment.setdefault(variable, os.environ.get(variable))
     for variable in ('HOME', 'USERPROFILE'):
         os.environ[variable] = home
     os.environ.pop('IBLNET_SYNC_REMOTE_RIGS', None)
 
 
+def pytest_unconfigure(config):
+    """Remove the isolated HOME and give the environment back: a test run leaves nothing behind."""
+    for variable, value in _saved_environment.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
+    _saved_environment.clear()
+    while _home:
+        shutil.rmtree(_home.pop(), ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def fresh_home(tmp_path, monkeypatch):
-    """Each test its own HOME: ONE's parameters and a main-sync rig's session numbers start empty."""
-    home = tmp_path / 'home'
-    home.mkdir()
+def fresh_home(monkeypatch):
+    """Each test its own HOME, inside the run's (removed at its end): ONE's parameters and a main-sync
+    rig's session numbers start empty."""
+    home = Path(tempfile.mkdtemp(prefix='iblnet_sync_home_', dir=_home[0]))
     for variable in ('HOME', 'USERPROFILE'):
         monkeypatch.setenv(variable, str(home))
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,6 +10,13 @@ one over loopback by ``test_iblutil_models.py``):
   the wait if it has the same bytes, and otherwise fails it: the protocol closes (dies);
 - a wait longer than the echo timeout (1 s) also closes it;
 - a second confirmed send replaces the first, whose wait can then only time out.
+
+One difference depends on the Python that runs iblutil, not on the datagrams: a callback
+registered for several events at once (``ExpMessage.any()``, ``EXPSTART | EXPEND``) is called as
+``callback(data, addr, event)`` on Python 3.10 and 3.11 but as ``callback(data, addr)`` on 3.12 and
+later. iblutil decides with ``event not in ExpMessage``, and from Python 3.12 ``Flag.__contains__``
+counts any combination of members as in the class. Code on an iblutil peer that needs the event
+registers one callback per event (as ``peers.IblutilRig`` does).
 """
 from __future__ import annotations
 

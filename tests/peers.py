@@ -84,7 +84,10 @@ class IblutilRig:
         factory = functools.partial(EchoProtocol, self.uri, 'server', name=self.name,
                                     logger=logging.getLogger(f'iblutil_rig.{self.name}'))
         _, proto = await asyncio.get_running_loop().create_datagram_endpoint(factory, sock=self.sock)
-        proto.assign_callback(ExpMessage.any(), self._on_message)
+        # One callback per event, bound to it: registered for several events at once (ExpMessage.any()),
+        # iblutil passes the event as a third argument on Python < 3.12 only (see iblutil_models).
+        for event in ExpMessage:
+            proto.assign_callback(event, functools.partial(self._on_message, event=event))
         return proto
 
     @property

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import socket
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 from iblutil.io.net.app import EchoProtocol
+from iblutil.io.net.base import ExpMessage
 from iblutil_models import ECHO_TIMEOUT, IblutilMain, IblutilRig
 from peers import LOOPBACK, LoopThread
 
@@ -108,6 +111,28 @@ def test_rig_echoes_a_message_answers_and_lives_on_when_the_answer_is_echoed(rig
     assert model.receive(ANSWER, 0.01) == []
     model.tick(10.0)
     assert model.alive
+
+
+def test_iblutil_passes_the_event_to_a_callback_of_several_events_only_before_python_3_12(rig):
+    """The one behaviour of iblutil that depends on Python (see iblutil_models): ``event not in ExpMessage``."""
+    real, raw = rig
+    calls: queue.Queue = queue.Queue()
+
+    async def register() -> None:
+        real.protocol.assign_callback(ExpMessage.EXPSTATUS | ExpMessage.EXPEND, lambda *args: calls.put(args))
+
+    real.loops.run(register())
+    raw.send(STATUS)
+    assert raw.recv() == STATUS  # its echo
+    arguments = calls.get(timeout=DEADLINE)
+    assert arguments[0] == [20]
+    if sys.version_info < (3, 12):
+        assert len(arguments) == 3 and arguments[2] is ExpMessage.EXPSTATUS
+    else:
+        assert len(arguments) == 2
+    assert raw.recv() == ANSWER  # peers.IblutilRig's own per-event callback got the event all the same
+    raw.send(ANSWER)
+    assert real.wait_for(lambda r: r.answered, DEADLINE) and not real.errors
 
 
 def test_rig_closes_when_its_answer_is_not_echoed_in_time(rig):
