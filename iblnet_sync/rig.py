@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import protocol
 from .logtext import PeerLogLimiter, mask_alyx, peer_text
@@ -60,9 +60,6 @@ from .rig_config import (
     placeholders,
 )
 from .rig_server import RigServer
-
-if TYPE_CHECKING:
-    from typing import Self
 
 __all__ = ['Child', 'CommandFailed', 'RigAgent', 'ValueRefused', 'import_calls', 'main', 'mask_alyx',
            'placeholder_values', 'render', 'stop_children']
@@ -433,7 +430,7 @@ class RigAgent:
         stop_children(running)
         self.server.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RigAgent:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -565,7 +562,7 @@ class _StopSignals:
     cannot leave a command running.
     """
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> _StopSignals:
         self._reader, self._writer = socket.socketpair()  # a socket, since Windows has no pipe for this
         self._writer.setblocking(False)
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
