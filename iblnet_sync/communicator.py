@@ -74,9 +74,6 @@ def check_options(timeout: float | None, echo_timeout: float, resend_interval: f
         raise ValueError(f'resends must be an integer >= 0, not {resends!r}')
 
 
-_REPORTS = PeerLogLimiter()
-"""Error reports that fail no call are logged, a few a minute per rig: a rig cannot flood the log."""
-
 
 class Communicator:
     """The main rig's end of the conversation with one auxiliary rig, in blocking style.
@@ -130,6 +127,7 @@ class Communicator:
         self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
         self._exchange: Exchange | None = None
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
+        self._reports = PeerLogLimiter()  # error reports that fail no call: logged a few a minute
         self._queued: set[Future] = set()  # on_event Futures handed to the callback thread, not yet settled
         self._cost = 0  # bytes of the datagram being received
         self._closed = False
@@ -239,8 +237,6 @@ class Communicator:
             for send in sends:  # (a request is only ever sends)
                 if isinstance(send, core.Send) and (refused := self._send(send.datagram)) is not None:
                     self._end(exchange, 'refused', refused)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug('%s: sent %s', self.name, datagram_text(datagram))
         except BaseException:  # e.g. KeyboardInterrupt
             self._end(exchange, 'interrupted')
             raise
@@ -484,6 +480,8 @@ class Communicator:
 
     def _send(self, datagram: bytes) -> str | None:
         """Send; return why if the rig refused it."""
+        if log.isEnabledFor(logging.DEBUG):  # (before sending: the answer's line may not come first)
+            log.debug('%s: sent %s', self.name, datagram_text(datagram))
         try:
             self._sock.send(datagram)
         except _REFUSED as ex:
@@ -509,7 +507,7 @@ class Communicator:
         addr = self._address
         if message.event == protocol.ERROR_CODE and log_it:  # (one that fails a call is raised instead)
             text, event = (list(message.data) + [None, None])[:2]
-            _REPORTS.log(log, logging.ERROR, self.name, '%s (%s) reported an error for %s: %s', self.name,
+            self._reports.log(log, logging.ERROR, self.name, '%s (%s) reported an error for %s: %s', self.name,
                          self.server_uri, peer_text(_event_name(event), 60), peer_text(text))
         entries = self._callbacks[message.event]
         if not entries:  # the usual case: nobody listens for it

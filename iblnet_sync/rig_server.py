@@ -40,8 +40,6 @@ MAX_MAIN_RIGS = 64
 """int: main rig addresses remembered at most; the least recently active one is forgotten first."""
 MAX_REFUSED_HOSTS = 256
 """int: hosts outside ``allow`` remembered, so that each is logged once."""
-_PEER_LOG = PeerLogLimiter()
-"""Lines a main rig can cause again and again (its error reports, refused requests): a few a minute per host."""
 OWNED_EVENTS = frozenset({ExpMessage.EXPINIT, ExpMessage.EXPSTART, ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT,
                           ExpMessage.EXPCLEANUP})
 """Events only the host that initialised the experiment in progress may send."""
@@ -124,6 +122,7 @@ class RigServer:
         self._numbers = SessionNumbers(session_numbers or default_path())
         self._allow = None if allow is None else Allowed(allow)
         self._refused: OrderedDict[str, None] = OrderedDict()  # hosts told off in the log (bounded)
+        self._peer_log = PeerLogLimiter()  # lines a main can cause again and again: a few a minute per host
         self._owner: tuple[str, str | None] | None = None  # (host, exp_ref) of the experiment in progress
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -280,7 +279,7 @@ class RigServer:
                                                  event.message.event)
                     self._apply(addr, conversation, conversation.answer(event.request, busy, time.monotonic()))
             elif isinstance(event, core.Delivered):  # an error report from the main
-                _PEER_LOG.warning(log, addr[0], '%s: %s reported an error: %s', self.name, addr,
+                self._peer_log.warning(log, addr[0], '%s: %s reported an error: %s', self.name, addr,
                                   peer_text(event.message.data))
             elif isinstance(event, core.GaveUp):
                 log.warning('%s: %s never echoed our answer %r', self.name, addr, event.datagram[:80])
@@ -305,6 +304,8 @@ class RigServer:
             alarm.cancel()
 
     def _send(self, data: bytes, addr: Any) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # (before sending: the main's next line may not come first)
+            log.debug('%s: sent %s to %s', self.name, datagram_text(data), addr)
         try:
             self._sock.sendto(data, addr)
         except OSError as ex:
@@ -327,7 +328,7 @@ class RigServer:
             answer = self._respond(event, data, self._handlers.get(event))
             self._update_owner(event, addr[0])
         except Exception as ex:
-            _PEER_LOG.log(log, logging.ERROR, addr[0], '%s: handler for %s failed: %s', self.name, event.name,
+            self._peer_log.log(log, logging.ERROR, addr[0], '%s: handler for %s failed: %s', self.name, event.name,
                           peer_text(repr(ex)))
             answer = protocol.error_report(ex, event)
         with self._lock:
