@@ -144,7 +144,20 @@ R11   ANSWERED      timer, tagged, resends left                      the answer 
 R12   ANSWERED      timer, deadline passed                           -> DONE (an iblutil rig would close here;
                                                                      we keep serving)
 R13   superseded    the handler's answer                             not sent
+R14   not working   plain datagram with the very bytes of a request  a bounce of our echo (an iblutil main takes
+      on it         we echoed less than 0.2 s ago, from a main not   a late copy of our echo for new, and echoes
+                    known to be iblnet_sync                          it): echoed, 8 times at most since it was
+                                                                     handled, never handled again
 ====  ============  ===============================================  ==========================================
+
+Without R14 one late copy of our echo starts a storm with an iblutil main (or any peer that echoes
+what it takes for new): the main echoes the copy, we took that for the same request asked again,
+handled it, echoed it, and so on for ever, running the handler hundreds of times a second. With it,
+the bounce ends after 8 echoes, and a handler runs at most twice for a request a plain main made once
+(once more when the copy comes after the window: then it is, byte for byte, the main asking again).
+Its price: a plain main that sends the very same request again within 0.2 s of our echo of it gets
+the echo but no answer to the repeat (its call times out; the main's socket lives on). No program we
+know of repeats a request that fast; iblrig's main sends one request every 0.2 s at most.
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -153,6 +166,7 @@ answer, if it came first, for a wrong echo and close; only our main's resend get
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -182,6 +196,9 @@ SEEN_IDS = 64
 """int: how many of the peer's message IDs are remembered to recognise duplicates."""
 TAG_ROOM = 128
 """int: bytes a tag or a newline may add to a message (an answer that leaves less is refused)."""
+REPEAT_WINDOW = 0.2
+"""float: seconds after our echo of a plain request within which the same bytes again are a bounce of
+that echo, not the main asking again (R14)."""
 STORM_ECHOES = 8
 """int: echoes of the same plain bytes since our last request (the main) or of the current request
 (the rig) that make a storm."""
@@ -588,7 +605,8 @@ class RigConversation:
         self._deadline: float | None = None
         self._seen = _Seen()
         self._repeats = 0                 # copies of the current plain request received (R6, R7)
-        self._plains: list[bytes] = []    # the last plain requests (R8)
+        self._plains: list[bytes] = []    # digests of the last plain requests (R8)
+        self._echoes: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # R14: digest -> (last echo, echoes)
         self._main: str | None = None     # the token of the main that announced itself (R9)
         self._owed: list[bytes] = []      # plain answers whose echo may still come, though we moved on (R3)
 
@@ -605,7 +623,7 @@ class RigConversation:
         return request == self._request and self.state == HANDLING
 
     def receive(self, data: bytes, now: float) -> list[Event]:
-        """A datagram from the main rig (R1-R9)."""
+        """A datagram from the main rig (R1-R9, R14)."""
         if self.state == ANSWERED and data == self._answer:  # R2, plain
             self.state = DONE
             return []
@@ -623,7 +641,8 @@ class RigConversation:
         main = protocol.announced_main(parsed.message)
         if main is not None and main != self._main:  # R9: another main at this address: no copy of ours
             self._main, self._plain, self._plains = main, b'', []
-        if stripped == self._plain or (self.tagged and stripped in self._plains):
+            self._echoes.clear()
+        if stripped == self._plain or (self.tagged and _key(stripped) in self._plains):
             open_ = stripped == self._plain and self.state in (HANDLING, ANSWERED)
             if (self.tagged and not open_) or (not open_ and data != stripped):  # R8
                 return []
@@ -631,13 +650,20 @@ class RigConversation:
                 self._repeats += 1
                 if self._repeats > STORM_ECHOES:
                     return []
-                events: list[Event] = [Send(data)]
+                events: list[Event] = [self._echo(data, now, self._repeats)]
                 if self.state == ANSWERED and data != stripped:  # our main's resend: it lacks the answer
                     events.append(Send(self._answer))
                 return events
+        echoed = self._echoes.get(_key(data))
+        if not self.tagged and echoed is not None and now - echoed[0] < REPEAT_WINDOW:  # R14: a bounce
+            count = echoed[1] + 1
+            if count > STORM_ECHOES:  # silent: the bounce ends, and the window runs out
+                self._echoes[_key(data)] = (echoed[0], count)
+                return []
+            return [self._echo(data, now, count)]
         if protocol.announces_peer(parsed.message):  # R9
             self.tagged = True
-        return [Send(data)] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
+        return [self._echo(data, now, 0)] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
 
     def answer(self, request: int, answer: bytes | None, now: float) -> list[Event]:
         """The handler of `request` finished (R10, R13): `answer` is a plain datagram or None."""
@@ -692,6 +718,15 @@ class RigConversation:
             return [Send(data), Send(self._answer)] if self.state == ANSWERED else [Send(data)]
         return [Send(data)] + self._new_request(b'', msg_id, parsed.message)  # R5
 
+    def _echo(self, data: bytes, now: float, count: int) -> Send:
+        """Echo a plain request of the main's, remembering when and how often (R14)."""
+        key = _key(data)
+        self._echoes[key] = (now, count)
+        self._echoes.move_to_end(key)
+        if len(self._echoes) > 8:
+            self._echoes.popitem(last=False)
+        return Send(data)
+
     def _owe_echo(self) -> None:
         """We stop waiting for the echo of our plain answer: should it still come, it is no request."""
         if self.state == ANSWERED and self._answer_id is None and not self._answer.endswith(protocol.PEER_SUFFIX):
@@ -703,11 +738,16 @@ class RigConversation:
         self._repeats = 0
         if plain:
             self._plain = plain  # the last plain request: its copies may still arrive
-            self._plains = (self._plains + [plain])[-8:]
+            self._plains = (self._plains + [_key(plain)])[-8:]
         self._ref = ref
         self._answer, self._answer_id = b'', None
         self.state = HANDLING
         return [Handle(self._request, message)]
+
+
+def _key(datagram: bytes) -> bytes:
+    """A short fingerprint of a datagram, so that remembering one costs 16 bytes whatever its size."""
+    return hashlib.blake2b(datagram, digest_size=16).digest()
 
 
 def events_of(events: list[Event], kind: type) -> list[Any]:

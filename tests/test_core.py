@@ -241,3 +241,27 @@ def test_messages_that_leave_no_room_for_the_tag_are_refused_or_reported():
     (handle,) = events_of(rig.receive(protocol.init_message({'exp_ref': 'a'}), 0.0), Handle)
     (sent,) = events_of(rig.answer(handle.request, protocol.encode(1, 'y' * 65480), 0.0), Send)
     assert protocol.decode(sent.datagram).event == 0 and b'TooLarge' in sent.datagram
+
+
+def test_a_late_copy_of_our_echo_bounced_by_a_plain_main_is_no_new_request():  # R14
+    rig = core.RigConversation('b2')
+    init = protocol.init_message({'exp_ref': '2026-11-25_1_mouse'})
+    (handle,) = events_of(rig.receive(init, 0.0), Handle)
+    answer = sent(rig.answer(handle.request, protocol.encode(1, 10, None), 0.001))[0]
+    rig.receive(answer, 0.002)  # its echo: done
+    echoes = [rig.receive(init, 0.05 + n * 0.001) for n in range(20)]  # the main echoes our late copy, and so on
+    assert not any(events_of(e, Handle) for e in echoes), 'handled again'
+    assert sum(len(sent(e)) for e in echoes) == core.STORM_ECHOES  # then silent: the bounce ends
+    assert events_of(rig.receive(init, 0.07 + core.REPEAT_WINDOW), Handle)  # later: the main asks again
+
+
+def test_two_requests_bounced_in_turn_by_a_peer_that_echoes_everything_end():  # R14
+    rig = core.RigConversation('b2')
+    status, info = protocol.status_message(0), protocol.info_message(0, {'subject': 'mouse'})
+    handled, echoed, now = 0, 0, 0.0
+    for n in range(200):  # the naive peer echoes each of our echoes back, the two requests in turn
+        now += 0.0005
+        events = rig.receive(status if n % 2 else info, now)
+        handled += len(events_of(events, Handle))
+        echoed += len(sent(events))
+    assert handled <= 4 and echoed <= 2 * (core.STORM_ECHOES + 1)

@@ -194,3 +194,54 @@ def test_an_experiment_belongs_to_the_host_that_initialised_it(servers):
             assert restarted.init({'exp_ref': f'{TODAY}_2_mouse'}) == {'cameras': [10, None]}
             restarted.stop()
         assert intruder.init({'exp_ref': f'{TODAY}_9_other'}) == [10, None]  # free once it ended
+
+
+def test_a_late_copy_of_an_echo_starts_no_storm_with_an_iblutil_main(servers):
+    """iblutil's main takes a late copy of our echo for a new message and echoes it: without R14 the rig took
+    that for the request asked again, handled it, echoed it, and the two bounced it for ever."""
+    import time
+
+    from peers import IblutilMain
+    from relay import LossyRelay
+
+    class LateCopy(LossyRelay):  # the rig's echo of EXPINIT reaches the main once more, 50 ms late
+        def __init__(self, rig_address, late):
+            self.late, self.released, self.activity = late, threading.Event(), threading.Event()
+            super().__init__(rig_address)
+
+        def _forward(self, send, data):
+            send(data)
+            self.counts['forwarded'] += 1
+            self.activity.set()
+            if send == self._to_main and data == self.late:
+                self.late = None
+                self._held.append((time.monotonic() + 0.05, send, data))
+
+        def _release_held(self, everything=False):
+            held = bool(self._held)
+            super()._release_held(everything)
+            if held and not self._held:
+                self.released.set()
+
+    rig = servers('cameras')
+    handled = []
+    rig.assign_handler('EXPINIT', handled.append)
+    init = {'exp_ref': f'{TODAY}_1_mouse'}
+    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    relay = LateCopy((host, int(port)), late=b'[1, {"exp_ref": "%s_1_mouse"}]' % str(TODAY).encode())
+    main = IblutilMain({'cameras': relay.uri})
+    try:
+        assert main.call('init', init) == {'cameras': [10, None]}
+        assert relay.released.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until nothing went through the relay for 0.2 s
+            relay.activity.clear()
+            if not relay.activity.wait(0.2):
+                break
+        else:
+            pytest.fail(f'still bouncing after 5 s: {relay.counts}, handled {len(handled)} times')
+        assert relay.counts['forwarded'] <= 6 + 2 * 9 and len(handled) <= 2
+        assert main.call('status', ExpStatus.INITIALIZED) == {'cameras': [10]}  # the main lives on
+    finally:
+        main.close()
+        relay.close()
