@@ -431,8 +431,8 @@ def _program_problem(action: Action, cwd: Path | None) -> tuple[str, str] | None
         if shutil.which(path):
             return None
         if os.path.isfile(path):
-            return key, f'program {program!r} is not executable ({path})'
-        return key, f'program {program!r} not found ({path})'
+            return key, f'program {program!r} is not executable ({os.path.normpath(path)})'
+        return key, f'program {program!r} not found ({os.path.normpath(path)})'
     if shutil.which(program):
         return None
     return key, f"program {program!r} not found (PATH={os.environ.get('PATH', '')})"

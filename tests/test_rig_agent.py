@@ -891,7 +891,7 @@ def test_every_missing_program_and_call_is_named_and_the_agent_refuses_to_start(
         f"iblnet-rig: error: {file}: on.EXPINIT[1].call: cannot import no_such_module_iblnet:prepare: "
         f"ModuleNotFoundError: No module named 'no_such_module_iblnet' (looked on sys.path, then in {tmp_path})",
         f"iblnet-rig: error: {file}: on.EXPSTART.run: program './no-such-script.sh' not found "
-        f"({tmp_path}{os.sep}./no-such-script.sh)",
+        f"({tmp_path / 'no-such-script.sh'})",
         f"iblnet-rig: error: {file}: on.EXPCLEANUP.cwd: the folder '{tmp_path / 'no-such-folder'}' where the "
         f"command starts does not exist",
     ]
@@ -903,7 +903,7 @@ def test_a_program_that_is_not_executable_is_named(tmp_path):
     file = write_config(tmp_path, {'on': {'EXPEND': {'run': ['./copy.sh', '{exp_ref}']}}})
     _, problems = check_actions(load_config(file))
     assert [str(problem) for problem in problems] == [
-        f"{file}: on.EXPEND.run: program './copy.sh' is not executable ({tmp_path}/./copy.sh)"]
+        f"{file}: on.EXPEND.run: program './copy.sh' is not executable ({tmp_path}/copy.sh)"]
     (tmp_path / 'copy.sh').chmod(0o755)
     assert check_actions(load_config(file)) == ({}, [])
 
