@@ -919,6 +919,7 @@ def test_missing_program_refused_as_a_program(tmp_path):
         f"iblnet-rig: error: {file}: on.EXPEND.run: program 'copy-iblnet-missing' not found"]
 
 
+@POSIX_ONLY
 def test_the_example_config_starts_as_it_is_where_python_is_on_path(tmp_path, monkeypatch):
     """In the README's virtual environment `python` is on PATH; elsewhere each of the example's actions is named."""
     file = write_config(tmp_path, EXAMPLE_CONFIG)
@@ -955,7 +956,7 @@ def test_commands_start_in_the_files_folder_or_in_their_cwd(tmp_path, no_leaked_
         'EXPINIT': {'run': cwd_writer('init.txt')},
         'EXPEND': [{'run': cwd_writer('end.txt'), 'cwd': 'videos'},
                    {'run': cwd_writer('absolute.txt'), 'cwd': str(elsewhere)}]}})
-    agent = RigAgent(load_config(os.path.relpath(file)))  # the agent's own folder is not the file's
+    agent = RigAgent(load_config(file))  # the agent's own folder (the test's) is not the file's
     try:
         with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
             services.init({'exp_ref': REF})
@@ -1132,6 +1133,7 @@ def test_log_calls_never_wait_for_a_slow_handler_and_every_line_is_written_at_th
     assert logging.getLogger().handlers == root_handlers, 'the queue handler is removed'
 
 
+@POSIX_ONLY
 def test_verbose_shows_each_datagram_as_sent_and_received_in_order(tmp_path):
     from iblutil.io.net.base import ExpMessage
     file = write_config(tmp_path, {'name': 'cameras', 'listen': 'udp://127.0.0.1:0'})
