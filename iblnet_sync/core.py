@@ -156,8 +156,10 @@ handled it, echoed it, and so on for ever, running the handler hundreds of times
 the bounce ends after 8 echoes, and a handler runs at most twice for a request a plain main made once
 (once more when the copy comes after the window: then it is, byte for byte, the main asking again).
 Its price: a plain main that sends the very same request again within 0.2 s of our echo of it gets
-the echo but no answer to the repeat (its call times out; the main's socket lives on). No program we
-know of repeats a request that fast; iblrig's main sends one request every 0.2 s at most.
+the echo but no answer to the repeat (its call times out; the main's socket lives on), and so does a
+new connection that happens to get the port of the last one and opens with the same bytes within
+0.2 s. No program we know of repeats a request that fast; iblrig's main sends one request every
+0.2 s at most, and a task takes seconds to start.
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the

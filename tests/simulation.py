@@ -620,10 +620,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if violations else 0
     import logging
     import time
-    logging.getLogger('iblnet_sync').setLevel(logging.ERROR)  # storms are counted, not logged
-    started = time.perf_counter()
-    counts, first = soak(args.scenarios, args.seed, args.pairing)
-    elapsed = time.perf_counter() - started
+    library = logging.getLogger('iblnet_sync')
+    level = library.level
+    library.setLevel(logging.ERROR)  # storms are counted, not logged
+    try:
+        started = time.perf_counter()
+        counts, first = soak(args.scenarios, args.seed, args.pairing)
+        elapsed = time.perf_counter() - started
+    finally:
+        library.setLevel(level)
     which = f' of pairing {args.pairing}' if args.pairing else ''
     print(f'{args.scenarios} scenarios{which} from seed {args.seed} in {elapsed:.1f} s')
     for name in INVARIANTS:
