@@ -105,3 +105,10 @@ def test_without_the_storm_guard_a_known_seed_storms(monkeypatch):
     assert not simulation.simulate(1871)[1]
     monkeypatch.setattr(core, 'STORM_ECHOES', 10 ** 9)
     assert 'bounded' in simulation.simulate(1871)[1]
+
+
+def test_without_r14_a_plain_mains_bounce_makes_the_rig_handle_a_request_again(monkeypatch):
+    """Seed 51 of iblutil's main with our rig: a duplicated echo bounces; R14 keeps the handler to its one run."""
+    assert not simulation.simulate(51, pairing='iblutil-ours')[1]
+    monkeypatch.setattr(core, 'REPEAT_WINDOW', 0.0)
+    assert 'handled_once' in simulation.simulate(51, pairing='iblutil-ours')[1]
