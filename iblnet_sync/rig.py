@@ -5,12 +5,17 @@ that answers the main rig, and at each event runs a command line or calls a Pyth
 as the file says (see :mod:`iblnet_sync.rig_config`; ``iblnet-rig --example-config`` prints
 one to start from).
 
+- At start-up, every ``run:`` program must be found and every ``call:`` must import
+  (:func:`check_actions`), or the agent refuses to start, naming each one that cannot.
+- A command starts in the configuration file's folder, or in its action's ``cwd:``.
 - A quick command runs to its end; a non-zero exit status, or a command that cannot start,
   reaches the main rig as an error report carrying the end of its stderr.
 - A long-running command (``until: EVENT``) is started at its event and stopped at EVENT or
   at EXPINTERRUPT: Ctrl-C first (SIGINT to its process group; Ctrl-Break on Windows), then
   terminated after a grace period.
 - Ctrl-C or SIGTERM (Ctrl-Break on Windows) stops the agent and every command it started.
+- Log lines go through a queue to the console and the ``--log-file``: a slow disk or terminal
+  never delays the network thread.
 - Values from the network are data: the experiment reference and every value a placeholder
   takes are checked (:class:`~iblnet_sync.rig_config.ValueRules`) before anything runs; a
   value that breaks a rule is refused with an error report naming the key and the rule.
@@ -23,7 +28,8 @@ Examples
     iblnet-rig --example-config > cameras.yaml
     iblnet-rig cameras.yaml --log-file cameras.log
 
-Exit code: 0 after a requested stop, 1 when the agent cannot listen, 2 for a bad configuration.
+Exit code: 0 after SIGTERM or SIGHUP, 130 after Ctrl-C (or Ctrl-Break), 1 when the agent cannot
+listen, 2 for a bad configuration or option (one line each problem, never a traceback).
 """
 from __future__ import annotations
 
@@ -35,7 +41,9 @@ import json
 import logging
 import logging.handlers
 import os
+import queue
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,15 +64,19 @@ from .rig_config import (
     RigConfigError,
     ValueRefused,
     ValueRules,
+    _windows_split,
     load_config,
+    parse_config,
     placeholders,
 )
 from .rig_server import RigServer
+from .version import __version__
 
-__all__ = ['Child', 'CommandFailed', 'RigAgent', 'ValueRefused', 'import_calls', 'main', 'mask_alyx',
-           'placeholder_values', 'render', 'stop_children']
+__all__ = ['Child', 'CommandFailed', 'RigAgent', 'ValueRefused', 'check_actions', 'import_calls', 'main',
+           'mask_alyx', 'placeholder_values', 'render', 'stop_children']
 log = logging.getLogger(__name__)
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+PROG = 'iblnet-rig'
 TAIL_LINES = 12
 """int: how many of the last stderr lines of a command are kept for its error report."""
 TAIL_CHARS = 1500
@@ -125,13 +137,16 @@ class Child:
         The command, placeholders filled in.
     action : Action
         The configured action it comes from.
+    cwd : Path, optional
+        The folder it starts in (the agent's own by default); a relative program path such as
+        ``./copy.sh`` is found there, on Windows too.
     """
 
-    def __init__(self, command: Sequence[str] | str, action: Action):
+    def __init__(self, command: Sequence[str] | str, action: Action, cwd: Path | None = None):
         self.command, self.action = command, action
         self.stopping = False  # the agent asked it to stop
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        errors='replace', **_own_group())
+        self.process = subprocess.Popen(_in_folder(command, cwd), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True, errors='replace', cwd=cwd, **_own_group())
         self.started = time.monotonic()
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._reader = threading.Thread(target=self._read_stderr, name=f'iblnet-rig-stderr-{self.process.pid}',
@@ -174,6 +189,16 @@ class Child:
         how = f'killed by {signal.Signals(-code).name}' if code < 0 and -code in signal.valid_signals() else \
             f'exit status {code}'
         return f'{how} after {_seconds_since(self.started)}'
+
+
+def _in_folder(command: Sequence[str] | str, cwd: Path | None) -> Sequence[str] | str:
+    """The command with a relative program path (``./copy.sh``, ``bin/tool``) made relative to `cwd`.
+
+    POSIX looks for it there anyway; Windows would look in the agent's own folder.
+    """
+    if cwd is None or isinstance(command, str) or not os.path.dirname(command[0]) or os.path.isabs(command[0]):
+        return command
+    return [os.path.join(cwd, command[0]), *command[1:]]
 
 
 def stop_children(children: Iterable[Child], grace: float | None = None) -> list[Child]:
@@ -230,8 +255,8 @@ class _Children:
         self._running: set[Child] = set()
         self._closed = False
 
-    def start(self, command: Sequence[str] | str, action: Action) -> Child:
-        """Start a command and track it.
+    def start(self, command: Sequence[str] | str, action: Action, cwd: Path | None = None) -> Child:
+        """Start a command in the folder `cwd` and track it.
 
         Raises
         ------
@@ -242,7 +267,7 @@ class _Children:
             if self._closed:
                 raise CommandFailed(f'{show(command)} not started: the agent is stopping')
             try:
-                child = Child(command, action)
+                child = Child(command, action, cwd)
             except OSError as ex:
                 raise CommandFailed(f'{show(command)} cannot start: {ex}') from None
             self._running.add(child)
@@ -347,17 +372,87 @@ def import_calls(config: RigConfig) -> dict[str, Callable[[list], Any]]:
     Raises
     ------
     RigConfigError
-        A module that cannot be imported, or no such callable in it.
+        A module that cannot be imported, or no such callable in it (the first; :func:`check_actions` lists all).
     """
-    calls = {}
-    for actions in config.on.values():
-        for action in actions:
-            if action.call:
-                calls[action.key] = _import_callable(action.call, f'{action.key}.call', config.folder)
+    calls, problems = _import_all(config)
+    if problems:
+        raise problems[0]
     return calls
 
 
-def _import_callable(spec: str, key: str, folder: Path | None) -> Callable[[list], Any]:
+def check_actions(config: RigConfig) -> tuple[dict[str, Callable[[list], Any]], list[RigConfigError]]:
+    """Check what the actions need on this machine, before the agent starts: every problem, not only the first.
+
+    Each ``run:`` program must be found: a name on ``PATH`` (with ``PATHEXT`` on Windows), a
+    path such as ``./copy.sh`` relative to the folder the command starts in
+    (:meth:`~iblnet_sync.rig_config.RigConfig.working_directory`), which must exist. A
+    program given by a placeholder is known only at its event, and not checked. Each
+    ``call:`` must import and be callable.
+
+    Parameters
+    ----------
+    config : RigConfig
+        The configuration.
+
+    Returns
+    -------
+    calls : dict
+        The functions of the ``call:`` actions that imported, by action key.
+    problems : list of RigConfigError
+        One per action that cannot work, in the file's order; each message names the file and the key,
+        e.g. ``cameras.yaml: on.EXPSTART.run: program 'bonsai' not found (PATH=...)``.
+    """
+    problems = []
+    for actions in config.on.values():
+        for action in actions:
+            if action.run:
+                problem = _program_problem(action, config.working_directory(action))
+                if problem:
+                    problems.append(RigConfigError(*problem, config.file))
+    calls, call_problems = _import_all(config)
+    order = {action.key: index for index, action in enumerate(a for actions in config.on.values() for a in actions)}
+    return calls, sorted(problems + call_problems, key=lambda problem: order.get(problem.key.rpartition('.')[0], 0))
+
+
+def _program_problem(action: Action, cwd: Path | None) -> tuple[str, str] | None:
+    """Why the program of a ``run:`` action cannot start, as ``(key, problem)``; None if it can, or may."""
+    assert action.run
+    if cwd is not None and not cwd.is_dir():
+        key = f'{action.key}.cwd' if action.cwd else f'{action.key}.run'
+        return key, f'the folder {str(cwd)!r} where the command starts ' + \
+            ('is not a folder' if cwd.exists() else 'does not exist')
+    words = action.run if isinstance(action.run, tuple) else _windows_split(action.run)
+    if not words or placeholders(words[0]):
+        return None  # a program chosen at the event: known only then
+    program = words[0].format_map({})  # {{ and }} are braces
+    key = f'{action.key}.run'
+    if os.path.dirname(program):  # a path: relative to the command's folder, as the command will find it
+        path = os.path.join(cwd if cwd is not None else os.getcwd(), program)
+        if shutil.which(path):
+            return None
+        if os.path.isfile(path):
+            return key, f'program {program!r} is not executable ({os.path.normpath(path)})'
+        return key, f'program {program!r} not found ({os.path.normpath(path)})'
+    if shutil.which(program):
+        return None
+    return key, f"program {program!r} not found (PATH={os.environ.get('PATH', '')})"
+
+
+def _import_all(config: RigConfig) -> tuple[dict[str, Callable[[list], Any]], list[RigConfigError]]:
+    """Import every ``call:``; return those that imported and what went wrong with the others."""
+    calls, problems = {}, []
+    for actions in config.on.values():
+        for action in actions:
+            if action.call:
+                try:
+                    calls[action.key] = _import_callable(action.call, f'{action.key}.call', config.folder,
+                                                         config.file)
+                except RigConfigError as ex:
+                    problems.append(ex)
+    return calls, problems
+
+
+def _import_callable(spec: str, key: str, folder: Path | None, source: str | None = None) -> Callable[[list], Any]:
     module_name, _, attributes = spec.partition(':')
     if folder is not None and str(folder) not in sys.path:
         sys.path.append(str(folder))
@@ -366,9 +461,10 @@ def _import_callable(spec: str, key: str, folder: Path | None) -> Callable[[list
         for attribute in attributes.split('.'):
             target = getattr(target, attribute)
     except Exception as ex:  # noqa: BLE001 (importing a module may raise anything)
-        raise RigConfigError(key, f'cannot import {spec}: {type(ex).__name__}: {ex}') from None
+        where = f' (looked on sys.path, then in {folder})' if isinstance(ex, ImportError) and folder else ''
+        raise RigConfigError(key, f'cannot import {spec}: {type(ex).__name__}: {ex}{where}', source) from None
     if not callable(target):
-        raise RigConfigError(key, f'{spec} is not callable')
+        raise RigConfigError(key, f'{spec} is not callable', source)
     return target
 
 
@@ -415,7 +511,11 @@ class RigAgent:
         for event in ('EXPINFO', 'EXPINIT', 'EXPSTART', 'EXPEND', 'EXPINTERRUPT', 'EXPCLEANUP', 'EXPSTATUS', 'ALYX'):
             self.server.assign_handler(event, functools.partial(self._on_event, event))
         log.info('%s listening on %s (main sync: %s; actions at %s)', config.name, self.server.uri,
-                 'yes' if config.main_sync else 'no', ', '.join(config.on) or 'no event')
+                 'yes' if config.main_sync else 'no', ', '.join(event for event, actions in config.on.items()
+                                                                 if actions) or 'no event')
+        if not config.has_actions:
+            log.warning('%s: no actions in %s: this rig only answers (status, info)', config.name,
+                        config.file or 'the configuration')
         if config.allow is None:
             log.warning('%s: no allow: in the configuration: any host that reaches %s may drive this rig',
                         config.name, self.server.uri)
@@ -492,7 +592,7 @@ class RigAgent:
             self.config.rules.text('subject', subject, self.config.rules.subject_pattern)
 
     def _start(self, action: Action, command: list[str] | str, received: float) -> Child:
-        child = self._children.start(command, action)
+        child = self._children.start(command, action, self.config.working_directory(action))
         log.info('%s: started %s (pid %d, %s after the event was received)', action.key, show(child.command),
                  child.process.pid, f'{(child.started - received) * 1000:.1f} ms')
         return child
@@ -600,27 +700,39 @@ def _log_handlers(log_file: str | None) -> list[logging.Handler]:
 
 @contextlib.contextmanager
 def _console_logging(handlers: list[logging.Handler], verbose: bool) -> Iterator[None]:
-    """Timestamped lines to `handlers`: the agent's from INFO, other modules' from WARNING; removed at the end."""
+    """Timestamped lines to `handlers`: the agent's from INFO, the others' from WARNING (all from DEBUG if `verbose`).
+
+    A log call only puts its line on a queue (:class:`logging.handlers.QueueHandler`); a thread
+    of its own (:class:`logging.handlers.QueueListener`) writes it to the handlers, so a slow
+    terminal or disk never delays the thread that logs (the network's, the callbacks'). At the
+    end, every line still queued is written, then the handlers are removed and closed.
+    """
     formatter = logging.Formatter('%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s', '%Y-%m-%d %H:%M:%S')
-    root, levels = logging.getLogger(), (logging.getLogger().level, log.level)
     for handler in handlers:
         handler.setFormatter(formatter)
-        root.addHandler(handler)
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()  # unbounded: a log call never waits
+    listener = logging.handlers.QueueListener(lines, *handlers, respect_handler_level=True)
+    to_queue = logging.handlers.QueueHandler(lines)
+    root, levels = logging.getLogger(), (logging.getLogger().level, log.level)
+    listener.start()
+    root.addHandler(to_queue)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
         yield
     finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
+        root.removeHandler(to_queue)  # first: a line logged from now on goes to stderr, not into a stopped queue
         root.setLevel(levels[0])
         log.setLevel(levels[1])
+        listener.stop()  # writes every line still queued
+        for handler in handlers:
+            handler.close()
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``iblnet-rig``."""
     parser = argparse.ArgumentParser(
-        prog='iblnet-rig', description='Answer a main rig and run commands at each experiment event, as a YAML '
+        prog=PROG, description='Answer a main rig and run commands at each experiment event, as a YAML '
         'file says.', epilog='Start with: iblnet-rig --example-config > rig.yaml')
     parser.add_argument('config', nargs='?', help='the YAML file')
     parser.add_argument('--listen', metavar='URI',
@@ -631,16 +743,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--log-file', metavar='PATH',
                         help=f'also write the log lines to this file; it rotates at {LOG_FILE_BYTES // 10 ** 6} MB, '
                         f'keeping {LOG_FILE_BACKUPS} older files (PATH.1 the newest)')
-    parser.add_argument('-v', '--verbose', action='store_true', help='log the network library\'s details too')
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='log the network library\'s details too: each datagram as it is sent and received')
     parser.add_argument('--example-config', action='store_true', help='print a commented configuration and exit')
+    parser.add_argument('--version', action='version', version=f'%(prog)s (iblnet_sync {__version__})')
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options; a missing file or a bad ``--listen`` or ``--name`` ends the program (exit 2) naming the option."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.config and not args.example_config:
         parser.error('a CONFIG file is needed (iblnet-rig --example-config prints one to start from)')
+    for key in ('listen', 'name'):
+        value = getattr(args, key)
+        if value is not None:
+            try:
+                parse_config({key: value})  # the option alone, so that its error names the option, not the file
+            except RigConfigError as ex:
+                parser.error(f'--{key}: {ex.problem}')
     return args
 
 
 def serve(config: RigConfig, calls: Mapping[str, Callable[[list], Any]]) -> int:
-    """Run the agent until Ctrl-C, SIGTERM or Ctrl-Break; then stop it and its commands."""
+    """Run the agent until Ctrl-C, SIGTERM, SIGHUP or Ctrl-Break; then stop it and its commands.
+
+    Returns
+    -------
+    int
+        130 after Ctrl-C or Ctrl-Break, 0 after SIGTERM or SIGHUP, 1 if the agent cannot listen.
+    """
     with _StopSignals() as signals:
         try:
             agent = RigAgent(config, calls)
@@ -651,11 +784,24 @@ def serve(config: RigConfig, calls: Mapping[str, Callable[[list], Any]]) -> int:
             name = signals.wait()
             log.info('%s received: stopping %s and the commands it started', name, config.name)
     log.info('%s stopped', config.name)
-    return EXIT_OK
+    return EXIT_INTERRUPTED if name in ('SIGINT', 'SIGBREAK') else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``iblnet-rig`` command; returns the exit code."""
+    """The ``iblnet-rig`` command; returns the exit code.
+
+    Every failure is told in one line (a YAML error with the lines that show where), never with a
+    traceback: 2 for a bad configuration or option (each problem on a line of its own), 130 for
+    Ctrl-C before the agent serves (``iblnet-rig: interrupted``); see :func:`serve` for the rest.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the agent serves (e.g. a call: module that takes long to import) or after
+        print(f'{PROG}: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     if args.example_config:
         print(EXAMPLE_CONFIG, end='')
@@ -663,13 +809,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {'listen': args.listen, 'name': args.name, 'main_sync': args.main_sync}
     try:
         config = load_config(args.config, overrides)
-        calls = import_calls(config)
-        handlers = _log_handlers(args.log_file)
     except RigConfigError as ex:
-        print(f'iblnet-rig: error: {ex}', file=sys.stderr)
+        print(f'{PROG}: error: {ex}', file=sys.stderr)
         return EXIT_CONFIG
+    calls, problems = check_actions(config)
+    if problems:
+        for problem in problems:
+            print(f'{PROG}: error: {problem}', file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        handlers = _log_handlers(args.log_file)
     except OSError as ex:
-        print(f'iblnet-rig: error: --log-file: {ex}', file=sys.stderr)
+        print(f'{PROG}: error: --log-file: {ex}', file=sys.stderr)
         return EXIT_CONFIG
     with _console_logging(handlers, args.verbose):
         return serve(config, calls)

@@ -52,7 +52,7 @@ DEFAULT_GRACE = 5.0
 """float: seconds a child is given to stop after the polite stop, before it is terminated."""
 _TOP_KEYS = ('name', 'listen', 'main_sync', 'exp_ref', 'experiment_description', 'subject_pattern', 'value_pattern',
              'allow', 'on')
-_ACTION_KEYS = ('run', 'call', 'until', 'grace', 'timeout')
+_ACTION_KEYS = ('run', 'call', 'until', 'grace', 'timeout', 'cwd')
 _CALL_SPEC = re.compile(r'^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$')
 _WINDOWS = os.name == 'nt'  # where a string command is handed to the system as it is (tests set it)
 
@@ -94,11 +94,16 @@ main_sync: true                    # this rig decides the experiment reference (
 #         A quick command runs to its end: a non-zero exit status reaches the main rig as an
 #         error with the end of the command's stderr.
 #         timeout: SECONDS  stops a quick command that takes longer, and reports it.
+#         cwd: FOLDER  where the command starts (relative to this file's folder); by default
+#         this file's folder, whatever folder the agent was started from.
 #         until: EVENT  makes it long-running instead: started at this event, stopped at
 #         EVENT and at EXPINTERRUPT: Ctrl-C first (Ctrl-Break on Windows), then terminated
 #         after `grace` seconds (default {DEFAULT_GRACE:g}).
 #   call: package.module:function  called with the message data; what it returns is sent
-#         back to the main rig. The module must be importable (or sit next to this file).
+#         back to the main rig. The module must be importable, or sit next to this file.
+# At start-up every run: program must be found (on PATH, or relative to the command's
+# folder for a path such as ./copy.sh) and every call: must import, or the agent refuses
+# to start and names each one that cannot.
 on:
   EXPINIT:
     run: [python, -c, "import sys; print('preparing', sys.argv[1])", "{{exp_ref}}"]
@@ -116,18 +121,30 @@ on:
 
 
 class RigConfigError(ConfigError):
-    """A rig agent configuration that cannot be used; the message is one line naming the key.
+    """A rig agent configuration that cannot be used; the message is one line naming the file and the key.
 
-    Attributes
+    Parameters
     ----------
     key : str
         The offending key, e.g. ``'on.EXPSTART.until'``; empty when the file itself is unreadable.
+    problem : str
+        What is wrong, in words (spaces and line breaks are squeezed into one line).
+    source : str, PathLike, optional
+        The file's name, put first in the message.
+    details : str
+        Lines that follow the message as they are, e.g. a YAML error's lines with their caret.
+
+    Attributes
+    ----------
+    key, problem, source
+        As given (`problem` squeezed into one line).
     """
 
-    def __init__(self, key: str, problem: str, source: str | os.PathLike | None = None):
-        self.key = key
+    def __init__(self, key: str, problem: str, source: str | os.PathLike | None = None, details: str = ''):
+        self.key, self.problem, self.source = key, ' '.join(problem.split()), source
         where = ': '.join(str(part) for part in (source, key) if part)
-        super().__init__(' '.join(f'{where}: {problem}'.split()) if where else problem)
+        message = ' '.join(f'{where}: {problem}'.split()) if where else self.problem
+        super().__init__(f'{message}\n{details}' if details else message)
 
 
 class ValueRefused(ValueError):
@@ -305,6 +322,9 @@ class Action:
         Seconds between the polite stop and the termination of the command.
     timeout : float, None
         Seconds a quick command may run before it is stopped and reported as failed.
+    cwd : str, None
+        The folder the command starts in, as written (relative to the file's folder); None for
+        the file's folder (see :meth:`RigConfig.working_directory`).
     """
 
     key: str
@@ -313,6 +333,7 @@ class Action:
     until: str | None = None
     grace: float = DEFAULT_GRACE
     timeout: float | None = None
+    cwd: str | None = None
 
 
 @dataclass(frozen=True)
@@ -326,11 +347,44 @@ class RigConfig:
     experiment_description: dict = field(default_factory=dict)
     on: Mapping[str, tuple[Action, ...]] = field(default_factory=dict)
     folder: Path | None = None
-    """The folder of the file, if any: modules of ``call`` actions may sit there."""
+    """The folder of the file, if any: modules of ``call`` actions may sit there, and ``run`` commands start there."""
     rules: ValueRules = field(default_factory=ValueRules)
     """What the reference and the values of placeholders may look like (``subject_pattern``, ``value_pattern``)."""
     allow: tuple[Network, ...] | None = None
     """The networks from which a main rig may drive this rig (``allow:``); None: any host."""
+    file: str | None = None
+    """The file's name as given (for messages); None when the content did not come from a file."""
+
+    def working_directory(self, action: Action) -> Path | None:
+        """The folder where a ``run`` action's command starts.
+
+        Parameters
+        ----------
+        action : Action
+            One of this configuration's actions.
+
+        Returns
+        -------
+        Path, None
+            The action's ``cwd`` (``~`` expanded) relative to the file's folder; else the file's
+            folder; None (the agent's own working directory) for a configuration without a file
+            and without ``cwd``.
+
+        Examples
+        --------
+        >>> config = RigConfig('cameras', folder=Path('/rigs'))
+        >>> config.working_directory(Action('on.EXPEND', run=('ls',), cwd='videos')).as_posix()
+        '/rigs/videos'
+        """
+        if action.cwd is None:
+            return self.folder
+        cwd = Path(action.cwd).expanduser()
+        return self.folder / cwd if self.folder is not None else cwd
+
+    @property
+    def has_actions(self) -> bool:
+        """Whether any event has an action (without any, the rig only answers: status, info)."""
+        return any(self.on.values())
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> RigConfig:
@@ -354,8 +408,21 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     except (OSError, UnicodeDecodeError) as ex:
         raise RigConfigError('', f'cannot read the file: {ex}', path) from None
     except yaml.YAMLError as ex:
-        raise RigConfigError('', f'not valid YAML: {ex}', path) from None
-    return dataclasses.replace(parse_config(content, overrides, source=path), folder=Path(path).resolve().parent)
+        first, _, rest = _yaml_error_text(ex, path).partition('\n')
+        raise RigConfigError('', f'not valid YAML: {first}', path, details=rest) from None
+    return dataclasses.replace(parse_config(content, overrides, source=path), folder=Path(path).resolve().parent,
+                               file=str(path))
+
+
+def _yaml_error_text(error: Exception, path: str | os.PathLike) -> str:
+    """A YAML error as PyYAML writes it (its lines, columns and carets), naming `path` instead of a string."""
+    for name in ('context_mark', 'problem_mark'):
+        mark = getattr(error, name, None)
+        if mark is not None and hasattr(mark, 'name'):
+            mark.name = str(path)
+    if hasattr(error, 'position') and hasattr(error, 'name'):  # a ReaderError: a character YAML refuses
+        error.name = str(path)
+    return str(error).strip()
 
 
 def parse_config(content: Any, overrides: Mapping[str, Any] | None = None,
@@ -509,7 +576,7 @@ def _action(value: Any, key: str, event: str, source: Any) -> Action:
     if ('run' in value) == ('call' in value):
         raise RigConfigError(key, 'needs exactly one of run: (a command) or call: (package.module:function)', source)
     if 'call' in value:
-        for option in ('until', 'timeout'):
+        for option in ('until', 'timeout', 'cwd'):
             if option in value:
                 raise RigConfigError(f'{key}.{option}', 'applies to run: commands only', source)
         return Action(key, call=_call(value['call'], f'{key}.call', source),
@@ -524,7 +591,21 @@ def _action(value: Any, key: str, event: str, source: Any) -> Action:
     timeout = value.get('timeout')
     return Action(key, run=_command(value['run'], f'{key}.run', source), until=until,
                   grace=_seconds(value.get('grace', DEFAULT_GRACE), f'{key}.grace', source),
-                  timeout=None if timeout is None else _seconds(timeout, f'{key}.timeout', source))
+                  timeout=None if timeout is None else _seconds(timeout, f'{key}.timeout', source),
+                  cwd=_folder(value.get('cwd'), f'{key}.cwd', source))
+
+
+def _folder(value: Any, key: str, source: Any) -> str | None:
+    """A ``cwd:`` as written: a folder name (a placeholder there would let the network choose a folder)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RigConfigError(key, f'must be a folder, relative to the file\'s folder or absolute, not {_kind(value)}',
+                             source)
+    if '{' in value or '}' in value:
+        raise RigConfigError(key, f'takes no placeholders (a value from the network never chooses the folder), '
+                             f'not {value!r}', source)
+    return value.strip()
 
 
 def _call(value: Any, key: str, source: Any) -> str:

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +21,18 @@ import pytest
 import yaml
 
 import iblnet_sync
-from iblnet_sync import BroadcastError, ExpStatus, Services
-from iblnet_sync.rig import CommandFailed, RigAgent, ValueRefused, main, mask_alyx, placeholder_values, render
-from iblnet_sync.rig_config import EXAMPLE_CONFIG, RigConfigError, load_config, parse_config
+from iblnet_sync import BroadcastError, ExpStatus, Services, __version__
+from iblnet_sync.rig import (
+    CommandFailed,
+    RigAgent,
+    ValueRefused,
+    check_actions,
+    main,
+    mask_alyx,
+    placeholder_values,
+    render,
+)
+from iblnet_sync.rig_config import EVENTS, EXAMPLE_CONFIG, RigConfigError, load_config, parse_config
 
 REF = '2026-11-24_3_mouse'
 DEADLINE = 10.0
@@ -126,9 +136,9 @@ class LogLines(Lines, logging.Handler):
 class AgentProcess(Lines):
     """``python -m iblnet_sync.rig CONFIG ARGS`` with its output (stdout and stderr) read line by line."""
 
-    def __init__(self, config: Path, *args: str):
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None):
         super().__init__()
-        self.process = subprocess.Popen([*AGENT, str(config), *args], env=agent_env(),
+        self.process = subprocess.Popen([*AGENT, str(config), *args], env=env or agent_env(),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -141,7 +151,7 @@ class AgentProcess(Lines):
 
     @functools.cached_property
     def uri(self) -> str:
-        return self.wait_for(r'listening on (udp://\S+)').group(1)
+        return self.wait_for(r"listening on (udp://[^\s;]+)").group(1)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -359,8 +369,8 @@ def test_recorder_that_ignores_ctrl_c_is_terminated_after_its_grace(tmp_path, ag
 
 
 @NEEDS_PIDFD
-@pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
-def test_stopping_the_agent_stops_its_children_and_theirs(tmp_path, agent_processes, stop_signal):
+@pytest.mark.parametrize('stop_signal, exit_code', [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_stopping_the_agent_stops_its_children_and_theirs(tmp_path, agent_processes, stop_signal, exit_code):
     config = {'name': 'from-file', 'listen': 'udp://127.0.0.1:0',
               'on': {'EXPSTART': {'run': recorder(f'{tmp_path}/stopped', grandchild=True), 'until': 'EXPEND'}}}
     agent = agent_processes(config, tmp_path, '--name', 'cameras', '--main-sync', '--log-file', str(tmp_path / 'log'))
@@ -370,7 +380,7 @@ def test_stopping_the_agent_stops_its_children_and_theirs(tmp_path, agent_proces
         services.start(REF)
         child, grandchild = map(int, agent.wait_for(r'recording (\d+) (\d+)').groups())
         agent.process.send_signal(stop_signal)
-        assert agent.process.wait(DEADLINE) == 0
+        assert agent.process.wait(DEADLINE) == exit_code  # Ctrl-C: 130, as every program; SIGTERM: a service's stop
     agent.wait_for(f'{stop_signal.name} received: stopping cameras')
     assert (tmp_path / 'stopped').exists(), 'the recorder was stopped with Ctrl-C'
     assert wait_gone(child) and wait_gone(grandchild), 'no orphan left'
@@ -435,11 +445,12 @@ def test_bad_config_is_one_line_naming_the_key_and_exit_2(tmp_path, capsys, cont
 
 def test_bad_config_exits_2_as_a_program(tmp_path):
     file = tmp_path / 'rig.yaml'
-    file.write_text('name: cameras\non:\n  EXPSTART: [unclosed\n')
+    file.write_text('name: cameras\non:\n  EXPSTART: {run: x, until: EXPSTOP}\n')
     done = subprocess.run([*AGENT, str(file)], env=agent_env(), capture_output=True, text=True, timeout=DEADLINE,
                           check=False)
     assert done.returncode == 2
-    assert done.stderr.count('\n') == 1 and 'not valid YAML' in done.stderr
+    assert done.stderr == f"iblnet-rig: error: {file}: on.EXPSTART.until: must be an event name " \
+        f"({', '.join(EVENTS)}), not 'EXPSTOP'\n"
 
 
 def test_flags_replace_the_file(tmp_path):
@@ -842,3 +853,306 @@ def test_allow_lists_networks_and_only_they_drive_the_rig(agents, log_lines):
     agent = agents({'EXPINIT': {'run': python('pass')}}, allow=['localhost'])
     with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
         assert services.init() == {'cameras': [int(ExpStatus.INITIALIZED), None]}
+
+
+# --- start-up, as a person meets it (issue 18) ---
+@pytest.fixture
+def saved_sys_path(monkeypatch):
+    """sys.path as it was after the test (the agent adds the folder of a file with call: actions)."""
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+
+
+def write_config(folder: Path, content: dict | str, name: str = 'cameras.yaml') -> Path:
+    file = folder / name
+    file.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    return file
+
+
+def error_lines(capsys) -> list[str]:
+    captured = capsys.readouterr()
+    assert captured.out == '' and 'Traceback' not in captured.err
+    return captured.err.splitlines()
+
+
+def test_every_missing_program_and_call_is_named_and_the_agent_refuses_to_start(tmp_path, capsys, saved_sys_path):
+    (tmp_path / 'videos').mkdir()
+    file = write_config(tmp_path, {'name': 'cameras', 'listen': 'udp://127.0.0.1:0', 'on': {
+        'EXPINFO': {'run': [sys.executable, '-c', 'pass']},  # found: not named
+        'EXPINIT': [{'run': ['no-such-program-iblnet', '{exp_ref}']},
+                    {'call': 'no_such_module_iblnet:prepare'}],
+        'EXPSTART': {'run': './no-such-script.sh {exp_ref}', 'until': 'EXPEND'},
+        'EXPEND': {'run': ['{program}', 'copy'], 'cwd': 'videos'},  # a program chosen at the event: known then
+        'EXPCLEANUP': {'run': ['no-such-cleaner-iblnet'], 'cwd': 'no-such-folder'},
+    }})
+    assert main([str(file)]) == 2
+    path = os.environ.get('PATH', '')
+    assert error_lines(capsys) == [
+        f"iblnet-rig: error: {file}: on.EXPINIT[0].run: program 'no-such-program-iblnet' not found (PATH={path})",
+        f"iblnet-rig: error: {file}: on.EXPINIT[1].call: cannot import no_such_module_iblnet:prepare: "
+        f"ModuleNotFoundError: No module named 'no_such_module_iblnet' (looked on sys.path, then in {tmp_path})",
+        f"iblnet-rig: error: {file}: on.EXPSTART.run: program './no-such-script.sh' not found "
+        f"({tmp_path / 'no-such-script.sh'})",
+        f"iblnet-rig: error: {file}: on.EXPCLEANUP.cwd: the folder '{tmp_path / 'no-such-folder'}' where the "
+        f"command starts does not exist",
+    ]
+
+
+@POSIX_ONLY
+def test_a_program_that_is_not_executable_is_named(tmp_path):
+    (tmp_path / 'copy.sh').write_text('#!/bin/sh\n')
+    file = write_config(tmp_path, {'on': {'EXPEND': {'run': ['./copy.sh', '{exp_ref}']}}})
+    _, problems = check_actions(load_config(file))
+    assert [str(problem) for problem in problems] == [
+        f"{file}: on.EXPEND.run: program './copy.sh' is not executable ({tmp_path}/copy.sh)"]
+    (tmp_path / 'copy.sh').chmod(0o755)
+    assert check_actions(load_config(file)) == ({}, [])
+
+
+def test_missing_program_refused_as_a_program(tmp_path):
+    file = write_config(tmp_path, {'name': 'cameras', 'on': {'EXPSTART': {'run': 'bonsai-iblnet-missing x.bonsai'},
+                                                             'EXPEND': {'run': 'copy-iblnet-missing'}}})
+    done = subprocess.run([*AGENT, str(file)], env=agent_env(), capture_output=True, text=True, timeout=DEADLINE,
+                          check=False)
+    assert done.returncode == 2 and done.stdout == ''
+    assert [line.partition(' (PATH=')[0] for line in done.stderr.splitlines()] == [
+        f"iblnet-rig: error: {file}: on.EXPSTART.run: program 'bonsai-iblnet-missing' not found",
+        f"iblnet-rig: error: {file}: on.EXPEND.run: program 'copy-iblnet-missing' not found"]
+
+
+@POSIX_ONLY
+def test_the_example_config_starts_as_it_is_where_python_is_on_path(tmp_path, monkeypatch):
+    """In the README's virtual environment `python` is on PATH; elsewhere each of the example's actions is named."""
+    file = write_config(tmp_path, EXAMPLE_CONFIG)
+    bin_folder = Path(sys.executable).parent
+    if not shutil.which('python', path=str(bin_folder)):  # not a virtual environment: make its bin folder
+        bin_folder = tmp_path / 'bin'
+        bin_folder.mkdir()
+        (bin_folder / 'python').symlink_to(sys.executable)
+    monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
+    _, problems = check_actions(load_config(file))
+    assert [problem.key for problem in problems] == ['on.EXPINIT.run', 'on.EXPSTART.run', 'on.EXPEND.run']
+    path = f'{bin_folder}{os.pathsep}{os.environ["PATH"]}'
+    agent = AgentProcess(file, '--listen', 'udp://127.0.0.1:0', env={**agent_env(), 'PATH': path})
+    try:
+        with Services({'cameras': agent.uri}, timeout=DEADLINE) as services:
+            assert services.info('CONNECTED', {'subject': 'mouse'})['cameras'][1]['main_sync'] is True
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(DEADLINE) == 0
+    finally:
+        agent.close()
+    agent.wait_for('cameras stopped')
+
+
+def cwd_writer(name: str) -> list[str]:
+    """A command writing its working directory into the file `name`, relative to that directory."""
+    return python('import os, pathlib, sys; pathlib.Path(sys.argv[1]).write_text(os.getcwd())') + [name]
+
+
+def test_commands_start_in_the_files_folder_or_in_their_cwd(tmp_path, no_leaked_threads, log_lines):
+    rig_folder, elsewhere = tmp_path / 'rig', tmp_path / 'elsewhere'
+    (rig_folder / 'videos').mkdir(parents=True)
+    elsewhere.mkdir()
+    file = write_config(rig_folder, {'name': 'cameras', 'listen': 'udp://127.0.0.1:0', 'on': {
+        'EXPINIT': {'run': cwd_writer('init.txt')},
+        'EXPEND': [{'run': cwd_writer('end.txt'), 'cwd': 'videos'},
+                   {'run': cwd_writer('absolute.txt'), 'cwd': str(elsewhere)}]}})
+    agent = RigAgent(load_config(file))  # the agent's own folder (the test's) is not the file's
+    try:
+        with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+            services.init({'exp_ref': REF})
+            services.start(REF)
+            services.stop()
+    finally:
+        agent.close()
+    assert (rig_folder / 'init.txt').read_text() == str(rig_folder)
+    assert (rig_folder / 'videos' / 'end.txt').read_text() == str(rig_folder / 'videos')
+    assert (elsewhere / 'absolute.txt').read_text() == str(elsewhere)
+
+
+@POSIX_ONLY
+def test_a_relative_program_is_found_in_the_commands_folder(tmp_path, no_leaked_threads, log_lines):
+    (tmp_path / 'videos').mkdir()
+    script = tmp_path / 'videos' / 'copy.py'
+    script.write_text(f'#!{sys.executable}\nimport pathlib, sys\npathlib.Path(sys.argv[1] + ".copied").touch()\n')
+    script.chmod(0o755)
+    file = write_config(tmp_path, {'name': 'cameras', 'listen': 'udp://127.0.0.1:0',
+                                   'on': {'EXPEND': {'run': ['./copy.py', '{exp_ref}'], 'cwd': 'videos'}}})
+    config = load_config(file)
+    assert check_actions(config) == ({}, [])
+    agent = RigAgent(config)
+    try:
+        with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+            services.start(REF)
+            assert services.stop() == {'cameras': [None]}
+    finally:
+        agent.close()
+    assert (tmp_path / 'videos' / f'{REF}.copied').exists()
+
+
+@pytest.mark.parametrize('cwd, message', [
+    ('', 'must be a folder'), (['a'], 'must be a folder'), ('videos/{subject}', 'takes no placeholders')])
+def test_cwd_is_a_plain_folder(cwd, message):
+    with pytest.raises(RigConfigError, match=f'on.EXPEND.cwd: {message}'):
+        parse_config({'on': {'EXPEND': {'run': 'copy', 'cwd': cwd}}})
+    with pytest.raises(RigConfigError, match='on.EXPEND.cwd: applies to run: commands only'):
+        parse_config({'on': {'EXPEND': {'call': 'a:b', 'cwd': 'videos'}}})
+
+
+@pytest.mark.parametrize('content', ['', '# nothing yet\n', 'name: cameras\n', 'name: cameras\non: {}\n',
+                                     'name: cameras\non:\n  EXPSTART: []\n'])
+def test_a_config_without_actions_says_it_only_answers(tmp_path, no_leaked_threads, log_lines, content):
+    file = write_config(tmp_path, content)
+    agent = RigAgent(load_config(file, {'name': 'cameras', 'listen': 'udp://127.0.0.1:0'}))
+    try:
+        with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services:
+            assert services.info('CONNECTED')['cameras'][1]['name'] == 'cameras'
+    finally:
+        agent.close()
+    log_lines.wait_for(f'^cameras: no actions in {re.escape(str(file))}: this rig only answers \\(status, info\\)$')
+    assert len([line for line in log_lines.lines if 'no actions' in line]) == 1
+
+
+def test_a_config_with_actions_does_not_say_so(agents, log_lines):
+    agents({'EXPEND': {'run': python('pass')}})
+    log_lines.wait_for('listening on .*actions at EXPEND')
+    assert not [line for line in log_lines.lines if 'no actions' in line]
+
+
+@pytest.mark.parametrize('content, lines', [
+    ('name: cameras\non:\n  EXPSTART: [unclosed\n',
+     ['while parsing a flow sequence', '  in "{file}", line 3, column 13:', '      EXPSTART: [unclosed',
+      '                ^', "expected ',' or ']', but got '<stream end>'", '  in "{file}", line 4, column 1:']),
+    ('name: cameras\non:\n  EXPSTART:\n    run: a: b\n',
+     ['mapping values are not allowed here', '  in "{file}", line 4, column 11:', '        run: a: b',
+      '              ^']),
+    ('name: "a\x00b"\n', ['unacceptable character #x0000: special characters are not allowed',
+                           '  in "{file}", position 8']),
+], ids=['unclosed', 'colon', 'NUL'])
+def test_yaml_error_keeps_its_line_column_and_caret(tmp_path, capsys, content, lines):
+    file = write_config(tmp_path, content)
+    assert main([str(file)]) == 2
+    first, *rest = error_lines(capsys)
+    expected = [line.format(file=file) for line in lines]
+    assert first == f'iblnet-rig: error: {file}: not valid YAML: {expected[0]}'
+    assert rest[:len(expected) - 1] == expected[1:]
+
+
+def test_every_error_of_a_file_names_it(tmp_path, saved_sys_path):
+    (tmp_path / 'broken_hooks_iblnet.py').write_text('raise RuntimeError("camera driver missing")\n')
+    file = write_config(tmp_path, {'on': {'EXPINIT': {'call': 'broken_hooks_iblnet:prepare'}}})
+    try:
+        with pytest.raises(RigConfigError) as caught:
+            RigAgent(load_config(file, {'listen': 'udp://127.0.0.1:0'}))
+    finally:
+        sys.modules.pop('broken_hooks_iblnet', None)
+    assert str(caught.value) == f'{file}: on.EXPINIT.call: cannot import broken_hooks_iblnet:prepare: ' \
+        'RuntimeError: camera driver missing'
+
+
+def test_the_agent_tells_its_version():
+    done = subprocess.run([*AGENT, '--version'], env=agent_env(), capture_output=True, text=True, timeout=DEADLINE,
+                          check=False)
+    assert done.returncode == 0 and done.stderr == ''
+    assert done.stdout == f'iblnet-rig (iblnet_sync {__version__})\n'
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('--listen', 'nowhere', '--listen: not a UDP address like udp://0.0.0.0:11001'),
+    ('--name', ' ', '--name: must be a non-empty text'),
+])
+def test_option_errors_name_the_option(tmp_path, capsys, option, value, message):
+    file = write_config(tmp_path, 'name: cameras\n')
+    with pytest.raises(SystemExit) as exited:
+        main([str(file), option, value])
+    assert exited.value.code == 2
+    assert error_lines(capsys)[-1].startswith(f'iblnet-rig: error: {message}')
+
+
+def test_log_file_that_cannot_be_opened_is_one_line(tmp_path, capsys):
+    file = write_config(tmp_path, 'name: cameras\nlisten: udp://127.0.0.1:0\n')
+    assert main([str(file), '--log-file', str(tmp_path / 'no-such-folder' / 'rig.log')]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith('iblnet-rig: error: --log-file: ') and 'no-such-folder' in line
+
+
+@POSIX_ONLY
+def test_ctrl_c_before_serving_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while a call: module takes its time to import (a camera SDK, say)."""
+    (tmp_path / 'slow_hooks_iblnet.py').write_text(
+        'import sys, time\nsys.stderr.write("importing" + chr(10)); sys.stderr.flush()\ntime.sleep(60)\n'
+        'def prepare(data):\n    pass\n')
+    file = write_config(tmp_path, {'name': 'cameras', 'on': {'EXPINIT': {'call': 'slow_hooks_iblnet:prepare'}}})
+    agent = AgentProcess(file)
+    try:
+        agent.wait_for('^importing$')
+        agent.process.send_signal(signal.SIGINT)
+        assert agent.process.wait(DEADLINE) == 130
+    finally:
+        agent.close()
+    assert agent.lines == ['importing', 'iblnet-rig: interrupted']
+
+
+@POSIX_ONLY
+def test_ctrl_c_while_serving_ends_with_its_line_and_exit_130(tmp_path):
+    file = write_config(tmp_path, {'name': 'cameras', 'listen': 'udp://127.0.0.1:0'})
+    agent = AgentProcess(file)
+    try:
+        agent.wait_for('listening on')
+        agent.process.send_signal(signal.SIGINT)
+        assert agent.process.wait(DEADLINE) == 130
+    finally:
+        agent.close()
+    assert agent.lines[-2].endswith('INFO    SIGINT received: stopping cameras and the commands it started')
+    assert agent.lines[-1].endswith('INFO    cameras stopped')
+    assert not [line for line in agent.lines if 'Traceback' in line]
+
+
+def test_log_calls_never_wait_for_a_slow_handler_and_every_line_is_written_at_the_end():
+    from iblnet_sync import rig
+    release = threading.Event()
+
+    class SlowDisk(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            release.wait(DEADLINE)  # a disk that stalls until the test releases it
+            self.lines.append(self.format(record))
+
+    disk = SlowDisk()
+    root_handlers = list(logging.getLogger().handlers)
+    with rig._console_logging([disk], verbose=False):
+        logger = threading.Thread(target=lambda: [rig.log.info('line %d', index) for index in range(500)])
+        logger.start()
+        logger.join(DEADLINE)
+        assert not logger.is_alive(), 'a log call waited for the handler'
+        assert disk.lines == [], 'the handler was still stalled on the first line'
+        release.set()
+    assert [line.split('INFO    ')[1] for line in disk.lines] == [f'line {index}' for index in range(500)]
+    assert logging.getLogger().handlers == root_handlers, 'the queue handler is removed'
+
+
+@POSIX_ONLY
+def test_verbose_shows_each_datagram_as_sent_and_received_in_order(tmp_path):
+    from iblutil.io.net.base import ExpMessage
+    file = write_config(tmp_path, {'name': 'cameras', 'listen': 'udp://127.0.0.1:0'})
+    agent = AgentProcess(file, '-v')
+    code = int(ExpMessage.EXPSTATUS)
+    steps = {  # our Services talks to a rig it does not know as iblutil's main does: no envelope
+        'the request received': f'DEBUG   cameras: received [{code}, 0, {{}}] from',
+        'its echo sent': f'DEBUG   cameras: sent [{code}, 0, {{}}] to',
+        'the agent handles it': 'DEBUG   EXPSTATUS received [0, {}]',
+        'the answer sent': f'DEBUG   cameras: sent [{code}, 0]\\n to',
+        'its echo received': f'DEBUG   cameras: received [{code}, 0]\\n from',
+    }
+    try:
+        with Services({'cameras': agent.uri}, timeout=DEADLINE) as services:
+            assert services.status('CONNECTED') == {'cameras': [int(ExpStatus.CONNECTED)]}
+        agent.wait_for(re.escape(steps['its echo received']))
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(DEADLINE) == 0
+    finally:
+        agent.close()
+    seen = [step for line in agent.lines for step, text in steps.items() if text in line]
+    assert seen == list(steps), '\n'.join(agent.lines)
