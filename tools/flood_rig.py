@@ -57,6 +57,7 @@ if kind == 'agent':  # iblnet-rig itself, with the rig.yaml beside the log; its 
     def leave():
         for line in sys.stdin:
             print('STATS {}', flush=True)
+        time.sleep(0.5)  # (newer agents log through a queue: let it drain)
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(0)
