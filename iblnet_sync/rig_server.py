@@ -260,6 +260,8 @@ class RigServer:
             conversation = self._peers.get(addr)
             if conversation is not None:
                 self._apply(addr, conversation, conversation.tick(time.monotonic()))
+            else:  # (forgotten meanwhile: its alarm goes too)
+                self._alarms.pop(addr, None)
 
     def _apply(self, addr: Any, conversation: core.RigConversation, events: list[core.Event],
                received: bytes = b'') -> None:
@@ -332,7 +334,7 @@ class RigServer:
                           peer_text(repr(ex)))
             answer = protocol.error_report(ex, event)
         with self._lock:
-            if not self._closed.is_set():
+            if not self._closed.is_set() and self._peers.get(addr) is conversation:  # (not forgotten meanwhile)
                 self._apply(addr, conversation, conversation.answer(request, answer, time.monotonic()))
 
     def _check_owner(self, event: ExpMessage, host: str) -> None:

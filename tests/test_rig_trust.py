@@ -116,11 +116,13 @@ def test_many_senders_leave_no_timers_behind(rig):
                 sender.recv(65535)
                 sender.recv(65535)  # echo and answer: its timer is set
         timers = len(rig._dispatcher._timers)
+        alarms = set(rig._alarms)
     finally:
         for sender in senders:
             sender.close()
     assert len(rig._peers) == MAX_MAIN_RIGS
     assert timers <= max(COMPACT_TIMERS, 2 * MAX_MAIN_RIGS) + 1
+    assert alarms <= set(rig._peers) | set(rig._waiting), 'an alarm of a forgotten main'
 
 
 def test_large_messages_behind_a_slow_callback_are_bounded_in_bytes():
