@@ -145,21 +145,21 @@ R12   ANSWERED      timer, deadline passed                           -> DONE (an
                                                                      we keep serving)
 R13   superseded    the handler's answer                             not sent
 R14   not working   plain datagram with the very bytes of a request  a bounce of our echo (an iblutil main takes
-      on it         we echoed less than 0.2 s ago, from a main not   a late copy of our echo for new, and echoes
-                    known to be iblnet_sync                          it): echoed, 8 times at most since it was
-                                                                     handled, never handled again
+      on it         we echoed less than 0.2 s ago and handled again  a late copy of our echo for new, and echoes
+                    at once already (R9), from a main not known to   it): echoed, 8 times at most since it was
+                    be iblnet_sync                                   handled, never handled again
 ====  ============  ===============================================  ==========================================
 
 Without R14 one late copy of our echo starts a storm with an iblutil main (or any peer that echoes
 what it takes for new): the main echoes the copy, we took that for the same request asked again,
 handled it, echoed it, and so on for ever, running the handler hundreds of times a second. With it,
-the bounce ends after 8 echoes, and a handler runs at most twice for a request a plain main made once
-(once more when the copy comes after the window: then it is, byte for byte, the main asking again).
-Its price: a plain main that sends the very same request again within 0.2 s of our echo of it gets
-the echo but no answer to the repeat (its call times out; the main's socket lives on), and so does a
-new connection that happens to get the port of the last one and opens with the same bytes within
-0.2 s. No program we know of repeats a request that fast; iblrig's main sends one request every
-0.2 s at most, and a task takes seconds to start.
+the bounce ends after 8 echoes, and a handler runs at most twice for a request a plain main made once:
+the first copy is handled again (byte for byte it is the main asking again, as iblutil's mains do, or
+a new connection from the port of the last one), the copies that follow within 0.2 s of our echo are
+not. Its price: a plain main that sends the very same request a third time in a row, each within
+0.2 s of our echo of the one before, gets the echo but no answer to the third (its call times out;
+the main's socket lives on). No program we know of repeats a request that fast; iblrig's main sends
+one request every 0.2 s at most.
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -608,7 +608,8 @@ class RigConversation:
         self._seen = _Seen()
         self._repeats = 0                 # copies of the current plain request received (R6, R7)
         self._plains: list[bytes] = []    # digests of the last plain requests (R8)
-        self._echoes: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # R14: digest -> (last echo, echoes)
+        self._echoes: OrderedDict[bytes, tuple[float, int, bool]] = OrderedDict()  # R14: digest -> (last echo,
+        #                                                               echoes, handled again at once)
         self._main: str | None = None     # the token of the main that announced itself (R9)
         self._owed: list[bytes] = []      # plain answers whose echo may still come, though we moved on (R3)
 
@@ -656,16 +657,17 @@ class RigConversation:
                 if self.state == ANSWERED and data != stripped:  # our main's resend: it lacks the answer
                     events.append(Send(self._answer))
                 return events
-        echoed = self._echoes.get(_key(data))
-        if not self.tagged and echoed is not None and now - echoed[0] < REPEAT_WINDOW:  # R14: a bounce
-            count = echoed[1] + 1
-            if count > STORM_ECHOES:  # silent: the bounce ends, and the window runs out
-                self._echoes[_key(data)] = (echoed[0], count)
+        echoed_at, echoes, again = self._echoes.get(_key(data), (float('-inf'), 0, False))
+        recent = now - echoed_at < REPEAT_WINDOW
+        if not self.tagged and recent and again:  # R14: a bounce of our echo
+            if echoes + 1 > STORM_ECHOES:  # silent: the bounce ends, and the window runs out
+                self._echoes[_key(data)] = (echoed_at, echoes + 1, True)
                 return []
-            return [self._echo(data, now, count)]
-        if protocol.announces_peer(parsed.message):  # R9
+            return [self._echo(data, now, echoes + 1)]
+        if protocol.announces_peer(parsed.message):  # R9 (asked again at once: once, then R14)
             self.tagged = True
-        return [self._echo(data, now, 0)] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
+        echo = self._echo(data, now, echoes if recent else 0, again=recent)
+        return [echo] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
 
     def answer(self, request: int, answer: bytes | None, now: float) -> list[Event]:
         """The handler of `request` finished (R10, R13): `answer` is a plain datagram or None."""
@@ -720,10 +722,13 @@ class RigConversation:
             return [Send(data), Send(self._answer)] if self.state == ANSWERED else [Send(data)]
         return [Send(data)] + self._new_request(b'', msg_id, parsed.message)  # R5
 
-    def _echo(self, data: bytes, now: float, count: int) -> Send:
-        """Echo a plain request of the main's, remembering when and how often (R14)."""
+    def _echo(self, data: bytes, now: float, count: int, again: bool | None = None) -> Send:
+        """Echo a plain request of the main's, remembering when, how often, and whether it was handled
+        again at once (R14)."""
         key = _key(data)
-        self._echoes[key] = (now, count)
+        if again is None:
+            again = key in self._echoes and self._echoes[key][2]
+        self._echoes[key] = (now, count, again)
         self._echoes.move_to_end(key)
         if len(self._echoes) > 8:
             self._echoes.popitem(last=False)
