@@ -23,56 +23,18 @@ from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout
 from .exchange import Exchange, remaining
 from .logtext import PeerLogLimiter, datagram_text, peer_text
+from .options import Options, check_seconds
+from .sockets import REFUSED, close_all, connected_socket
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'PAUSE', 'RESEND_INTERVAL', 'RESENDS']
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 """float: seconds to wait for a rig's response (iblutil's ``Services`` default)."""
-_REFUSED = (ConnectionRefusedError, ConnectionResetError)  # Linux, and WSAECONNRESET on Windows
 _ERRORS = {'no echo': RigTimeout, 'no response': RigTimeout, 'error report': RigErrorReport,
            'refused': RigRefused, 'closed': RigClosed}
 
 Callback = Callable[..., Any] | Future
-
-
-def _open_socket(hostname: str, port: int, held: list) -> socket.socket:
-    """A UDP socket on an ephemeral local port, connected to the rig (so ICMP errors reach us).
-
-    The socket goes into `held` in the same line that makes it, so that an interrupt at any
-    point leaves it where its owner's finalizer closes it.
-    """
-    held.append(sock := socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    sock.connect((hostname, port))
-    return sock
-
-
-def close_all(held: list) -> None:
-    """Close what an object holds, last made first (its finalizer; safe to call twice)."""
-    while held:
-        held.pop().close()
-
-
-def check_seconds(name: str, value: Any) -> None:
-    """Raise TypeError or ValueError unless `value` is a number of seconds above 0 (NaN is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f'{name} must be a number of seconds, not {value!r}')
-    if not value > 0:
-        raise ValueError(f'{name} must be > 0 seconds, not {value!r}')
-
-
-def check_options(timeout: float | None, echo_timeout: float, resend_interval: float, resends: int,
-                  pause: float = PAUSE) -> None:
-    """Raise ValueError or TypeError for option values no communicator can use."""
-    if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not 0 <= pause < 1:
-        raise ValueError(f'pause must be a number of seconds from 0 to below 1, not {pause!r}')
-    if timeout is not None:
-        check_seconds('timeout', timeout)
-    check_seconds('echo_timeout', echo_timeout)
-    check_seconds('resend_interval', resend_interval)
-    if isinstance(resends, bool) or not isinstance(resends, int) or resends < 0:
-        raise ValueError(f'resends must be an integer >= 0, not {resends!r}')
-
 
 
 class Communicator:
@@ -116,13 +78,15 @@ class Communicator:
                  sock: socket.socket | None = None, timeout: float | None = DEFAULT_TIMEOUT,
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
                  resends: int = RESENDS, assume_resends: bool = False, pause: float = PAUSE):
-        check_options(timeout, echo_timeout, resend_interval, resends, pause)
+        if timeout is not None:
+            check_seconds('timeout', timeout)
+        self._options = options = Options(echo_timeout, resend_interval, resends, pause)
         self._address = protocol.rig_address(server_uri)
         self.server_uri = f'udp://{self._address[0]}:{self._address[1]}'
         self.name = name or self.server_uri
         self.timeout, self.echo_timeout = timeout, echo_timeout
-        self._conversation = core.MainConversation(secrets.token_hex(3), resend_interval, resends, echo_timeout,
-                                                   pause=pause)
+        self._conversation = core.MainConversation(secrets.token_hex(3), options.resend_interval, options.resends,
+                                                   options.echo_timeout, pause=options.pause)
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
         self._exchange: Exchange | None = None
@@ -136,7 +100,7 @@ class Communicator:
         try:
             if sock is not None:
                 held.append(sock)
-            self._sock = sock or _open_socket(*self._address, held)
+            self._sock = sock or connected_socket(*self._address, held)
             if dispatcher is None:
                 held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
             self._dispatcher = dispatcher
@@ -411,7 +375,7 @@ class Communicator:
 
     def error_received(self, error: OSError) -> None:
         """A socket error: port unreachable fails the exchange in flight as refused."""
-        if isinstance(error, _REFUSED):
+        if isinstance(error, REFUSED):
             detail = f'nothing is listening there (port unreachable: {error})'
             self._feed(lambda now: self._conversation.abort('refused', detail))
         else:
@@ -484,7 +448,7 @@ class Communicator:
             log.debug('%s: sent %s', self.name, datagram_text(datagram))
         try:
             self._sock.send(datagram)
-        except _REFUSED as ex:
+        except REFUSED as ex:
             return f'nothing is listening there (port unreachable: {ex})'
         except OSError as ex:
             log.debug('%s: send failed: %s', self.name, ex)

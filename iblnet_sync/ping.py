@@ -35,11 +35,11 @@ from typing import Any, NoReturn, TextIO
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import protocol
+from .clock import clock_offset
 from .config import ENV_VARIABLE, FILE_NAMES, ConfigError, default_folder, load_remote_rigs
 from .errors import RigError
 from .exchange import Exchange
 from .services import Services
-from .session import clock_offset
 from .version import __version__
 
 __all__ = ['EXIT_CONFIG', 'EXIT_INTERRUPTED', 'EXIT_OK', 'EXIT_UNANSWERED', 'main']
