@@ -20,7 +20,7 @@ from iblutil.io.net.base import ExpMessage, ExpStatus
 from . import core, protocol
 from .core import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS
 from .dispatcher import Alarm, Dispatcher, weak_call
-from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout
+from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout, Stage
 from .exchange import Exchange, remaining
 from .logtext import PeerLogLimiter, datagram_text, peer_text
 from .options import Options, check_seconds
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 """float: seconds to wait for a rig's response (iblutil's ``Services`` default)."""
-_ERRORS = {'no echo': RigTimeout, 'no response': RigTimeout, 'error report': RigErrorReport,
-           'refused': RigRefused, 'closed': RigClosed}
+_ERRORS: dict[str, type[RigError]] = {  # the failure's stage -> the error raised (RigError for the others)
+    Stage.NO_ECHO: RigTimeout, Stage.NO_RESPONSE: RigTimeout, Stage.ERROR_REPORT: RigErrorReport,
+    Stage.REFUSED: RigRefused, Stage.CLOSED: RigClosed}
 
 Callback = Callable[..., Any] | Future
 
@@ -377,9 +378,9 @@ class Communicator:
         """A socket error: port unreachable fails the exchange in flight as refused."""
         if isinstance(error, REFUSED):
             detail = f'nothing is listening there (port unreachable: {error})'
-            self._feed(lambda now: self._conversation.abort('refused', detail))
+            self._feed(lambda now: self._conversation.abort(Stage.REFUSED, detail))
         else:
-            self._feed(lambda now: self._conversation.abort('socket error', f'socket error: {error}'))
+            self._feed(lambda now: self._conversation.abort(Stage.SOCKET_ERROR, f'socket error: {error}'))
 
     def _on_timer(self) -> None:
         with self._lock:
@@ -461,8 +462,9 @@ class Communicator:
     def _error(self, exchange: Exchange, failed: core.Failed) -> RigError:
         waited = time.monotonic() - exchange.sent_at
         detail = failed.detail
-        if failed.stage in ('no echo', 'no response'):
-            detail = f'{"echoed but no response" if failed.stage == "no response" else "no echo"} within {waited:.3g} s'
+        if failed.stage in (Stage.NO_ECHO, Stage.NO_RESPONSE):
+            said = 'echoed but no response' if failed.stage == Stage.NO_RESPONSE else 'no echo'
+            detail = f'{said} within {waited:.3g} s'
         error_type = _ERRORS.get(failed.stage, RigError)
         return error_type(self.name, self.server_uri, exchange.event.name, detail, stage=failed.stage)
 
