@@ -33,6 +33,7 @@ from .config import resolve_remote_rigs
 from .logtext import mask_alyx
 from .options import IGNORED_OPTIONS, Options, check_seconds
 from .services import Services
+from .verbs import verb_of
 from .version import __version__
 
 __all__ = ['NetworkSession', 'RemoteRigs']
@@ -40,11 +41,6 @@ log = logging.getLogger(__name__)
 
 SIGTERM_CLOSE_TIMEOUT = 5.0
 """float: seconds a SIGTERM waits for the connections to close before the previous handler runs."""
-_METHODS = {  # event -> (Services method, extra keywords)
-    ExpMessage.EXPINIT: ('init', {}), ExpMessage.EXPSTART: ('start', {}), ExpMessage.EXPEND: ('stop', {}),
-    ExpMessage.EXPINTERRUPT: ('stop', {'immediately': True}), ExpMessage.EXPCLEANUP: ('cleanup', {}),
-    ExpMessage.EXPSTATUS: ('status', {}), ExpMessage.EXPINFO: ('info', {}), ExpMessage.ALYX: ('alyx', {}),
-}
 _OWN_KEYWORDS = ('remote_rigs', 'remote_rigs_file', 'iblrig_settings', 'network_timeout', 'network_options')
 
 
@@ -261,13 +257,9 @@ class NetworkSession:
         """
         if not self.remote_rigs.is_connected:
             return {}
-        options: dict[str, Any] = {}
-        if isinstance(message, str) and message.lower() in {m for m, _ in _METHODS.values()}:
-            method = message.lower()
-        else:
-            method, options = _METHODS[protocol.as_event(message)]
+        verb = verb_of(message)
         try:
-            return getattr(self.remote_rigs.services, method)(*args, **options)
+            return getattr(self.remote_rigs.services, verb.method)(*args, **verb.keywords)
         except Exception as ex:
             if raise_on_exception:
                 self.cleanup_mixin_network()
