@@ -7,6 +7,7 @@ callbacks. Callers to one rig are served one at a time.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import socket
 import threading
@@ -89,7 +90,7 @@ class Communicator:
         self._conversation = core.MainConversation(secrets.token_hex(3), options.resend_interval, options.resends,
                                                    options.echo_timeout, pause=options.pause)
         self._lock = threading.Lock()
-        self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
+        self._waiting: list[queue.SimpleQueue] = []  # callers waiting for the rig to be free: woken at its end
         self._exchange: Exchange | None = None
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
         self._reports = PeerLogLimiter()  # error reports that fail no call: logged a few a minute
@@ -181,23 +182,33 @@ class Communicator:
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         exchange = Exchange(datagram, event, self._end)
-        with self._free:
-            while self._exchange is not None and not self._closed:
-                if not self._free.wait(remaining(deadline)) and self._exchange is not None:
-                    raise RigTimeout(self.name, self.server_uri, event.name,
-                                     f'still busy with another exchange after {timeout:.3g} s', stage='busy')
-            self._check_open()
-            exchange.sent_at = time.monotonic()  # (not counting the wait for the rig to be free)
+        while True:  # (a C lock and C queues only: an interrupt anywhere here leaves none of them held)
+            with self._lock:
+                self._check_open()
+                if self._exchange is None:
+                    exchange.sent_at = time.monotonic()  # (not counting the wait for the rig to be free)
+                    try:
+                        self._exchange = exchange
+                        sends = self._conversation.request(datagram, time.monotonic(), expect_response, deadline)
+                        self._arm_timer()
+                    except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
+                        events = self._conversation.abort('interrupted', 'interrupted while sending')
+                        if not events and self._exchange is exchange:  # interrupted before the core heard of it
+                            events = [core.Failed(0, 'interrupted', 'interrupted before sending')]
+                        self._settle(self._apply(events))
+                        raise
+                    break
+                ticket: queue.SimpleQueue = queue.SimpleQueue()
+                self._waiting.append(ticket)
             try:
-                self._exchange = exchange
-                sends = self._conversation.request(datagram, time.monotonic(), expect_response, deadline)
-                self._arm_timer()
-            except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
-                events = self._conversation.abort('interrupted', 'interrupted while sending')
-                if not events and self._exchange is exchange:  # interrupted before the core heard of it
-                    events = [core.Failed(0, 'interrupted', 'interrupted before sending')]
-                self._settle(self._apply(events))
-                raise
+                ticket.get(timeout=remaining(deadline))  # until the exchange in progress ends, or close()
+            except queue.Empty:
+                raise RigTimeout(self.name, self.server_uri, event.name,
+                                 f'still busy with another exchange after {timeout:.3g} s', stage='busy') from None
+            finally:
+                with self._lock:
+                    if ticket in self._waiting:
+                        self._waiting.remove(ticket)
         try:  # sent once the lock is free: the network thread must not wait for it when the echo comes
             for send in sends:  # (a request is only ever sends)
                 if isinstance(send, core.Send) and (refused := self._send(send.datagram)) is not None:
@@ -337,12 +348,12 @@ class Communicator:
     def close(self) -> None:
         """Fail the exchange in flight and every caller waiting for the rig with :class:`ClosedError`,
         cancel pending Futures and close the socket; idempotent."""
-        with self._free:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
             settle = self._apply(self._conversation.abort('closed', 'the communicator was closed'))
-            self._free.notify_all()
+            self._wake_waiting()
             futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
             futures += self._queued  # (their messages may never be run: the callback thread stops)
             self._queued = set()
@@ -434,9 +445,15 @@ class Communicator:
             elif isinstance(event, core.Delivered):
                 self._deliver(event.message)
         if self._exchange is None:
-            self._free.notify()
+            self._wake_waiting()
         self._arm_timer()
         return settle
+
+    def _wake_waiting(self) -> None:
+        """The rig is free (or closed): every caller waiting for it looks again (with the lock held)."""
+        for ticket in self._waiting:
+            ticket.put(None)
+        self._waiting.clear()
 
     @staticmethod
     def _settle(settle: list[tuple[Exchange, Any, BaseException | None]]) -> None:

@@ -29,7 +29,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import wait
 from typing import Any, NoReturn, TextIO
 
 from iblutil.io.net.base import ExpMessage, ExpStatus
@@ -38,7 +37,7 @@ from . import protocol
 from .clock import clock_offset
 from .config import ENV_VARIABLE, FILE_NAMES, ConfigError, default_folder, load_remote_rigs
 from .errors import RigError, Stage
-from .exchange import Exchange
+from .exchange import Exchange, wait_all
 from .services import Services
 from .version import __version__
 
@@ -185,10 +184,7 @@ def _send_round(services: Services, datagrams: Mapping[str, bytes],
     """
     wall_minus_monotonic = time.time() - time.monotonic()
     exchanges = {name: services[name].submit(datagram, timeout=timeout) for name, datagram in datagrams.items()}
-    wait([e.outcome for e in exchanges.values()], timeout=timeout)
-    for exchange in exchanges.values():
-        if not exchange.done:
-            exchange.give_up()
+    wait_all(exchanges.values(), None if timeout is None else time.monotonic() + timeout)
     return exchanges, wall_minus_monotonic
 
 

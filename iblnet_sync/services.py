@@ -15,7 +15,7 @@ from . import protocol
 from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
-from .exchange import Exchange, remaining
+from .exchange import Exchange, remaining, wait_all
 from .options import Options, check_seconds
 
 __all__ = ['Services']
@@ -206,8 +206,8 @@ class Services(Mapping):
                     failures[rig.name] = ex
                     continue
                 if not concurrent:
-                    _wait_for([exchanges[rig.name]], deadline)
-            _wait_for(list(exchanges.values()), deadline)
+                    wait_all([exchanges[rig.name]], deadline)
+            wait_all(list(exchanges.values()), deadline)
         except BaseException:  # e.g. Ctrl-C: end every exchange, so that no rig stays busy with one
             for exchange in exchanges.values():
                 exchange.interrupt()
@@ -238,15 +238,6 @@ class Services(Mapping):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _wait_for(exchanges: list[Exchange], deadline: float | None) -> None:
-    """Wait until every exchange is done or the deadline passes; fail the late ones then."""
-    for exchange in exchanges:
-        try:
-            exchange.result(remaining(deadline))
-        except RigError:
-            pass  # collected by the caller from exchange.outcome
 
 
 def _with_service(callback: Callable, service: Communicator, data: Any, addr: Any, *event: Any) -> None:
