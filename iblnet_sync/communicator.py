@@ -503,10 +503,10 @@ class Communicator:
             if self._dispatcher.run_callback(self._run_callback, callback, args, message.event, cost=self._cost):
                 if isinstance(callback, Future):
                     self._queued.add(callback)  # settled when its turn comes, or cancelled by close()
-            elif isinstance(callback, Future):
-                _cancel(callback)
+            elif isinstance(callback, Future):  # (logged first: whoever waits for it may look for the line)
                 log.warning('%s: on_event(%s) cancelled: the callbacks are too slow and its message was dropped',
                             self.name, message.event.name)
+                _cancel(callback)
 
     def _run_callback(self, callback: Callback, args: tuple, event: ExpMessage) -> None:
         """On the callback thread: resolve a Future or call a function; report its failure to the rig."""
