@@ -1,6 +1,7 @@
 """Many rigs at once: broadcast a message and wait for every rig with one deadline."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import secrets
@@ -11,10 +12,11 @@ from typing import Any, Callable, Iterator
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import protocol
-from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator, check_options
+from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
 from .exchange import Exchange, remaining, wait_all
+from .options import Options, check_seconds
 
 __all__ = ['Services']
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ class Services(Mapping):
         if not isinstance(remote_rigs, Mapping):
             raise TypeError(f'remote_rigs must map rig names to URIs, e.g. {{"cameras": "udp://10.0.0.7:11001"}}, '
                             f'not a {type(remote_rigs).__name__}')
-        check_options(timeout, echo_timeout, resend_interval, resends, pause)
+        if timeout is not None:
+            check_seconds('timeout', timeout)
+        options = Options(echo_timeout, resend_interval, resends, pause)
         addresses = {}
         for name, uri in remote_rigs.items():  # every address is checked before anything opens
             try:
@@ -73,10 +77,8 @@ class Services(Mapping):
         try:
             self._dispatcher = Dispatcher('iblnet_sync')
             for name, (host, port) in addresses.items():
-                self._rigs[name] = Communicator(
-                    f'udp://{host}:{port}', name, dispatcher=self._dispatcher, timeout=timeout,
-                    echo_timeout=echo_timeout, resend_interval=resend_interval, resends=resends,
-                    pause=pause)
+                self._rigs[name] = Communicator(f'udp://{host}:{port}', name, dispatcher=self._dispatcher,
+                                                timeout=timeout, **dataclasses.asdict(options))
         except BaseException:
             self.close()
             raise
