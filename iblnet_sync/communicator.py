@@ -104,7 +104,7 @@ class Communicator:
                 held.append(sock)
             self._sock = sock or connected_socket(*self._address, held)
             if dispatcher is None:
-                held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
+                dispatcher = Dispatcher(f'iblnet_sync-{self.name}', held)
             self._dispatcher = dispatcher
             self._alarm = Alarm(dispatcher, weak_call(self._on_timer))
             self._dispatcher.register(self._sock, self)

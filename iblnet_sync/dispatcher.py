@@ -166,6 +166,9 @@ class Dispatcher:
     ----------
     name : str
         Used in the threads' names.
+    held : list, optional
+        Its owner's list of what to close: the dispatcher puts itself there before it makes
+        anything, so that an interrupt at any point of its making leaves nothing unowned.
 
     Examples
     --------
@@ -173,18 +176,20 @@ class Dispatcher:
     ...     dispatcher.register(sock, endpoint)
     """
 
-    def __init__(self, name: str = 'iblnet_sync'):
+    def __init__(self, name: str = 'iblnet_sync', held: list | None = None):
         self.name = name
         self._lock = threading.Lock()
+        self._closing = False
         self._pending_ops: list[tuple[Callable, tuple, queue.SimpleQueue]] = []
         self._timers: list[tuple[float, int, Timer]] = []
         self._compact_at = COMPACT_TIMERS  # heap size at which cancelled timers are dropped
         self._wakes_at: float | None = None  # when the network thread's select() returns at the latest
         self._sequence = itertools.count()
         self._callbacks: _CallbackThread | None = None
-        self._closing = False
         self._resources: list[Any] = []  # closed by _release_resources, whatever was made before a failure
         self._began = threading.Event()  # set by the network thread as it starts
+        if held is not None:  # its owner holds it before it holds anything: an interrupt cannot orphan it
+            held.append(self)
         try:
             # each resource is held in the line that makes it: an interrupt anywhere leaves none behind
             self._resources.append(selector := selectors.DefaultSelector())
@@ -281,6 +286,9 @@ class Dispatcher:
                 already, self._closing = False, True
                 executor, self._callbacks = self._callbacks, None
         if already:
+            return
+        if not hasattr(self, '_thread'):  # its making was interrupted before the thread: nothing runs
+            self._release_resources()
             return
         self._wake()
         on_network_thread = threading.current_thread() is self._thread
@@ -419,6 +427,7 @@ class Dispatcher:
 
     def _release_resources(self) -> None:
         with self._lock:
+            self._closing = True
             ops, self._pending_ops = self._pending_ops, []
             self._timers.clear()
         for _, _, done in ops:

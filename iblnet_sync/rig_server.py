@@ -131,7 +131,7 @@ class RigServer:
             self._sock = sock = bound_socket(host, port, held, uri)
             bound_host, bound_port = sock.getsockname()[:2]
             self.uri = f'udp://{bound_host}:{bound_port}'
-            held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
+            dispatcher = Dispatcher(f'iblnet_sync-{self.name}', held)
             self._dispatcher = dispatcher
             dispatcher.register(sock, self)
         except BaseException:

@@ -6,6 +6,7 @@ import functools
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
@@ -17,6 +18,7 @@ from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
 from .exchange import Exchange, remaining, wait_all
 from .options import Options, check_seconds
+from .sockets import close_all
 
 __all__ = ['Services']
 log = logging.getLogger(__name__)
@@ -74,8 +76,10 @@ class Services(Mapping):
         self._token = secrets.token_hex(4)  # names this connection in EXPINFO (see protocol.MAIN_KEY)
         self._rigs: dict[str, Communicator] = {}
         self._dispatcher: Dispatcher | None = None
+        held: list = []  # the network thread, closed by close() or, if this object is dropped, its finalizer
+        self._finalizer = weakref.finalize(self, close_all, held)
         try:
-            self._dispatcher = Dispatcher('iblnet_sync')
+            self._dispatcher = Dispatcher('iblnet_sync', held)
             for name, (host, port) in addresses.items():
                 self._rigs[name] = Communicator(f'udp://{host}:{port}', name, dispatcher=self._dispatcher,
                                                 timeout=timeout, **dataclasses.asdict(options))
@@ -230,8 +234,7 @@ class Services(Mapping):
         """Close every rig's socket and stop the network thread; idempotent."""
         for rig in self._rigs.values():
             rig.close()
-        if self._dispatcher is not None:
-            self._dispatcher.close()
+        self._finalizer()
 
     def __enter__(self) -> Services:
         return self

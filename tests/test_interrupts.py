@@ -152,6 +152,8 @@ def test_a_constructor_interrupted_at_any_signal_point_leaves_nothing(rig, name)
 
 @pytest.mark.skipif(sys.platform == 'win32', reason='SIGINT is a console event on Windows')
 def test_real_sigints_at_random_moments(rig):
+    with Services({'cameras': rig.uri}, timeout=5) as services:  # the rig's callback thread starts
+        services.start(REF)
     threads, fds = len(our_threads()), open_fds()
     stop, generator = threading.Event(), random.Random(7)
 
@@ -181,4 +183,4 @@ def test_real_sigints_at_random_moments(rig):
         assert interrupted > 10 and calls > 10, (interrupted, calls)
         assert services.status('RUNNING')['cameras'] == [rig.status]
         assert services._dispatcher is not None and services._dispatcher.is_alive
-    assert settled(threads, fds)
+    assert settled(threads, fds), (our_threads(), threads)

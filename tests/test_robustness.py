@@ -26,7 +26,7 @@ def open_fds() -> int:
 
 
 def our_threads() -> list:
-    return [t for t in threading.enumerate() if t.name.startswith('iblnet_sync')]
+    return [t for t in threading.enumerate() if t.name.startswith('iblnet_sync') and t.is_alive()]
 
 
 def wait_until(predicate, timeout=5.0) -> bool:
