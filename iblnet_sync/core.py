@@ -82,6 +82,11 @@ M22   IDLE          request to a rig not known to be iblnet_sync,    held (-> HE
                     ended                                            caller's deadline still counts, M5)
 ====  ============  ===============================================  ==========================================
 
+A datagram takes exactly one row: :meth:`MainConversation.receive` tries the rows in this order and
+takes the first that matches (``_row`` names it in the code; :data:`ROWS` counts them): plain
+datagrams M6, M7, M17, M20, M19, M13, M14, M21, M15, M16; tagged ones M17, M8, M9, M12, M11, M10.
+The timer tries M5, M22, M4, M2 or M3.
+
 The pause (M22) is for listeners that re-arm late: iblrig's video program starts waiting for its
 next request one event-loop step after it handled the last one, so a request that arrives right
 after the echo of its previous answer is echoed but never handled. A rig known to run
@@ -149,6 +154,9 @@ R14   not working   plain datagram with the very bytes of a request  a bounce of
                     at once already (R9), from a main not known to   it): echoed, 8 times at most since it was
                     be iblnet_sync                                   handled, never handled again
 ====  ============  ===============================================  ==========================================
+
+:meth:`RigConversation.receive` tries, in this order: plain datagrams R2, R3, R1, R8, R6 or R7, R14,
+R9; tagged ones R2 or R3, R4, R5. The timer tries R12, R11; an answer is R10 or R13.
 
 Without R14 one late copy of our echo starts a storm with an iblutil main (or any peer that echoes
 what it takes for new): the main echoes the copy, we took that for the same request asked again,

@@ -268,3 +268,23 @@ def test_two_requests_bounced_in_turn_by_a_peer_that_echoes_everything_end():  #
         handled += len(events_of(events, Handle))
         echoed += len(sent(events))
     assert handled <= 4 and echoed <= 2 * (core.STORM_ECHOES + 2)
+
+
+def _rows_in(function) -> list[str]:
+    """The rows a function takes, in the order they stand in its code."""
+    import inspect
+    import re
+    return re.findall(r"_row\('(\w+)'(?: if data == stripped else '(\w+)')?\)", inspect.getsource(function))
+
+
+@pytest.mark.parametrize('function, documented', [
+    (core.MainConversation.receive, 'plain datagrams M6, M7, M17, M20, M19, M13, M14, M21, M15, M16'),
+    (core.MainConversation._receive_tagged, 'tagged ones M17, M8, M9, M12, M11, M10'),
+    (core.RigConversation.receive, 'plain datagrams R2, R3, R1, R8, R6 or R7, R14, R9'),
+    (core.RigConversation._receive_tagged, 'tagged ones R2 or R3, R4, R5'),
+])
+def test_the_rows_stand_in_the_code_in_the_order_the_tables_state(function, documented):
+    assert documented in ' '.join(core.__doc__.split())
+    stated = [row for part in documented.split(' ', 2)[2].split(', ') for row in part.split(' or ')]
+    in_code = [row for pair in _rows_in(function) for row in pair if row]
+    assert in_code == stated
