@@ -725,6 +725,9 @@ class RigConversation:
             self._answer_id = None
             self._answer = answer if answer == self._plain else answer + protocol.PEER_SUFFIX
             self._next_send, self._deadline = None, now + self.echo_timeout
+            if answer == self._plain and _key(answer) in self._echoes:  # its copies look like the request's:
+                echoed_at, echoes, again = self._echoes[_key(answer)]      # R14's window runs from now
+                self._echoes[_key(answer)] = (now, echoes, again)
         self.state = ANSWERED
         return [Send(self._answer)]
 
@@ -766,7 +769,7 @@ class RigConversation:
             again = key in self._echoes and self._echoes[key][2]
         self._echoes[key] = (now, count, again)
         self._echoes.move_to_end(key)
-        if len(self._echoes) > 8:
+        if len(self._echoes) > SEEN_IDS:  # (a peer may keep many requests bouncing at once)
             self._echoes.popitem(last=False)
         return Send(data)
 
