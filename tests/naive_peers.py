@@ -12,7 +12,11 @@ Nothing bounds a bounce on its side: whatever bounces between it and our peer mu
   oldest request of that event first), and a plain error report for the failure of its oldest
   request.
 - :class:`NaiveRig`: answers every message it receives (an echo of its own answer included, so
-  the answers are made from its state only, never from a counter) with an unconfirmed send.
+  the answers are made from its state only, never from a counter) with an unconfirmed send, at
+  once, in its receive loop (the simulator gives its handler no time). With handlers that take
+  seconds, each echo of an answer would come back as the same answer seconds later: a chain that
+  our main's storm cut (M21) ends after 8 echoes since its last request, but only after 8 handler
+  runs, so possibly after the simulator's quiet period.
 """
 from __future__ import annotations
 
