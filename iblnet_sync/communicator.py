@@ -7,6 +7,7 @@ callbacks. Callers to one rig are served one at a time.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import socket
 import threading
@@ -20,59 +21,22 @@ from iblutil.io.net.base import ExpMessage, ExpStatus
 from . import core, protocol
 from .core import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS
 from .dispatcher import Alarm, Dispatcher, weak_call
-from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout
+from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout, Stage
 from .exchange import Exchange, remaining
 from .logtext import PeerLogLimiter, datagram_text, peer_text
+from .options import Options, check_seconds
+from .sockets import REFUSED, close_all, connected_socket
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'PAUSE', 'RESEND_INTERVAL', 'RESENDS']
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 """float: seconds to wait for a rig's response (iblutil's ``Services`` default)."""
-_REFUSED = (ConnectionRefusedError, ConnectionResetError)  # Linux, and WSAECONNRESET on Windows
-_ERRORS = {'no echo': RigTimeout, 'no response': RigTimeout, 'error report': RigErrorReport,
-           'refused': RigRefused, 'closed': RigClosed}
+_ERRORS: dict[str, type[RigError]] = {  # the failure's stage -> the error raised (RigError for the others)
+    Stage.NO_ECHO: RigTimeout, Stage.NO_RESPONSE: RigTimeout, Stage.ERROR_REPORT: RigErrorReport,
+    Stage.REFUSED: RigRefused, Stage.CLOSED: RigClosed}
 
 Callback = Callable[..., Any] | Future
-
-
-def _open_socket(hostname: str, port: int, held: list) -> socket.socket:
-    """A UDP socket on an ephemeral local port, connected to the rig (so ICMP errors reach us).
-
-    The socket goes into `held` in the same line that makes it, so that an interrupt at any
-    point leaves it where its owner's finalizer closes it.
-    """
-    held.append(sock := socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    sock.connect((hostname, port))
-    return sock
-
-
-def close_all(held: list) -> None:
-    """Close what an object holds, last made first (its finalizer; safe to call twice)."""
-    while held:
-        held.pop().close()
-
-
-def check_seconds(name: str, value: Any) -> None:
-    """Raise TypeError or ValueError unless `value` is a number of seconds above 0 (NaN is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f'{name} must be a number of seconds, not {value!r}')
-    if not value > 0:
-        raise ValueError(f'{name} must be > 0 seconds, not {value!r}')
-
-
-def check_options(timeout: float | None, echo_timeout: float, resend_interval: float, resends: int,
-                  pause: float = PAUSE) -> None:
-    """Raise ValueError or TypeError for option values no communicator can use."""
-    if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not 0 <= pause < 1:
-        raise ValueError(f'pause must be a number of seconds from 0 to below 1, not {pause!r}')
-    if timeout is not None:
-        check_seconds('timeout', timeout)
-    check_seconds('echo_timeout', echo_timeout)
-    check_seconds('resend_interval', resend_interval)
-    if isinstance(resends, bool) or not isinstance(resends, int) or resends < 0:
-        raise ValueError(f'resends must be an integer >= 0, not {resends!r}')
-
 
 
 class Communicator:
@@ -116,15 +80,17 @@ class Communicator:
                  sock: socket.socket | None = None, timeout: float | None = DEFAULT_TIMEOUT,
                  echo_timeout: float = ECHO_TIMEOUT, resend_interval: float = RESEND_INTERVAL,
                  resends: int = RESENDS, assume_resends: bool = False, pause: float = PAUSE):
-        check_options(timeout, echo_timeout, resend_interval, resends, pause)
+        if timeout is not None:
+            check_seconds('timeout', timeout)
+        self._options = options = Options(echo_timeout, resend_interval, resends, pause)
         self._address = protocol.rig_address(server_uri)
         self.server_uri = f'udp://{self._address[0]}:{self._address[1]}'
         self.name = name or self.server_uri
         self.timeout, self.echo_timeout = timeout, echo_timeout
-        self._conversation = core.MainConversation(secrets.token_hex(3), resend_interval, resends, echo_timeout,
-                                                   pause=pause)
+        self._conversation = core.MainConversation(secrets.token_hex(3), options.resend_interval, options.resends,
+                                                   options.echo_timeout, pause=options.pause)
         self._lock = threading.Lock()
-        self._free = threading.Condition(self._lock)  # notified when the exchange ends or on close
+        self._waiting: list[queue.SimpleQueue] = []  # callers waiting for the rig to be free: woken at its end
         self._exchange: Exchange | None = None
         self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
         self._reports = PeerLogLimiter()  # error reports that fail no call: logged a few a minute
@@ -136,9 +102,9 @@ class Communicator:
         try:
             if sock is not None:
                 held.append(sock)
-            self._sock = sock or _open_socket(*self._address, held)
+            self._sock = sock or connected_socket(*self._address, held)
             if dispatcher is None:
-                held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
+                dispatcher = Dispatcher(f'iblnet_sync-{self.name}', held)
             self._dispatcher = dispatcher
             self._alarm = Alarm(dispatcher, weak_call(self._on_timer))
             self._dispatcher.register(self._sock, self)
@@ -216,23 +182,33 @@ class Communicator:
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         exchange = Exchange(datagram, event, self._end)
-        with self._free:
-            while self._exchange is not None and not self._closed:
-                if not self._free.wait(remaining(deadline)) and self._exchange is not None:
-                    raise RigTimeout(self.name, self.server_uri, event.name,
-                                     f'still busy with another exchange after {timeout:.3g} s', stage='busy')
-            self._check_open()
-            exchange.sent_at = time.monotonic()  # (not counting the wait for the rig to be free)
+        while True:  # (a C lock and C queues only: an interrupt anywhere here leaves none of them held)
+            with self._lock:
+                self._check_open()
+                if self._exchange is None:
+                    exchange.sent_at = time.monotonic()  # (not counting the wait for the rig to be free)
+                    try:
+                        self._exchange = exchange
+                        sends = self._conversation.request(datagram, time.monotonic(), expect_response, deadline)
+                        self._arm_timer()
+                    except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
+                        events = self._conversation.abort('interrupted', 'interrupted while sending')
+                        if not events and self._exchange is exchange:  # interrupted before the core heard of it
+                            events = [core.Failed(0, 'interrupted', 'interrupted before sending')]
+                        self._settle(self._apply(events))
+                        raise
+                    break
+                ticket: queue.SimpleQueue = queue.SimpleQueue()
+                self._waiting.append(ticket)
             try:
-                self._exchange = exchange
-                sends = self._conversation.request(datagram, time.monotonic(), expect_response, deadline)
-                self._arm_timer()
-            except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
-                events = self._conversation.abort('interrupted', 'interrupted while sending')
-                if not events and self._exchange is exchange:  # interrupted before the core heard of it
-                    events = [core.Failed(0, 'interrupted', 'interrupted before sending')]
-                self._settle(self._apply(events))
-                raise
+                ticket.get(timeout=remaining(deadline))  # until the exchange in progress ends, or close()
+            except queue.Empty:
+                raise RigTimeout(self.name, self.server_uri, event.name,
+                                 f'still busy with another exchange after {timeout:.3g} s', stage='busy') from None
+            finally:
+                with self._lock:
+                    if ticket in self._waiting:
+                        self._waiting.remove(ticket)
         try:  # sent once the lock is free: the network thread must not wait for it when the echo comes
             for send in sends:  # (a request is only ever sends)
                 if isinstance(send, core.Send) and (refused := self._send(send.datagram)) is not None:
@@ -372,12 +348,12 @@ class Communicator:
     def close(self) -> None:
         """Fail the exchange in flight and every caller waiting for the rig with :class:`ClosedError`,
         cancel pending Futures and close the socket; idempotent."""
-        with self._free:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
             settle = self._apply(self._conversation.abort('closed', 'the communicator was closed'))
-            self._free.notify_all()
+            self._wake_waiting()
             futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
             futures += self._queued  # (their messages may never be run: the callback thread stops)
             self._queued = set()
@@ -411,11 +387,11 @@ class Communicator:
 
     def error_received(self, error: OSError) -> None:
         """A socket error: port unreachable fails the exchange in flight as refused."""
-        if isinstance(error, _REFUSED):
+        if isinstance(error, REFUSED):
             detail = f'nothing is listening there (port unreachable: {error})'
-            self._feed(lambda now: self._conversation.abort('refused', detail))
+            self._feed(lambda now: self._conversation.abort(Stage.REFUSED, detail))
         else:
-            self._feed(lambda now: self._conversation.abort('socket error', f'socket error: {error}'))
+            self._feed(lambda now: self._conversation.abort(Stage.SOCKET_ERROR, f'socket error: {error}'))
 
     def _on_timer(self) -> None:
         with self._lock:
@@ -469,9 +445,15 @@ class Communicator:
             elif isinstance(event, core.Delivered):
                 self._deliver(event.message)
         if self._exchange is None:
-            self._free.notify()
+            self._wake_waiting()
         self._arm_timer()
         return settle
+
+    def _wake_waiting(self) -> None:
+        """The rig is free (or closed): every caller waiting for it looks again (with the lock held)."""
+        for ticket in self._waiting:
+            ticket.put(None)
+        self._waiting.clear()
 
     @staticmethod
     def _settle(settle: list[tuple[Exchange, Any, BaseException | None]]) -> None:
@@ -484,7 +466,7 @@ class Communicator:
             log.debug('%s: sent %s', self.name, datagram_text(datagram))
         try:
             self._sock.send(datagram)
-        except _REFUSED as ex:
+        except REFUSED as ex:
             return f'nothing is listening there (port unreachable: {ex})'
         except OSError as ex:
             log.debug('%s: send failed: %s', self.name, ex)
@@ -497,8 +479,9 @@ class Communicator:
     def _error(self, exchange: Exchange, failed: core.Failed) -> RigError:
         waited = time.monotonic() - exchange.sent_at
         detail = failed.detail
-        if failed.stage in ('no echo', 'no response'):
-            detail = f'{"echoed but no response" if failed.stage == "no response" else "no echo"} within {waited:.3g} s'
+        if failed.stage in (Stage.NO_ECHO, Stage.NO_RESPONSE):
+            said = 'echoed but no response' if failed.stage == Stage.NO_RESPONSE else 'no echo'
+            detail = f'{said} within {waited:.3g} s'
         error_type = _ERRORS.get(failed.stage, RigError)
         return error_type(self.name, self.server_uri, exchange.event.name, detail, stage=failed.stage)
 
@@ -520,10 +503,10 @@ class Communicator:
             if self._dispatcher.run_callback(self._run_callback, callback, args, message.event, cost=self._cost):
                 if isinstance(callback, Future):
                     self._queued.add(callback)  # settled when its turn comes, or cancelled by close()
-            elif isinstance(callback, Future):
-                _cancel(callback)
+            elif isinstance(callback, Future):  # (logged first: whoever waits for it may look for the line)
                 log.warning('%s: on_event(%s) cancelled: the callbacks are too slow and its message was dropped',
                             self.name, message.event.name)
+                _cancel(callback)
 
     def _run_callback(self, callback: Callback, args: tuple, event: ExpMessage) -> None:
         """On the callback thread: resolve a Future or call a function; report its failure to the rig."""

@@ -82,6 +82,11 @@ M22   IDLE          request to a rig not known to be iblnet_sync,    held (-> HE
                     ended                                            caller's deadline still counts, M5)
 ====  ============  ===============================================  ==========================================
 
+A datagram takes exactly one row: :meth:`MainConversation.receive` tries the rows in this order and
+takes the first that matches (``_row`` names it in the code; :data:`ROWS` counts them): plain
+datagrams M6, M7, M17, M20, M19, M13, M14, M21, M15, M16; tagged ones M17, M8, M9, M12, M11, M10.
+The timer tries M5, M22, M4, M2 or M3.
+
 The pause (M22) is for listeners that re-arm late: iblrig's video program starts waiting for its
 next request one event-loop step after it handled the last one, so a request that arrives right
 after the echo of its previous answer is echoed but never handled. A rig known to run
@@ -145,21 +150,24 @@ R12   ANSWERED      timer, deadline passed                           -> DONE (an
                                                                      we keep serving)
 R13   superseded    the handler's answer                             not sent
 R14   not working   plain datagram with the very bytes of a request  a bounce of our echo (an iblutil main takes
-      on it         we echoed less than 0.2 s ago, from a main not   a late copy of our echo for new, and echoes
-                    known to be iblnet_sync                          it): echoed, 8 times at most since it was
-                                                                     handled, never handled again
+      on it         we echoed less than 0.2 s ago and handled again  a late copy of our echo for new, and echoes
+                    at once already (R9), from a main not known to   it): echoed, 8 times at most since it was
+                    be iblnet_sync                                   handled, never handled again
 ====  ============  ===============================================  ==========================================
+
+:meth:`RigConversation.receive` tries, in this order: plain datagrams R2, R3, R1, R8, R6 or R7, R14,
+R9; tagged ones R2 or R3, R4, R5. The timer tries R12, R11; an answer is R10 or R13.
 
 Without R14 one late copy of our echo starts a storm with an iblutil main (or any peer that echoes
 what it takes for new): the main echoes the copy, we took that for the same request asked again,
 handled it, echoed it, and so on for ever, running the handler hundreds of times a second. With it,
-the bounce ends after 8 echoes, and a handler runs at most twice for a request a plain main made once
-(once more when the copy comes after the window: then it is, byte for byte, the main asking again).
-Its price: a plain main that sends the very same request again within 0.2 s of our echo of it gets
-the echo but no answer to the repeat (its call times out; the main's socket lives on), and so does a
-new connection that happens to get the port of the last one and opens with the same bytes within
-0.2 s. No program we know of repeats a request that fast; iblrig's main sends one request every
-0.2 s at most, and a task takes seconds to start.
+the bounce ends after 8 echoes, and a handler runs at most twice for a request a plain main made once:
+the first copy is handled again (byte for byte it is the main asking again, as iblutil's mains do, or
+a new connection from the port of the last one), the copies that follow within 0.2 s of our echo are
+not. Its price: a plain main that sends the very same request a third time in a row, each within
+0.2 s of our echo of the one before, gets the echo but no answer to the third (its call times out;
+the main's socket lives on). No program we know of repeats a request that fast; iblrig's main sends
+one request every 0.2 s at most.
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -289,6 +297,20 @@ class _Seen:
         return msg_id in self._ids
 
 
+ROWS: collections.Counter[str] = collections.Counter()
+"""How many datagrams each row of the tables took (the simulator reports which rows a sweep visited)."""
+OFF: set[str] = set()
+"""Rows switched off by name: a test shows that the simulator notices any of them missing. Empty in use."""
+
+
+def _row(name: str) -> bool:
+    """Take row `name` for the datagram at hand (False when it is switched off: the next row is tried)."""
+    if name in OFF:
+        return False
+    ROWS[name] += 1
+    return True
+
+
 def _parse(data: bytes) -> protocol.Parsed | None:
     try:
         return protocol.parse(data)
@@ -383,9 +405,10 @@ class MainConversation:
             x.ref, x.sent = protocol.digest(plain), plain
         x.resends_left = self.resends
         self._exchange = x
-        if not self.tagged and self._ended is not None and now < self._ended + self.pause:  # M22
+        if not self.tagged and self._ended is not None and now < self._ended + self.pause and _row('M22'):
             x.held, x.next_send = True, self._ended + self.pause
             return []
+        _row('M1')
         return self._first_send(x, now)
 
     @property
@@ -398,14 +421,15 @@ class MainConversation:
         x = self._exchange
         if x is None:
             return []
-        if x.deadline is not None and now >= x.deadline:
+        if x.deadline is not None and now >= x.deadline and _row('M5'):
             return self._give_up(x, now)
         if x.held:
             return self._first_send(x, now) if x.next_send is not None and now >= x.next_send else []
-        if not x.echoed and x.echo_deadline is not None and now >= x.echo_deadline:
+        if not x.echoed and x.echo_deadline is not None and now >= x.echo_deadline and _row('M4'):
             return self._give_up(x, now)
         if x.next_send is not None and now >= x.next_send:
-            if not x.echoed and (x.tagged or self.tagged or not x.heard) and x.resends_left > 0:
+            if (not x.echoed and (x.tagged or self.tagged or not x.heard) and x.resends_left > 0
+                    and _row('M3' if x.tagged else 'M2')):
                 x.resends_left -= 1
                 if not x.tagged:
                     x.sent = x.plain + protocol.RESEND_SUFFIX
@@ -422,6 +446,7 @@ class MainConversation:
         x = self._exchange
         if x is None:
             return []
+        _row('M18')
         self._end(x, now)
         return [Failed(x.token, stage, detail)]
 
@@ -435,47 +460,45 @@ class MainConversation:
         x = self._exchange if self._exchange is None or not self._exchange.held else None
         if data[:1] == b'{':
             return self._receive_tagged(data, x, now)
-        if x is not None and not x.echoed and data in x.spellings:  # M6
+        if x is not None and not x.echoed and data in x.spellings and _row('M6'):
             x.echo_seen = data
             return self._echoed(x, now)
-        if data.endswith(protocol.RESEND_SUFFIX):  # M7
-            return []
-        if data in self._owed:  # M7
-            self._owed.remove(data)
+        if (data.endswith(protocol.RESEND_SUFFIX) or data in self._owed) and _row('M7'):
+            if data in self._owed:
+                self._owed.remove(data)
             return []
         parsed = _parse(data)
-        if parsed is None:  # M17
+        if parsed is None:
+            _row('M17')
             return []
         message, from_peer = parsed.message, data.endswith(protocol.PEER_SUFFIX)
         self.tagged = self.tagged or from_peer
         if x is not None and data not in self._sent:  # the rig sent a message of its own (M2)
             x.heard = True
-        if self.tagged and message.event != protocol.ERROR_CODE:
-            # an iblnet_sync rig sends plain only echoes, answers to plain requests, and error reports
-            plain_x = x if x is not None and not x.tagged else None
-            if not from_peer and (plain_x is None or data != plain_x.plain):  # M20: a late echo of ours
-                return []
-            if from_peer and (plain_x is None or not _answers(plain_x, message)):  # M19: a late plain answer
-                return [Send(data)]
-        if message.event == protocol.ERROR_CODE:  # M13
+        # an iblnet_sync rig sends plain only echoes, answers to plain requests, and error reports
+        plain_x = x if x is not None and not x.tagged else None
+        mine = self.tagged and message.event != protocol.ERROR_CODE
+        if mine and not from_peer and (plain_x is None or data != plain_x.plain) and _row('M20'):
+            return []  # a late echo of ours
+        if mine and from_peer and (plain_x is None or not _answers(plain_x, message)) and _row('M19'):
+            return [Send(data)]  # a late plain answer
+        if message.event == protocol.ERROR_CODE and _row('M13'):
             return self._error_report(x if x is None or not x.tagged else None, message, now)
-        if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED:  # M14
+        if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED and _row('M14'):
             return []
         self._storm[data] += 1
         if len(self._storm) > SEEN_IDS:  # (a bound: a storm is a few datagrams bouncing)
             del self._storm[next(iter(self._storm))]
-        if self._storm[data] > STORM_ECHOES:  # M21
+        if self._storm[data] > STORM_ECHOES and _row('M21'):
             if self._storm[data] == STORM_ECHOES + 1:
                 log.warning('echo storm: %r echoed %d times since our last request; no longer echoed',
                             data[:60], STORM_ECHOES)
             return []
         events: list[Event] = [Send(data)]
         self._sent.add(data)
-        if x is not None and _answers(x, message):  # M15
-            events += self._answered(x, message.data, now)
-        else:  # M16
-            events.append(Delivered(message))
-        return events
+        if x is not None and _answers(x, message) and _row('M15'):
+            return events + self._answered(x, message.data, now)
+        return events + [Delivered(message)] if _row('M16') else []
 
     # --- internals ---
     def _first_send(self, x: _Exchange, now: float) -> list[Event]:
@@ -492,25 +515,28 @@ class MainConversation:
 
     def _receive_tagged(self, data: bytes, x: _Exchange | None, now: float) -> list[Event]:
         parsed = _parse(data)
-        if parsed is None or parsed.msg_id is None:  # M17
+        if parsed is None or parsed.msg_id is None:
+            _row('M17')
             return []
         self.tagged = True
-        if parsed.msg_id.startswith(self._prefix):  # M8
+        if parsed.msg_id.startswith(self._prefix) and _row('M8'):
             if x is not None and not x.echoed and parsed.msg_id == x.ref:
                 return self._echoed(x, now)
             return []
         if x is not None:
             x.heard = True
         events: list[Event] = [Send(data)]  # tagged datagrams are always echoed: echoes are never re-echoed
-        if not self._seen.add(parsed.msg_id):  # M9
+        if not self._seen.add(parsed.msg_id) and _row('M9'):
             return events
         message = parsed.message
-        if parsed.reply_to is None:  # M12
+        if parsed.reply_to is None and _row('M12'):
             return events + [Delivered(message)]
-        if x is None or parsed.reply_to != x.ref:  # M11
+        if (x is None or parsed.reply_to != x.ref) and _row('M11'):
             log.debug('late answer %r dropped', data[:60])
             return events
-        if message.event == protocol.ERROR_CODE:  # M10
+        if x is None or not _row('M10'):
+            return events
+        if message.event == protocol.ERROR_CODE:
             return events + self._error_report(x, message, now, matched=True)
         return events + self._answered(x, message.data, now)
 
@@ -608,7 +634,8 @@ class RigConversation:
         self._seen = _Seen()
         self._repeats = 0                 # copies of the current plain request received (R6, R7)
         self._plains: list[bytes] = []    # digests of the last plain requests (R8)
-        self._echoes: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # R14: digest -> (last echo, echoes)
+        self._echoes: OrderedDict[bytes, tuple[float, int, bool]] = OrderedDict()  # R14: digest -> (last echo,
+        #                                                               echoes, handled again at once)
         self._main: str | None = None     # the token of the main that announced itself (R9)
         self._owed: list[bytes] = []      # plain answers whose echo may still come, though we moved on (R3)
 
@@ -626,16 +653,18 @@ class RigConversation:
 
     def receive(self, data: bytes, now: float) -> list[Event]:
         """A datagram from the main rig (R1-R9, R14)."""
-        if self.state == ANSWERED and data == self._answer:  # R2, plain
+        if self.state == ANSWERED and data == self._answer and _row('R2'):  # plain
             self.state = DONE
             return []
-        if data.endswith(protocol.PEER_SUFFIX):  # R3: only a rig ends a datagram so: a late echo of ours
-            return []
-        if data in self._owed:  # R3: the late echo of an answer we gave up on, or of a superseded request's
-            self._owed.remove(data)
+        # only a rig ends a datagram with a newline: a late echo of ours; or the late echo of an answer we
+        # gave up on, or of a superseded request's
+        if (data.endswith(protocol.PEER_SUFFIX) or data in self._owed) and _row('R3'):
+            if data in self._owed:
+                self._owed.remove(data)
             return []
         parsed = _parse(data)
-        if parsed is None or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):  # R1
+        if parsed is None or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):
+            _row('R1')
             return [] if parsed is None else [Delivered(parsed.message)]  # (the adapter logs a report)
         if parsed.msg_id is not None:
             return self._receive_tagged(data, parsed, now)
@@ -646,31 +675,36 @@ class RigConversation:
             self._echoes.clear()
         if stripped == self._plain or (self.tagged and _key(stripped) in self._plains):
             open_ = stripped == self._plain and self.state in (HANDLING, ANSWERED)
-            if (self.tagged and not open_) or (not open_ and data != stripped):  # R8
+            if ((self.tagged and not open_) or (not open_ and data != stripped)) and _row('R8'):
                 return []
-            if open_:  # R6, R7: asked again while we work on it, or a bounce of our echo (counted)
-                self._repeats += 1
+            if open_ and _row('R6' if data == stripped else 'R7'):  # asked again while we work on it, or a
+                self._repeats += 1                                  # bounce of our echo (counted)
                 if self._repeats > STORM_ECHOES:
                     return []
                 events: list[Event] = [self._echo(data, now, self._repeats)]
                 if self.state == ANSWERED and data != stripped:  # our main's resend: it lacks the answer
                     events.append(Send(self._answer))
                 return events
-        echoed = self._echoes.get(_key(data))
-        if not self.tagged and echoed is not None and now - echoed[0] < REPEAT_WINDOW:  # R14: a bounce
-            count = echoed[1] + 1
-            if count > STORM_ECHOES:  # silent: the bounce ends, and the window runs out
-                self._echoes[_key(data)] = (echoed[0], count)
+        echoed_at, echoes, again = self._echoes.get(_key(data), (float('-inf'), 0, False))
+        recent = now - echoed_at < REPEAT_WINDOW
+        if not self.tagged and recent and again and _row('R14'):  # a bounce of our echo
+            if echoes + 1 > STORM_ECHOES:  # silent: the bounce ends, and the window runs out
+                self._echoes[_key(data)] = (echoed_at, echoes + 1, True)
                 return []
-            return [self._echo(data, now, count)]
-        if protocol.announces_peer(parsed.message):  # R9
+            return [self._echo(data, now, echoes + 1)]
+        if not _row('R9'):
+            return []
+        if protocol.announces_peer(parsed.message):  # (asked again at once: once, then R14)
             self.tagged = True
-        return [self._echo(data, now, 0)] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
+        echo = self._echo(data, now, echoes if recent else 0, again=recent)
+        return [echo] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
 
     def answer(self, request: int, answer: bytes | None, now: float) -> list[Event]:
         """The handler of `request` finished (R10, R13): `answer` is a plain datagram or None."""
-        if not self.is_current(request):  # R13
+        if not self.is_current(request):
+            _row('R13')
             return []
+        _row('R10')
         if answer is None:
             self.state = DONE
             return []
@@ -698,11 +732,11 @@ class RigConversation:
         """The timer (R11, R12)."""
         if self.state != ANSWERED:
             return []
-        if self._deadline is not None and now >= self._deadline:  # R12
+        if self._deadline is not None and now >= self._deadline and _row('R12'):
             self._owe_echo()
             self.state = DONE
             return [GaveUp(self._answer)]
-        if self._next_send is not None and now >= self._next_send and self._resends_left > 0:  # R11
+        if self._next_send is not None and now >= self._next_send and self._resends_left > 0 and _row('R11'):
             self._resends_left -= 1
             self._next_send = now + self.resend_interval
             return [Send(self._answer)]
@@ -712,18 +746,25 @@ class RigConversation:
     def _receive_tagged(self, data: bytes, parsed: protocol.Parsed, now: float) -> list[Event]:
         self.tagged = True
         msg_id = parsed.msg_id or ''
-        if msg_id.startswith(self._prefix):  # R2 or R3
-            if self.state == ANSWERED and msg_id == self._answer_id:
+        if msg_id.startswith(self._prefix):
+            if self.state == ANSWERED and msg_id == self._answer_id and _row('R2'):
                 self.state = DONE
+            else:
+                _row('R3')
             return []
-        if not self._seen.add(msg_id):  # R4
+        if not self._seen.add(msg_id) and _row('R4'):
             return [Send(data), Send(self._answer)] if self.state == ANSWERED else [Send(data)]
-        return [Send(data)] + self._new_request(b'', msg_id, parsed.message)  # R5
+        if not _row('R5'):
+            return []
+        return [Send(data)] + self._new_request(b'', msg_id, parsed.message)
 
-    def _echo(self, data: bytes, now: float, count: int) -> Send:
-        """Echo a plain request of the main's, remembering when and how often (R14)."""
+    def _echo(self, data: bytes, now: float, count: int, again: bool | None = None) -> Send:
+        """Echo a plain request of the main's, remembering when, how often, and whether it was handled
+        again at once (R14)."""
         key = _key(data)
-        self._echoes[key] = (now, count)
+        if again is None:
+            again = key in self._echoes and self._echoes[key][2]
+        self._echoes[key] = (now, count, again)
         self._echoes.move_to_end(key)
         if len(self._echoes) > 8:
             self._echoes.popitem(last=False)

@@ -24,12 +24,12 @@ from typing import Any
 from iblnet_sync import BroadcastError, ClosedError, ConfigError, ExpMessage, ExpStatus, NetworkSession, RigServer
 from iblnet_sync.config import load_remote_rigs
 from iblnet_sync.protocol import exp_ref_to_str
+from iblnet_sync.verbs import verb_of
 from iblnet_sync.version import __version__
 
 log = logging.getLogger('iblnet_sync.demo')
 PROG = 'python -m iblnet_sync.demo'
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_EVENT_NAMES = {'info': 'EXPINFO', 'init': 'EXPINIT', 'start': 'EXPSTART', 'status': 'EXPSTATUS', 'stop': 'EXPEND'}
 
 
 class BehaviourTask:
@@ -81,7 +81,7 @@ class DemoTask(NetworkSession, BehaviourTask):
     def communicate(self, message, *args, **kwargs):
         start = time.perf_counter()
         result = super().communicate(message, *args, **kwargs)
-        name = _EVENT_NAMES.get(message, getattr(message, 'name', str(message)))
+        name = verb_of(message).event.name
         self.timeline.append((name, (time.perf_counter() - start) * 1e3, result))
         return result
 

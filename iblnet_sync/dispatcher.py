@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import weakref
-from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
 from .errors import ClosedError
@@ -26,6 +25,8 @@ log = logging.getLogger(__name__)
 CALLBACK_QUEUE = 1000
 CALLBACK_BYTES = 2 ** 21
 """int: bytes of datagrams (2 MiB) that callbacks waiting in the queue may carry at most."""
+THREAD_START = 1.0
+"""float: seconds a constructor interrupted in ``Thread.start()`` waits to learn if the thread runs."""
 COMPACT_TIMERS = 256
 """int: timers in the heap past which the cancelled ones are dropped (then twice the live ones)."""
 """int: user callbacks waiting to run at most; more are dropped (with a warning at most every 5 s)."""
@@ -165,6 +166,9 @@ class Dispatcher:
     ----------
     name : str
         Used in the threads' names.
+    held : list, optional
+        Its owner's list of what to close: the dispatcher puts itself there before it makes
+        anything, so that an interrupt at any point of its making leaves nothing unowned.
 
     Examples
     --------
@@ -172,31 +176,38 @@ class Dispatcher:
     ...     dispatcher.register(sock, endpoint)
     """
 
-    def __init__(self, name: str = 'iblnet_sync'):
+    def __init__(self, name: str = 'iblnet_sync', held: list | None = None):
         self.name = name
         self._lock = threading.Lock()
-        self._pending_ops: list[tuple[Callable, tuple, Future]] = []
+        self._closing = False
+        self._pending_ops: list[tuple[Callable, tuple, queue.SimpleQueue]] = []
         self._timers: list[tuple[float, int, Timer]] = []
         self._compact_at = COMPACT_TIMERS  # heap size at which cancelled timers are dropped
         self._wakes_at: float | None = None  # when the network thread's select() returns at the latest
         self._sequence = itertools.count()
         self._callbacks: _CallbackThread | None = None
-        self._closing = False
         self._resources: list[Any] = []  # closed by _release_resources, whatever was made before a failure
+        self._began = threading.Event()  # set by the network thread as it starts
+        if held is not None:  # its owner holds it before it holds anything: an interrupt cannot orphan it
+            held.append(self)
         try:
             # each resource is held in the line that makes it: an interrupt anywhere leaves none behind
             self._resources.append(selector := selectors.DefaultSelector())
             self._selector = selector
-            # A socketpair, not a pipe: select() on Windows only accepts sockets.
-            self._resources.extend(pair := socket.socketpair())
-            self._wake_reader, self._wake_writer = pair
-            for sock in pair:
-                sock.setblocking(False)
-            self._selector.register(self._wake_reader, selectors.EVENT_READ)
+            # The wake-up: a loopback UDP socket connected to itself (select() on Windows only takes
+            # sockets; and socket.socketpair() has a moment where an interrupt orphans a descriptor).
+            self._resources.append(waker := socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            waker.bind(('127.0.0.1', 0))
+            waker.connect(waker.getsockname())
+            waker.setblocking(False)
+            self._waker = waker
+            self._selector.register(waker, selectors.EVENT_READ)
             self._thread = threading.Thread(target=self._serve, name=f'{name}-network', daemon=True)
             self._thread.start()
         except BaseException:  # e.g. KeyboardInterrupt: leave nothing open
-            if hasattr(self, '_thread') and self._thread.is_alive():
+            # An interrupt inside Thread.start() may come after the thread was launched: then it runs,
+            # sees _closing and releases everything itself; else nobody runs, and we release here.
+            if hasattr(self, '_thread') and self._began.wait(THREAD_START):
                 self.close()
             else:
                 self._release_resources()
@@ -223,11 +234,11 @@ class Dispatcher:
         """
         self._check_open()
         sock.setblocking(False)
-        self._run_on_thread(self._selector.register, sock, selectors.EVENT_READ, weakref.ref(endpoint)).result()
+        self._run_on_thread(self._selector.register, sock, selectors.EVENT_READ, weakref.ref(endpoint))
 
     def unregister(self, sock: socket.socket) -> None:
         """Stop reading `sock`; returns once the network thread no longer uses it."""
-        self._run_on_thread(self._forget, sock).result()
+        self._run_on_thread(self._forget, sock)
 
     def call_later(self, delay: float, function: Callable, *args: Any) -> Timer:
         """Run ``function(*args)`` on the network thread after `delay` seconds.
@@ -276,6 +287,9 @@ class Dispatcher:
                 executor, self._callbacks = self._callbacks, None
         if already:
             return
+        if not hasattr(self, '_thread'):  # its making was interrupted before the thread: nothing runs
+            self._release_resources()
+            return
         self._wake()
         on_network_thread = threading.current_thread() is self._thread
         if not on_network_thread:
@@ -296,23 +310,28 @@ class Dispatcher:
 
     def _wake(self) -> None:
         try:
-            self._wake_writer.send(b'\0')
+            self._waker.send(b'\0')
         except (BlockingIOError, OSError):
             pass  # the buffer is full (a wake-up is already pending) or we are closing
 
-    def _run_on_thread(self, function: Callable, *args: Any) -> Future:
-        """Run `function` on the network thread (at once when already on it)."""
-        done: Future = Future()
+    def _run_on_thread(self, function: Callable, *args: Any) -> Any:
+        """Run `function` on the network thread (at once when already on it) and return its result.
+
+        The result comes back through a ``queue.SimpleQueue`` (implemented in C): an interrupted
+        caller cannot leave it locked, so the network thread never waits on the caller.
+        """
         if threading.current_thread() is self._thread:
-            done.set_result(function(*args))
-            return done
+            return function(*args)
+        done: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
             if self._closing:  # the thread is leaving and reads nothing more
-                done.set_result(None)
-                return done
+                return None
             self._pending_ops.append((function, args, done))
         self._wake()
-        return done
+        error, result = done.get()
+        if error is not None:
+            raise error
+        return result
 
     def _forget(self, sock: socket.socket) -> None:
         try:
@@ -321,6 +340,7 @@ class Dispatcher:
             pass
 
     def _serve(self) -> None:
+        self._began.set()
         while not self._closing:
             try:
                 self._serve_once()
@@ -336,9 +356,9 @@ class Dispatcher:
         if ops:  # they may change the sockets: run them before waiting again
             for function, args, done in ops:
                 try:
-                    done.set_result(function(*args))
+                    done.put((None, function(*args)))
                 except Exception as ex:  # e.g. a socket closed before it was registered
-                    done.set_exception(ex)
+                    done.put((ex, None))
             return
         timeout = None if self._wakes_at is None else max(0.0, self._wakes_at - time.monotonic())
         try:
@@ -348,7 +368,7 @@ class Dispatcher:
             self._drop_closed_sockets()
             return
         for key, _ in ready:
-            if key.fileobj is self._wake_reader:
+            if key.fileobj is self._waker:
                 self._drain_wake()
             else:
                 self._read(key.fileobj, key.data)  # type: ignore[arg-type]  # only sockets are registered
@@ -356,7 +376,7 @@ class Dispatcher:
 
     def _drain_wake(self) -> None:
         try:
-            while self._wake_reader.recv(4096):
+            while self._waker.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass
@@ -402,14 +422,15 @@ class Dispatcher:
     def _drop_closed_sockets(self) -> None:
         for key in list(self._selector.get_map().values()):
             sock = key.fileobj
-            if isinstance(sock, socket.socket) and sock is not self._wake_reader and sock.fileno() < 0:
+            if isinstance(sock, socket.socket) and sock is not self._waker and sock.fileno() < 0:
                 self._forget(sock)
 
     def _release_resources(self) -> None:
         with self._lock:
+            self._closing = True
             ops, self._pending_ops = self._pending_ops, []
             self._timers.clear()
         for _, _, done in ops:
-            done.set_result(None)
+            done.put((None, None))
         for resource in self._resources:
             resource.close()

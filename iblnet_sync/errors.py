@@ -1,10 +1,48 @@
 """Exceptions that name the rig, its URI, the event and what went wrong."""
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Mapping
 
-__all__ = ['RigError', 'RigTimeout', 'RigRefused', 'RigErrorReport', 'RigClosed',
+__all__ = ['Stage', 'RigError', 'RigTimeout', 'RigRefused', 'RigErrorReport', 'RigClosed',
            'ClosedError', 'BroadcastError', 'BroadcastTimeout']
+
+
+class Stage(str, Enum):
+    """Where an exchange failed, in a few words: a ``str``, so ``error.stage == 'no echo'`` holds.
+
+    Examples
+    --------
+    >>> Stage.NO_ECHO == 'no echo', f'{Stage.NO_ECHO}', Stage('refused')
+    (True, 'no echo', <Stage.REFUSED: 'refused'>)
+    """
+
+    NO_ECHO = 'no echo'
+    """Nothing came back: the rig never echoed the request."""
+    NO_RESPONSE = 'no response'
+    """The rig echoed the request but did not answer it in time."""
+    ERROR_REPORT = 'error report'
+    """The rig's handler raised: the rig sent ``[0, "Type: message", EVENT]``."""
+    REFUSED = 'refused'
+    """Nothing listens at the rig's address (ICMP port unreachable)."""
+    CLOSED = 'closed'
+    """The communicator was closed while the exchange ran."""
+    INTERRUPTED = 'interrupted'
+    """The caller was interrupted (Ctrl-C) while sending or waiting."""
+    BUSY = 'busy'
+    """The rig stayed busy with an earlier exchange until the deadline."""
+    SOCKET_ERROR = 'socket error'
+    """The socket reported another error."""
+    FAILED = 'failed'
+    """Any other failure."""
+
+    __hash__ = str.__hash__  # a Stage and its text are the same key in a dict or a set
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:  # f'{stage}' is its text on every Python (3.12 changed Enum's)
+        return format(self.value, spec)
 
 
 class RigError(Exception):
@@ -18,36 +56,36 @@ class RigError(Exception):
         The rig's URI.
     event : str
         The event name of the exchange, e.g. 'EXPSTART'.
-    stage : str
-        What went wrong in a few words: 'no echo', 'no response', 'refused', 'error report',
-        'busy', 'closed'.
+    stage : Stage
+        What went wrong in a few words (a ``str``): 'no echo', 'no response', 'refused',
+        'error report', 'busy', 'closed', ...
     """
 
-    stage = 'failed'
+    stage: Stage | str = Stage.FAILED
 
-    def __init__(self, rig: str, uri: str, event: str, detail: str, stage: str | None = None):
+    def __init__(self, rig: str, uri: str, event: str, detail: str, stage: Stage | str | None = None):
         self.rig, self.uri, self.event, self.detail = rig, uri, event, detail
         if stage:
-            self.stage = stage
+            self.stage = _as_stage(stage)
         super().__init__(f'{rig} ({uri}) {event}: {self.stage}: {detail}')
 
 
 class RigTimeout(RigError, TimeoutError):
     """The rig did not echo or did not respond before the deadline."""
 
-    stage = 'no response'
+    stage = Stage.NO_RESPONSE
 
 
 class RigRefused(RigError, ConnectionRefusedError):
     """Nothing listens at the rig's address (ICMP port unreachable)."""
 
-    stage = 'refused'
+    stage = Stage.REFUSED
 
 
 class RigErrorReport(RigError):
     """The rig's handler for the event raised and the rig sent an ``[0, ...]`` error report."""
 
-    stage = 'error report'
+    stage = Stage.ERROR_REPORT
 
 
 class ClosedError(RuntimeError):
@@ -57,7 +95,7 @@ class ClosedError(RuntimeError):
 class RigClosed(RigError, ClosedError):
     """The exchange ended because its communicator was closed (also a :class:`ClosedError`)."""
 
-    stage = 'closed'
+    stage = Stage.CLOSED
 
 
 class BroadcastError(RuntimeError):
@@ -82,3 +120,11 @@ class BroadcastError(RuntimeError):
 
 class BroadcastTimeout(BroadcastError, TimeoutError):
     """A broadcast in which at least one rig timed out (``except TimeoutError`` catches it)."""
+
+
+def _as_stage(stage: Stage | str) -> Stage | str:
+    """`stage` as a :class:`Stage` when it names one; other text as it is."""
+    try:
+        return Stage(stage)
+    except ValueError:
+        return stage

@@ -1,18 +1,23 @@
 """One request to one rig as its caller sees it: a Future, and when the echo and the answer came."""
 from __future__ import annotations
 
+import queue
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 from iblutil.io.net.base import ExpMessage
 
-__all__ = ['Exchange', 'remaining']
+__all__ = ['Exchange', 'remaining', 'wait_all']
 
 
 class Exchange:
     """The caller's handle on one request; the protocol work is the communicator's.
+
+    The network thread hands the outcome over through a ``queue.SimpleQueue`` (implemented in C:
+    an interrupted caller cannot leave it locked), and the caller's own :meth:`result` resolves
+    the public Future: the network thread never waits on a lock that a caller holds.
 
     Attributes
     ----------
@@ -21,14 +26,14 @@ class Exchange:
     event : ExpMessage
         The request's event; the answer carries the same.
     outcome : concurrent.futures.Future
-        Resolved with the answer's data (a list without the event code), or None when only an
-        echo was expected; fails with a :class:`~iblnet_sync.errors.RigError`. Wait on it; do
-        not add done-callbacks: they would run on the network thread.
+        Resolved by :meth:`result` (or :func:`wait_all`) with the answer's data (a list without
+        the event code), or None when only an echo was expected; fails with a
+        :class:`~iblnet_sync.errors.RigError`. Call :meth:`result` first; then read it.
     sent_at, echo_at, response_at : float
         ``time.monotonic()`` readings; the last two stay None until they happen.
     """
 
-    __slots__ = ('datagram', 'event', 'outcome', 'sent_at', 'echo_at', 'response_at', '_end')
+    __slots__ = ('datagram', 'event', 'outcome', 'sent_at', 'echo_at', 'response_at', 'settled', '_end', '_handoff')
 
     def __init__(self, datagram: bytes, event: ExpMessage, end: Callable[..., None]):
         self.datagram, self.event = datagram, event
@@ -36,12 +41,14 @@ class Exchange:
         self.sent_at = time.monotonic()
         self.echo_at: float | None = None
         self.response_at: float | None = None
+        self.settled = False  # set (once) by whoever ends the exchange
         self._end = end  # asks the communicator to end this exchange: 'timeout' or 'interrupted'
+        self._handoff: queue.SimpleQueue = queue.SimpleQueue()
 
     @property
     def done(self) -> bool:
         """bool: True once the exchange succeeded or failed."""
-        return self.outcome.done()
+        return self.settled
 
     @property
     def echoed(self) -> bool:
@@ -49,14 +56,9 @@ class Exchange:
         return self.echo_at is not None
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Resolve the outcome once; later calls are ignored."""
-        try:
-            if error is not None:
-                self.outcome.set_exception(error)
-            else:
-                self.outcome.set_result(result)
-        except InvalidStateError:
-            pass
+        """Hand the outcome over to the caller (once: the communicator settles each exchange once)."""
+        self.settled = True
+        self._handoff.put((result, error))
 
     def give_up(self) -> None:
         """End the exchange now as timed out, naming the stage it reached."""
@@ -74,15 +76,35 @@ class Exchange:
         RigError
             The exchange failed (``RigTimeout`` is also a ``TimeoutError``).
         """
+        if not self.outcome.done():
+            try:
+                try:
+                    result, error = self._handoff.get(timeout=timeout)
+                except queue.Empty:
+                    self.give_up()  # settles it now, unless the answer came meanwhile: then that is there
+                    result, error = self._handoff.get(timeout=1.0)
+            except BaseException:  # e.g. KeyboardInterrupt: free the rig for the next exchange
+                if not self.settled:
+                    self.interrupt()
+                raise
+            try:
+                if error is not None:
+                    self.outcome.set_exception(error)
+                else:
+                    self.outcome.set_result(result)
+            except InvalidStateError:  # (resolved meanwhile by another thread's wait)
+                pass
+        return self.outcome.result(0)
+
+
+def wait_all(exchanges: Iterable[Exchange], deadline: float | None) -> None:
+    """Wait until every exchange ended or the deadline passed (the late ones then fail): each
+    ``outcome`` is then resolved."""
+    for exchange in exchanges:
         try:
-            return self.outcome.result(timeout)
-        except FutureTimeout:  # not the builtin TimeoutError on Python 3.10
-            self.give_up()  # settles it, unless the answer came meanwhile and is being settled now
-            return self.outcome.result(1.0)
-        except BaseException:  # e.g. KeyboardInterrupt: free the rig for the next exchange
-            if not self.outcome.done():
-                self.interrupt()
-            raise
+            exchange.result(remaining(deadline))
+        except Exception:
+            pass  # read from exchange.outcome
 
 
 def remaining(deadline: float | None) -> float | None:

@@ -29,17 +29,16 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import wait
 from typing import Any, NoReturn, TextIO
 
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import protocol
+from .clock import clock_offset
 from .config import ENV_VARIABLE, FILE_NAMES, ConfigError, default_folder, load_remote_rigs
-from .errors import RigError
-from .exchange import Exchange
+from .errors import RigError, Stage
+from .exchange import Exchange, wait_all
 from .services import Services
-from .session import clock_offset
 from .version import __version__
 
 __all__ = ['EXIT_CONFIG', 'EXIT_INTERRUPTED', 'EXIT_OK', 'EXIT_UNANSWERED', 'main']
@@ -49,11 +48,11 @@ LOSS_WINDOW = 60.0
 """float: seconds of history behind the loss shown by ``--watch``."""
 
 ADVICE = {  # stage -> what a technician should check
-    'refused': 'nothing is listening on that port: is the rig\'s acquisition software running?',
-    'no echo': 'no reply at all: is the PC on, the address right, UDP port {port} open in its firewall?',
-    'no response': 'the rig received the message but did not answer: its software may be busy or stuck',
-    'error report': 'the rig\'s software reported an error: {detail}',
-    'busy': 'the rig was still busy with an earlier message',
+    Stage.REFUSED: 'nothing is listening on that port: is the rig\'s acquisition software running?',
+    Stage.NO_ECHO: 'no reply at all: is the PC on, the address right, UDP port {port} open in its firewall?',
+    Stage.NO_RESPONSE: 'the rig received the message but did not answer: its software may be busy or stuck',
+    Stage.ERROR_REPORT: 'the rig\'s software reported an error: {detail}',
+    Stage.BUSY: 'the rig was still busy with an earlier message',
 }
 # ANSI terminal controls for --watch: cursor home, clear screen, clear to end of line / of screen, cursor off / on
 HOME, CLEAR, CLEAR_LINE, CLEAR_BELOW, HIDE_CURSOR, SHOW_CURSOR = '\x1b[H', '\x1b[2J', '\x1b[K', '\x1b[J', \
@@ -185,10 +184,7 @@ def _send_round(services: Services, datagrams: Mapping[str, bytes],
     """
     wall_minus_monotonic = time.time() - time.monotonic()
     exchanges = {name: services[name].submit(datagram, timeout=timeout) for name, datagram in datagrams.items()}
-    wait([e.outcome for e in exchanges.values()], timeout=timeout)
-    for exchange in exchanges.values():
-        if not exchange.done:
-            exchange.give_up()
+    wait_all(exchanges.values(), None if timeout is None else time.monotonic() + timeout)
     return exchanges, wall_minus_monotonic
 
 
@@ -198,7 +194,7 @@ def _clock_report(name: str, exchange: Exchange, wall_minus_monotonic: float, ma
                               'clock_note': None, 'warnings': []}
     error = exchange.outcome.exception()
     if error is not None:
-        report['clock_note'] = f'unknown: no answer to EXPINFO ({getattr(error, "stage", "failed")})'
+        report['clock_note'] = f'unknown: no answer to EXPINFO ({getattr(error, "stage", Stage.FAILED)})'
         return report
     answer = exchange.outcome.result()
     info = answer[1] if isinstance(answer, list) and len(answer) > 1 else None
@@ -226,7 +222,7 @@ def _clock_report(name: str, exchange: Exchange, wall_minus_monotonic: float, ma
 
 
 def _advice(error: BaseException, port: int) -> str:
-    template = ADVICE.get(getattr(error, 'stage', ''))
+    template = ADVICE.get(getattr(error, 'stage', Stage.FAILED))
     return template.format(port=port, detail=getattr(error, 'detail', error)) if template else str(error)
 
 
@@ -250,7 +246,7 @@ def _status_report(name: str, uri: str, port: int, exchanges: list[Exchange]) ->
     status = ok[-1].outcome.result()[0] if ok else None
     problem = None
     if failures:
-        problem = {'stage': getattr(failures[-1], 'stage', 'failed'), 'advice': _advice(failures[-1], port)}
+        problem = {'stage': getattr(failures[-1], 'stage', Stage.FAILED), 'advice': _advice(failures[-1], port)}
     return {
         'name': name, 'uri': uri, 'sent': len(exchanges), 'answered': len(ok),
         'loss_percent': 100.0 * (len(exchanges) - len(ok)) / len(exchanges), 'status': _status_name(status),
@@ -349,7 +345,7 @@ class _Watched:
             'echo_ms': None if exchange.echo_at is None else (exchange.echo_at - exchange.sent_at) * 1e3,
             'round_trip_ms': None if exchange.response_at is None else (exchange.response_at - exchange.sent_at) * 1e3,
             'rounds_last_minute': len(self.history), 'loss_percent_last_minute': 100.0 * failed / len(self.history),
-            'problem': None if error is None else {'stage': getattr(error, 'stage', 'failed'),
+            'problem': None if error is None else {'stage': getattr(error, 'stage', Stage.FAILED),
                                                    'advice': _advice(error, self.port)},
             **clock,
         }

@@ -58,6 +58,7 @@ from typing import Any
 from . import protocol
 from .logtext import PeerLogLimiter, mask_alyx, peer_text
 from .rig_config import (
+    EVENTS,
     EXAMPLE_CONFIG,
     Action,
     RigConfig,
@@ -508,7 +509,7 @@ class RigAgent:
         self.server = RigServer(config.listen, name=config.name, main_sync=config.main_sync, exp_ref=config.exp_ref,
                                 experiment_description=config.experiment_description,
                                 allow=None if config.allow is None else [str(network) for network in config.allow])
-        for event in ('EXPINFO', 'EXPINIT', 'EXPSTART', 'EXPEND', 'EXPINTERRUPT', 'EXPCLEANUP', 'EXPSTATUS', 'ALYX'):
+        for event in EVENTS:
             self.server.assign_handler(event, functools.partial(self._on_event, event))
         log.info('%s listening on %s (main sync: %s; actions at %s)', config.name, self.server.uri,
                  'yes' if config.main_sync else 'no', ', '.join(event for event, actions in config.on.items()

@@ -14,7 +14,6 @@ import datetime
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 import weakref
@@ -25,12 +24,13 @@ from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpSt
 
 from . import core, protocol
 from .allow import Allowed
-from .communicator import check_options, close_all
 from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError
 from .logtext import PeerLogLimiter, datagram_text, peer_text
+from .options import Options
 from .session_numbers import SessionNumbers, default_path
+from .sockets import bound_socket, close_all
 from .version import __version__
 
 __all__ = ['RigServer', 'MAX_MAIN_RIGS']
@@ -105,7 +105,7 @@ class RigServer:
                  resends: int = ANSWER_RESENDS, echo_timeout: float = ECHO_TIMEOUT,
                  clock: Callable[[], float] = time.time, session_numbers: str | os.PathLike | None = None,
                  allow: Iterable[str] | None = None):
-        check_options(None, echo_timeout, resend_interval, resends)
+        self._options = Options(echo_timeout, resend_interval, resends)  # (pause: the main side's only)
         host, port = protocol.rig_address(uri, allow_any_port=True)
         self.name = name or f'udp://{host}:{port}'
         self.main_sync = main_sync
@@ -113,7 +113,6 @@ class RigServer:
         self._fixed_reference = self.exp_ref is not None
         self.experiment_description = experiment_description or {}
         self.status = ExpStatus.CONNECTED
-        self._options = (resend_interval, resends, echo_timeout)
         self._clock = clock
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
@@ -129,15 +128,10 @@ class RigServer:
         held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
         self._finalizer = weakref.finalize(self, close_all, held)
         try:
-            held.append(sock := socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            self._sock = sock
-            try:
-                sock.bind((host, port))
-            except OSError as ex:
-                raise OSError(ex.errno, f'Cannot listen on {uri}: {ex.strerror}') from None
+            self._sock = sock = bound_socket(host, port, held, uri)
             bound_host, bound_port = sock.getsockname()[:2]
             self.uri = f'udp://{bound_host}:{bound_port}'
-            held.append(dispatcher := Dispatcher(f'iblnet_sync-{self.name}'))
+            dispatcher = Dispatcher(f'iblnet_sync-{self.name}', held)
             self._dispatcher = dispatcher
             dispatcher.register(sock, self)
         except BaseException:
@@ -230,7 +224,9 @@ class RigServer:
             conversation = self._peers.get(addr)
             new = conversation is None
             if conversation is None:
-                conversation = core.RigConversation(secrets.token_hex(3), *self._options)  # ids unique per main
+                options = self._options  # (a nonce of its own: ids are unique per main)
+                conversation = core.RigConversation(secrets.token_hex(3), options.resend_interval, options.resends,
+                                                    options.echo_timeout)
             events = conversation.receive(data, time.monotonic())
             if new and conversation.state == core.IDLE:
                 return  # junk makes no entry

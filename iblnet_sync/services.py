@@ -1,20 +1,24 @@
 """Many rigs at once: broadcast a message and wait for every rig with one deadline."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import protocol
-from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator, check_options
+from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
-from .exchange import Exchange, remaining
+from .exchange import Exchange, remaining, wait_all
+from .options import Options, check_seconds
+from .sockets import close_all
 
 __all__ = ['Services']
 log = logging.getLogger(__name__)
@@ -59,7 +63,9 @@ class Services(Mapping):
         if not isinstance(remote_rigs, Mapping):
             raise TypeError(f'remote_rigs must map rig names to URIs, e.g. {{"cameras": "udp://10.0.0.7:11001"}}, '
                             f'not a {type(remote_rigs).__name__}')
-        check_options(timeout, echo_timeout, resend_interval, resends, pause)
+        if timeout is not None:
+            check_seconds('timeout', timeout)
+        options = Options(echo_timeout, resend_interval, resends, pause)
         addresses = {}
         for name, uri in remote_rigs.items():  # every address is checked before anything opens
             try:
@@ -70,13 +76,13 @@ class Services(Mapping):
         self._token = secrets.token_hex(4)  # names this connection in EXPINFO (see protocol.MAIN_KEY)
         self._rigs: dict[str, Communicator] = {}
         self._dispatcher: Dispatcher | None = None
+        held: list = []  # the network thread, closed by close() or, if this object is dropped, its finalizer
+        self._finalizer = weakref.finalize(self, close_all, held)
         try:
-            self._dispatcher = Dispatcher('iblnet_sync')
+            self._dispatcher = Dispatcher('iblnet_sync', held)
             for name, (host, port) in addresses.items():
-                self._rigs[name] = Communicator(
-                    f'udp://{host}:{port}', name, dispatcher=self._dispatcher, timeout=timeout,
-                    echo_timeout=echo_timeout, resend_interval=resend_interval, resends=resends,
-                    pause=pause)
+                self._rigs[name] = Communicator(f'udp://{host}:{port}', name, dispatcher=self._dispatcher,
+                                                timeout=timeout, **dataclasses.asdict(options))
         except BaseException:
             self.close()
             raise
@@ -204,8 +210,8 @@ class Services(Mapping):
                     failures[rig.name] = ex
                     continue
                 if not concurrent:
-                    _wait_for([exchanges[rig.name]], deadline)
-            _wait_for(list(exchanges.values()), deadline)
+                    wait_all([exchanges[rig.name]], deadline)
+            wait_all(list(exchanges.values()), deadline)
         except BaseException:  # e.g. Ctrl-C: end every exchange, so that no rig stays busy with one
             for exchange in exchanges.values():
                 exchange.interrupt()
@@ -228,23 +234,13 @@ class Services(Mapping):
         """Close every rig's socket and stop the network thread; idempotent."""
         for rig in self._rigs.values():
             rig.close()
-        if self._dispatcher is not None:
-            self._dispatcher.close()
+        self._finalizer()
 
     def __enter__(self) -> Services:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _wait_for(exchanges: list[Exchange], deadline: float | None) -> None:
-    """Wait until every exchange is done or the deadline passes; fail the late ones then."""
-    for exchange in exchanges:
-        try:
-            exchange.result(remaining(deadline))
-        except RigError:
-            pass  # collected by the caller from exchange.outcome
 
 
 def _with_service(callback: Callable, service: Communicator, data: Any, addr: Any, *event: Any) -> None:

@@ -14,7 +14,6 @@ import datetime
 import difflib
 import inspect
 import logging
-import math
 import os
 import signal
 import threading
@@ -28,10 +27,13 @@ from typing import Any, NoReturn
 from iblutil.io.net.base import PROTOCOL_VERSION, ExpMessage, ExpStatus
 
 from . import protocol
-from .communicator import DEFAULT_TIMEOUT, Communicator, check_seconds
+from .clock import clock_offset
+from .communicator import DEFAULT_TIMEOUT
 from .config import resolve_remote_rigs
 from .logtext import mask_alyx
+from .options import IGNORED_OPTIONS, Options, check_seconds
 from .services import Services
+from .verbs import verb_of
 from .version import __version__
 
 __all__ = ['NetworkSession', 'RemoteRigs']
@@ -39,11 +41,6 @@ log = logging.getLogger(__name__)
 
 SIGTERM_CLOSE_TIMEOUT = 5.0
 """float: seconds a SIGTERM waits for the connections to close before the previous handler runs."""
-_METHODS = {  # event -> (Services method, extra keywords)
-    ExpMessage.EXPINIT: ('init', {}), ExpMessage.EXPSTART: ('start', {}), ExpMessage.EXPEND: ('stop', {}),
-    ExpMessage.EXPINTERRUPT: ('stop', {'immediately': True}), ExpMessage.EXPCLEANUP: ('cleanup', {}),
-    ExpMessage.EXPSTATUS: ('status', {}), ExpMessage.EXPINFO: ('info', {}), ExpMessage.ALYX: ('alyx', {}),
-}
 _OWN_KEYWORDS = ('remote_rigs', 'remote_rigs_file', 'iblrig_settings', 'network_timeout', 'network_options')
 
 
@@ -260,13 +257,9 @@ class NetworkSession:
         """
         if not self.remote_rigs.is_connected:
             return {}
-        options: dict[str, Any] = {}
-        if isinstance(message, str) and message.lower() in {m for m, _ in _METHODS.values()}:
-            method = message.lower()
-        else:
-            method, options = _METHODS[protocol.as_event(message)]
+        verb = verb_of(message)
         try:
-            return getattr(self.remote_rigs.services, method)(*args, **options)
+            return getattr(self.remote_rigs.services, verb.method)(*args, **verb.keywords)
         except Exception as ex:
             if raise_on_exception:
                 self.cleanup_mixin_network()
@@ -512,28 +505,6 @@ def _local_one(base_url: str | None = None):
         return OneAlyx(base_url=base_url, mode='local', silent=True)
 
 
-def clock_offset(info: Any, sent: float, answered: float) -> tuple[float, float] | None:
-    """A rig's clock offset from this PC, from the ``clock`` of its EXPINFO answer's info.
-
-    Parameters
-    ----------
-    info : Any
-        The info of the answer; iblnet_sync rigs put their wall-clock time (``time.time()``) in ``clock``.
-    sent, answered : float
-        This PC's wall-clock time (``time.time()``) before the request went out and after the answer came.
-
-    Returns
-    -------
-    tuple of float, None
-        ``(offset, bound)`` in seconds: rig clock minus this PC's clock at the midpoint, true
-        within ``± bound`` (half the round trip); None when the rig reports no clock.
-    """
-    clock = info.get('clock') if isinstance(info, dict) else None
-    if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not math.isfinite(clock):
-        return None
-    return clock - (sent + answered) / 2, (answered - sent) / 2
-
-
 def _log_clock_offsets(answers: Mapping[str, Any], sent: float, answered: float) -> None:
     """Log at INFO each rig's clock offset from this PC, measured over the EXPINFO broadcast."""
     for name, answer in answers.items():
@@ -590,25 +561,15 @@ def _check_timeout(timeout: Any) -> None:
         check_seconds('network_timeout', timeout)
 
 
-def _option_names() -> set[str] | None:
-    """The options ``Services`` and each rig's ``Communicator`` take by keyword; None if any goes."""
-    names: set[str] = set()
-    for function in (Services.__init__, Communicator.__init__):
-        parameters = inspect.signature(function).parameters.values()
-        if function is Communicator.__init__ and any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return None
-        names |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
-    return names - {'timeout', 'dispatcher', 'sock'}  # set by NetworkSession and Services themselves
-
-
 def _check_options(options: Mapping[str, Any]) -> None:
-    """A TypeError naming any network option that is not known (with the nearest known one)."""
-    known = _option_names()
-    unknown = [name for name in options if known is not None and name not in known]
+    """A TypeError naming any network option that is not known (with the nearest known one); a
+    TypeError or ValueError naming one out of range (see :class:`~iblnet_sync.options.Options`)."""
+    known = sorted({*Options.names(), *IGNORED_OPTIONS})
+    unknown = [name for name in options if name not in known]
     if unknown:
         named = []
         for name in unknown:
-            near = difflib.get_close_matches(name, sorted(known or ()), n=1)
+            near = difflib.get_close_matches(name, known, n=1)
             named.append(f'{name!r}' + (f' (did you mean {near[0]!r}?)' if near else ''))
-        raise TypeError(f'Unknown network option(s) {", ".join(named)}; '
-                        f'the options are {", ".join(sorted(known or ()))}')
+        raise TypeError(f'Unknown network option(s) {", ".join(named)}; the options are {", ".join(known)}')
+    Options(**{name: value for name, value in options.items() if name in Options.names()})

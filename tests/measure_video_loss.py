@@ -19,8 +19,7 @@ import collections
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's iblnet_sync (tests/ is there)
 from program_peers import VideoPeer  # noqa: E402
 
 from iblnet_sync import Communicator, RigError, core  # noqa: E402

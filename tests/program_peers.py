@@ -136,6 +136,7 @@ class VideoPeer(_Recorder):
         self.sock.bind((LOOPBACK, 0))
         self.port = self.sock.getsockname()[1]
         self.uri = f'udp://{LOOPBACK}:{self.port}'
+        self._waiter: asyncio.Future | None = None  # the run loop waits for a message on it
         self.protocol: EchoProtocol = self.loops.run(self._listen())
         self._main = asyncio.run_coroutine_threadsafe(self._run(), self.loops.loop)
         self.loops.run(_turns(5))  # the loop starts and its first wait for a message is registered
@@ -147,24 +148,33 @@ class VideoPeer(_Recorder):
         return proto
 
     async def _run(self) -> None:
-        """The program's main loop: wait for a message, handle it, wait again."""
-        waiting: set[asyncio.Task] = set()
+        """The program's main loop: wait for a message, handle it, wait again.
+
+        The real program waits with ``on_event(ExpMessage.any())``; iblutil passes such a wait the
+        event only on Python < 3.12, so the model waits on one callback per event instead, with the
+        same loss: a message that comes while the loop is not waiting is echoed, never handled.
+        """
+        for flag in ExpMessage:
+            self.protocol.assign_callback(flag, functools.partial(self._arrived, flag))
         try:
             while self.protocol.is_connected:
-                if not waiting:  # started again only once the previous message was handled
-                    waiting.add(asyncio.create_task(self.protocol.on_event(ExpMessage.any()), name='remote'))
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    waiting.discard(task)
-                    if task.cancelled():  # the communicator closed
-                        return
-                    await self._handle(*task.result())
+                await asyncio.sleep(0)  # as the real program's new wait task: it waits one loop step later
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    data, addr, event = await self._waiter
+                except asyncio.CancelledError:  # the communicator closed
+                    return
+                finally:
+                    self._waiter = None
+                await self._handle(data, addr, event)
         except Exception as ex:  # as the real program, which lets it end its run loop
             self.errors.append(ex)
             self._notify()
-        finally:
-            for task in waiting:
-                task.cancel()
+
+    def _arrived(self, event: ExpMessage, data: list, addr: tuple, *_: Any) -> None:
+        """iblutil's callback: the message reaches the loop only if it waits for one now."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result((data, addr, event))
 
     async def _handle(self, data: list, addr: tuple, event: ExpMessage) -> None:
         if self.delay:
@@ -189,6 +199,8 @@ class VideoPeer(_Recorder):
 
     def close(self) -> None:
         async def closing() -> None:
+            if self._waiter is not None:
+                self._waiter.cancel()
             self.protocol.close()
             await _turns(3)  # the run loop ends, the transport closes its socket
         self.loops.run(closing())

@@ -115,10 +115,6 @@ def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorde
     The rig is a RigServer, or with `iblutil_rig` iblutil's own EchoProtocol (which closes its
     socket for good when an answer of its is not echoed within a second).
     """
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from iblnet_sync import RigError, RigServer, Services
 
     if iblutil_rig:
@@ -153,6 +149,9 @@ def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorde
 
 if __name__ == '__main__':
     import argparse
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's iblnet_sync (tests/ is there)
     parser = argparse.ArgumentParser(description='Soak Services against a RigServer through a lossy relay.')
     parser.add_argument('--loss', type=float, default=0.1)
     parser.add_argument('--rounds', type=int, default=300)

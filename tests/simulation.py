@@ -368,19 +368,21 @@ class Run:
         value = protocol.encode(message.event, *message.data)
         k = len(self.handlings)
         msg_id = self._request_ids.pop(event.request, None)
-        if self.kind_rig == 'ours':
+        if self.kind_rig == 'ours' and msg_id is not None:  # a tagged request: once, by its ID
+            if msg_id in self._handled_ids:
+                self.violations.add('handled_once')
+            self._handled_ids.add(msg_id)
+        elif self.kind_rig == 'ours':
             # A plain request has no identity: a network duplicate of it, or of the main's echo of an answer
             # with the request's bytes (which a main that does not know its rig yet must echo: an iblutil rig
             # awaits it), is byte for byte the same main asking again, which an iblutil main does (status
             # polls), and which the rig must then handle as iblutil does. So on a network that duplicates, a
             # plain request may be handled twice (R14 keeps it there: a bounce of our echo is not handled);
-            # once between our own peers otherwise, and a tagged one always once, by its ID.
-            once = self.kind_main == 'ours' and (msg_id is not None or not self.s.duplicate)
-            if self.checked[value] >= (1 if once else 2) * self.requests[value] or msg_id in self._handled_ids:
+            # once between our own peers otherwise.
+            limit = 1 if self.kind_main == 'ours' and not self.s.duplicate else 2
+            if self.checked[value] >= limit * self.requests[value]:
                 self.violations.add('handled_once')
             self.checked[value] += 1
-            if msg_id is not None:
-                self._handled_ids.add(msg_id)
         answer: bytes | None
         if isinstance(self.rig, VideoProgram):  # a real program makes its own answer, and never raises
             self._fails.pop(event.request)

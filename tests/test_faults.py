@@ -17,7 +17,7 @@ def open_fds() -> int:
 
 
 def our_threads() -> list:
-    return [t.name for t in threading.enumerate() if t.name.startswith('iblnet_sync')]
+    return [t.name for t in threading.enumerate() if t.name.startswith('iblnet_sync') and t.is_alive()]
 
 
 def test_ten_percent_loss_each_way_fails_no_exchange():

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from iblnet_sync import RigServer
+from iblnet_sync.clock import clock_offset
 from iblnet_sync.ping import HIDE_CURSOR, SHOW_CURSOR, main
-from iblnet_sync.session import clock_offset
 
 ROOT = Path(__file__).resolve().parent.parent
 PING = [sys.executable, str(ROOT / 'tools' / 'ping_rigs.py')]
