@@ -6,17 +6,22 @@ reorders and injects junk, on a virtual clock: thousands of lifecycles a second,
 reproducible from its seed. The peers are our cores (:mod:`iblnet_sync.core`), behavioural
 models of iblutil's main and rig (:mod:`iblutil_models`, checked against the real iblutil by
 ``tests/test_iblutil_models.py``), and models of the programs that labs run at the other end
-(:mod:`real_programs`: Rigbox's Timeline and iblrig's video program as rigs, iblrig's own main).
+(:mod:`real_programs`: Rigbox's Timeline and iblrig's video program as rigs, iblrig's own main),
+and a naive peer that echoes every datagram it receives (:mod:`naive_peers`).
 
 Pairings (main with rig, see :data:`PAIRINGS`): ``ours`` (ours with ours), ``ours-iblutil``,
 ``iblutil-ours``, and the real programs ``timeline`` and ``video`` (our main with that rig) and
-``iblrig`` (iblrig's main with our rig). A seed's pairing is drawn (:data:`PROGRAM_SHARE` of the
-scenarios go to the programs), or forced with ``--pairing``: the rest of the scenario is the same.
+``iblrig`` (iblrig's main with our rig), and the naive peer ``naive-ours`` (a naive main, which
+sometimes sends a request before the previous one's answer came, with our rig) and ``ours-naive``
+(our main with a naive rig). A seed's pairing is drawn (:data:`PROGRAM_SHARE` of the scenarios go
+to the programs, :data:`NAIVE_SHARE` to the naive peer), or forced with ``--pairing``: the rest of
+the scenario is the same.
 
 Usage::
 
     python tests/simulation.py --scenarios 100000 --seed 1     # a soak: prints the invariant counts
     python tests/simulation.py --scenarios 100000 --pairing video   # one pairing only
+    python tests/simulation.py --replay 671 --pairing naive-ours -v  # one scenario of a pairing
     python tests/simulation.py --replay 123456 -v               # one scenario, with its trace
 
 Invariants (a scenario violates one or more; the counts say how often):
@@ -24,12 +29,14 @@ Invariants (a scenario violates one or more; the counts say how often):
 - ``handled_once``: our rig never runs a handler more often than the main's caller asked: a
   tagged request once by its ID; a plain one once between our own peers on networks that do not
   duplicate datagrams, and at most twice otherwise, whoever the main (a duplicate of a plain
-  request is, byte for byte, the same main asking again: see :meth:`Run.handle`);
+  request is, byte for byte, the same main asking again: see :meth:`Run.handle`); toward a naive
+  main, at most twice per request it made;
 - ``no_crossed``: between our own peers, once they know each other, no caller receives an answer
   or error report made for another request;
 - ``deadline``: every call of our main ends (answer or failure) by its deadline;
 - ``bounded``: the peers fall silent after the lifecycle (no storm survives), whoever the peer,
-  even where iblutil's own pair would storm on the same network;
+  even where iblutil's own pair would storm on the same network, and with a naive peer, whose side
+  never ends a bounce;
 - ``no_failure``: between our own peers, with loss up to 20% each way and default settings,
   every call succeeds (but a first call, when it is not the announced EXPINFO);
 - ``iblutil_alive``: an iblutil peer is never killed (its socket closed) by something its iblutil
@@ -63,6 +70,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's iblnet_sync, run as a script too
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iblutil_models import IblutilMain, IblutilRig  # noqa: E402
+from naive_peers import NaiveMain, NaiveRig  # noqa: E402
 from real_programs import POLL, IblrigMain, Timeline, VideoProgram, iblrig_stop  # noqa: E402
 
 from iblnet_sync import core, protocol  # noqa: E402
@@ -70,12 +78,20 @@ from iblnet_sync.protocol import ExpMessage, ExpStatus  # noqa: E402
 
 INVARIANTS = ('handled_once', 'no_crossed', 'deadline', 'bounded', 'no_failure', 'iblutil_alive', 'program_works')
 PAIRINGS = {'ours': ('ours', 'ours'), 'ours-iblutil': ('ours', 'iblutil'), 'iblutil-ours': ('iblutil', 'ours'),
-            'timeline': ('ours', 'timeline'), 'video': ('ours', 'video'), 'iblrig': ('iblrig', 'ours')}
+            'timeline': ('ours', 'timeline'), 'video': ('ours', 'video'), 'iblrig': ('iblrig', 'ours'),
+            'naive-ours': ('naive', 'ours'), 'ours-naive': ('ours', 'naive')}
 """dict: pairing name -> (main, rig)."""
 PROGRAMS = ('timeline', 'video', 'iblrig')
 """tuple: the pairings with a real program (:mod:`real_programs`)."""
 PROGRAM_SHARE = 0.3
 """float: the share of drawn scenarios that pair ours with a real program."""
+NAIVE = ('naive-ours', 'ours-naive')
+"""tuple: the pairings with a naive peer, one that echoes everything (:mod:`naive_peers`)."""
+NAIVE_SHARE = 0.03
+"""float: the share of the drawn scenarios left to our peers and iblutil's (not given to a program)
+that pair ours with a naive peer instead."""
+TOGETHER = 0.3
+"""float: the share of a naive main's requests sent before the previous one's answer came."""
 PROGRAM_REF = '2026-11-25_1_mouse'
 """str: the reference set in Timeline (and the one every experiment with a program rig uses)."""
 UNANSWERED = {'timeline': {'alyx'}, 'video': {'alyx', 'cleanup'}}
@@ -106,6 +122,7 @@ class Scenario:
     fail_rate: float           # share of handler calls that raise
     calls: list[tuple[str, Any]] = field(default_factory=list)
     gap: float = 0.02          # upper bound of the caller's time between two calls (0: back to back)
+    together: frozenset[int] = frozenset()  # calls a naive main sends before the previous one's answer
 
     @classmethod
     def draw(cls, seed: int, pairing: str | None = None) -> Scenario:
@@ -118,9 +135,16 @@ class Scenario:
         p = random.Random(seed * 1_000_003 + 0x5EED)
         if pairing is None and p.random() < PROGRAM_SHARE:
             pairing = p.choice(PROGRAMS)
+        # (and the naive peer from a third, drawn alike when the pairing is forced: --pairing replays it)
+        q = random.Random(seed * 1_000_033 + 0x9A1E)
+        naive_share, naive = q.random(), q.choice(NAIVE)
+        if pairing is None and naive_share < NAIVE_SHARE:
+            pairing = naive
         if pairing is not None:
             peers = PAIRINGS[pairing]
         gap = p.choice([0.0, 0.0, 0.001, 0.02]) if pairing in PROGRAMS else 0.02
+        if pairing in NAIVE:
+            gap = q.choice([0.0, 0.0, 0.001, 0.02])
         calm = r.random() < 0.2
         loss_max = 0.0 if calm else r.choice([0.05, 0.1, 0.2, 0.2, 0.4])
         slow = r.random() < 0.15
@@ -131,6 +155,10 @@ class Scenario:
         calls += [('stop', r.random() < 0.2), ('cleanup', None)]
         if r.random() < 0.3:  # a second experiment on the same connection
             calls += [('info', None), ('init', None), ('start', None), ('stop', False)]
+        together: set[int] = set()  # (two in flight at most: a call is not sent together with two others)
+        for n in range(1, len(calls)):
+            if q.random() < TOGETHER and n - 1 not in together and peers[0] == 'naive':
+                together.add(n)
         return cls(
             seed=seed, main=peers[0], rig=peers[1],
             loss=(r.uniform(0, loss_max), r.uniform(0, loss_max)),
@@ -140,7 +168,7 @@ class Scenario:
             handler_delay=r.choice([0.001, 0.01, 0.3]) if not slow else r.choice([1.5, 4.0, 12.0]),
             timeout=DEFAULT_TIMEOUT if r.random() < 0.8 else r.choice([0.05, 0.3, 1.0, 3.0]),
             same_bytes=r.random() < 0.5, announce=peers[0] == 'ours',
-            fail_rate=0.0 if r.random() < 0.7 else 0.1, calls=calls, gap=gap)
+            fail_rate=0.0 if r.random() < 0.7 else 0.1, calls=calls, gap=gap, together=frozenset(together))
 
     @property
     def pairing(self) -> str:
@@ -252,6 +280,7 @@ class Run:
         self.results: list[tuple[int, str, Any]] = []
         self.violations: set[str] = set()
         self._outcome: tuple[str, Any] | None = None
+        self._outcomes: dict[int, tuple[str, Any]] = {}  # a naive main's outcomes, by token
         self._request_sent = False
         self._echoes: collections.Counter = collections.Counter()  # the main's echoes since its last request
         self.storm_cut: set[bytes] = set()  # datagrams our main stopped echoing as a storm (M21)
@@ -267,9 +296,9 @@ class Run:
                     self._echoes[e.datagram] += 1
                 self.net.transmit(0, e.datagram, self.to_rig, kind)
             elif isinstance(e, core.Answered):
-                self._outcome = ('answer', e.data)
+                self._outcome = self._outcomes[e.exchange] = ('answer', e.data)
             elif isinstance(e, core.Failed):
-                self._outcome = ('failed', (e.stage, e.detail))
+                self._outcome = self._outcomes[e.exchange] = ('failed', (e.stage, e.detail))
         self._arm('main', self.main)
 
     def rig_events(self, events: list, kind: str = 'echo') -> None:
@@ -278,6 +307,8 @@ class Run:
                 self.net.transmit(1, e.datagram, self.to_main, kind)
             elif isinstance(e, core.Handle):
                 delay, self._fails[e.request] = self.handler_fate(e.message)
+                if isinstance(self.rig, NaiveRig):  # it answers in its receive loop, at once
+                    delay = 0.0
                 self.net.at(self.net.now + delay, functools.partial(self.handle, e))
         self._arm('rig', self.rig)
 
@@ -360,6 +391,9 @@ class Run:
         elif self._fails.pop(event.request):
             answer_value: list = ['error', k]
             answer = protocol.encode(0, f'RuntimeError: handler {k}', int(message.event))
+        elif isinstance(self.rig, NaiveRig):  # it answers from its own state
+            answer = self.rig.respond(message)
+            answer_value = protocol.decode(answer).data
         else:
             answer_value, answer = self.answer(message, k)
         self.handlings.append((self.net.now, value, answer_value))
@@ -418,12 +452,15 @@ class Run:
             data = self.r.choice(junk)
             deliver = self.to_rig if link == 0 else self.to_main
             self.net.at(when, functools.partial(self.net.arrive, deliver, data, 'junk', 0))
+        flying: list[tuple[int, str, int]] = []  # a naive main's requests in flight: (call, name, token)
         for n, (call, arg) in enumerate(self.s.calls):
-            # The task does something else between calls. With a real program the network delivers meanwhile
-            # what is under way; the other pairings keep their first draws' harsher network, which holds it
-            # back until the next request (so that their seeds replay as they always did).
+            # The task does something else between calls. With a real program or a naive peer the network
+            # delivers meanwhile what is under way; the other pairings keep their first draws' harsher network,
+            # which holds it back until the next request (so that their seeds replay as they always did).
             resume = self.net.now + self.r.uniform(0, self.s.gap)
-            if self.s.pairing in PROGRAMS:
+            if n in self.s.together:  # a naive main's caller does not wait for the previous answer
+                resume = self.net.now
+            if self.s.pairing in PROGRAMS + NAIVE:
                 self.net.run_until(lambda: False, resume)
             self.net.now = max(self.net.now, resume)
             plain = self.request_for(call, arg, n)
@@ -438,6 +475,16 @@ class Run:
                 break
             tagged = getattr(self.main, 'tagged', False)
             self.main_events(self.main.request(plain, started, True, deadline), 'request')
+            if isinstance(self.main, NaiveMain):
+                flying.append((n, call, self.main.token))
+                if n + 1 not in self.s.together:  # wait for every answer in flight (or the last deadline)
+                    self.net.run_until(lambda: all(t in self._outcomes for _, _, t in flying), deadline)
+                    if not all(t in self._outcomes for _, _, t in flying):
+                        self.net.now = max(self.net.now, deadline)
+                        self.main_events(self.main.give_up(self.net.now))
+                    self.results += [(m, name, self._outcomes[t]) for m, name, t in flying]
+                    flying = []
+                continue
             self.net.run_until(lambda: self._outcome is not None, deadline)
             if self._outcome is None:  # the caller's own wait ends at the deadline
                 self.net.now = max(self.net.now, deadline)
@@ -538,20 +585,25 @@ class Run:
         return False
 
 def make_main(kind: str, nonce: str, reference: bool = False) -> Any:
-    """The main peer of a kind: 'ours', 'iblutil' or 'iblrig'; iblutil's with our pause in a `reference` run."""
+    """The main peer of a kind: 'ours', 'iblutil', 'iblrig' or 'naive'; iblutil's with our pause in a
+    `reference` run."""
     if kind == 'ours':
         return core.MainConversation(nonce, **PAUSE)
     if kind == 'iblrig':
         return IblrigMain()
+    if kind == 'naive':
+        return NaiveMain()
     return IblutilMain(pause=PAUSE.get('pause', 0.0) if reference else 0.0)
 
 
 def make_rig(kind: str, nonce: str) -> Any:
-    """The rig peer of a kind: 'ours', 'iblutil', 'timeline' or 'video'."""
+    """The rig peer of a kind: 'ours', 'iblutil', 'timeline', 'video' or 'naive'."""
     if kind == 'ours':
         return core.RigConversation(nonce)
     if kind == 'timeline':
         return Timeline(PROGRAM_REF)
+    if kind == 'naive':
+        return NaiveRig()
     return VideoProgram() if kind == 'video' else IblutilRig()
 
 

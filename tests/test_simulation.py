@@ -18,7 +18,7 @@ def test_a_fixed_seed_sweep_keeps_every_invariant():
 
 
 def test_the_sweep_draws_every_pairing_and_a_pairing_can_be_forced():
-    drawn = {simulation.Scenario.draw(seed).pairing for seed in range(200)}
+    drawn = {simulation.Scenario.draw(seed).pairing for seed in range(400)}
     assert drawn == set(simulation.PAIRINGS)
     for name, (main, rig) in simulation.PAIRINGS.items():
         forced = simulation.Scenario.draw(7, pairing=name)
@@ -44,7 +44,7 @@ def test_the_command_line_soaks_and_replays(capsys):
     assert 'main->rig' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize('pairing', simulation.PROGRAMS)
+@pytest.mark.parametrize('pairing', simulation.PROGRAMS + simulation.NAIVE)
 def test_the_command_line_soaks_and_replays_one_pairing(capsys, pairing):
     assert simulation.main(['--scenarios', '150', '--pairing', pairing]) == 0
     assert f'150 scenarios of pairing {pairing} from seed 0' in capsys.readouterr().out
@@ -84,17 +84,22 @@ def iblutil_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol, 'cleanup_message', lambda data=None: protocol.encode(8, data))
 
 
-@pytest.mark.parametrize('rule, patch, invariant', [
-    ('R4', lambda mp: mp.setattr(core.RigConversation, '_receive_tagged', handle_every_tagged_copy), 'handled_once'),
-    ('M2', lambda mp: mp.setattr(core.MainConversation, '_schedule', never_resend), 'no_failure'),
+@pytest.mark.parametrize('rule, patch, invariant, scenarios, pairing', [
+    ('R4', lambda mp: mp.setattr(core.RigConversation, '_receive_tagged', handle_every_tagged_copy), 'handled_once',
+     3000, None),
+    ('M2', lambda mp: mp.setattr(core.MainConversation, '_schedule', never_resend), 'no_failure', 3000, None),
     ('M16', lambda mp: mp.setattr(core.MainConversation, 'receive',
-                                  echo_no_plain_datagram(core.MainConversation.receive)), 'iblutil_alive'),
-    ('M22', lambda mp: mp.setattr(simulation, 'PAUSE', {'pause': 0.0}), 'program_works'),  # the video program loses
-    ('bytes', iblutil_bytes, 'program_works'),  # Timeline answers [4, null] with an error report
+                                  echo_no_plain_datagram(core.MainConversation.receive)), 'iblutil_alive', 3000, None),
+    ('M22', lambda mp: mp.setattr(simulation, 'PAUSE', {'pause': 0.0}), 'program_works', 3000, None),  # video loses
+    ('bytes', iblutil_bytes, 'program_works', 3000, None),  # Timeline answers [4, null] with an error report
+    # a naive main bounces our echo of its request back at once: without R14 the rig handles it again
+    ('R14', lambda mp: mp.setattr(core, 'REPEAT_WINDOW', 0.0), 'handled_once', 50, 'naive-ours'),
+    # a naive rig echoes our echo of its answer, and answers it too: without M21 nothing ends that
+    ('M21', lambda mp: mp.setattr(core, 'STORM_ECHOES', 10 ** 9), 'bounded', 20, 'ours-naive'),
 ])
-def test_the_sweep_finds_a_rule_switched_off(monkeypatch, rule, patch, invariant):
+def test_the_sweep_finds_a_rule_switched_off(monkeypatch, rule, patch, invariant, scenarios, pairing):
     patch(monkeypatch)
-    counts, first = simulation.soak(3000, seed=0)
+    counts, first = simulation.soak(scenarios, seed=0, pairing=pairing)
     assert counts[invariant] > 0, f'with {rule} off the sweep saw {dict(counts)}'
 
 

@@ -3,14 +3,17 @@
 
 All three clients talk to the same real iblutil rigs (EchoProtocol, server role), which run in
 a child process on loopback. One round is: send EXPSTATUS to every rig, receive each echo and
-response, echo each response back. The three clients run in interleaved blocks of rounds, so
-that a change in the machine's load during the run affects all three alike. Also measured:
+response, echo each response back. With ``--gap`` each client idles that long before each round
+(as a task that sends a request now and then; the gap is not part of the round time measured). The
+three clients run in interleaved blocks of rounds, so that a change in the machine's load during
+the run affects all three alike. Also measured:
 idle CPU, timeout lateness, time to report a refused port, threads, leaks over connect/close
 cycles, memory over many exchanges, and import times. Figures go to stdout; nothing here
 asserts a target.
 
     python tools/bench_network.py              # the full run (a few minutes)
     python tools/bench_network.py --quick      # a smoke run (seconds)
+    python tools/bench_network.py --gap 0.002 --sizes 1,8,64   # rounds 2 ms apart
 """
 from __future__ import annotations
 
@@ -84,10 +87,12 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def timed(one_round, rounds: int) -> list[float]:
-    """Seconds each of `rounds` calls of ``one_round()`` takes."""
+def timed(one_round, rounds: int, gap: float = 0.0) -> list[float]:
+    """Seconds each of `rounds` calls of ``one_round()`` takes, each after `gap` seconds idle (not counted)."""
     times = []
     for _ in range(rounds):
+        if gap:
+            time.sleep(gap)
         start = time.perf_counter()
         one_round()
         times.append(time.perf_counter() - start)
@@ -96,7 +101,7 @@ def timed(one_round, rounds: int) -> list[float]:
 
 # --- the three clients: context managers yielding block(n) -> n round times ---
 @contextlib.contextmanager
-def raw_floor(uris: dict):
+def raw_floor(uris: dict, gap: float = 0.0):
     """Blocking sockets and select(), no library: the least any client can do."""
     socks = []
     for uri in uris.values():
@@ -118,21 +123,21 @@ def raw_floor(uris: dict):
                     sock.send(data)
                     pending.discard(sock)
     try:
-        yield lambda n: timed(one_round, n)
+        yield lambda n: timed(one_round, n, gap)
     finally:
         for sock in socks:
             sock.close()
 
 
 @contextlib.contextmanager
-def ours(uris: dict, **options):
+def ours(uris: dict, gap: float = 0.0, **options):
     from iblnet_sync import Services
     with Services(uris, timeout=10, **options) as services:
-        yield lambda n: timed(lambda: services.status(0), n)
+        yield lambda n: timed(lambda: services.status(0), n, gap)
 
 
 @contextlib.contextmanager
-def iblutil_services(uris: dict):
+def iblutil_services(uris: dict, gap: float = 0.0):
     """iblutil's asyncio Services driven the usual way: rounds awaited inside its event loop."""
     import logging
 
@@ -148,6 +153,8 @@ def iblutil_services(uris: dict):
     async def block(n):
         times = []
         for _ in range(n):
+            if gap:
+                await asyncio.sleep(gap)
             start = time.perf_counter()
             await services.status(0)
             times.append(time.perf_counter() - start)
@@ -162,10 +169,11 @@ def iblutil_services(uris: dict):
         loop.close()
 
 
-def round_times(uris: dict, rounds: int, block: int = 50) -> dict[str, list[float]]:
+def round_times(uris: dict, rounds: int, block: int = 50, gap: float = 0.0) -> dict[str, list[float]]:
     """Round times of the three clients, in interleaved blocks so that load drift hits all alike."""
     times: dict[str, list[float]] = {'raw': [], 'ours': [], 'ours0': [], 'iblutil': []}
-    with raw_floor(uris) as raw, ours(uris) as our, ours(uris, pause=0) as our0, iblutil_services(uris) as theirs:
+    with (raw_floor(uris, gap) as raw, ours(uris, gap) as our, ours(uris, gap, pause=0) as our0,
+          iblutil_services(uris, gap) as theirs):
         clients = {'raw': raw, 'ours': our, 'ours0': our0, 'iblutil': theirs}
         for client in clients.values():
             client(3)  # warm up
@@ -262,8 +270,10 @@ def rss_kib() -> int:
 
 
 def memory_growth(uri: str, exchanges: int) -> tuple[int, int, float]:
+    """RSS after 1,000 exchanges and after all, and the time of one (pause=0: with the pause between
+    back-to-back exchanges this would take minutes)."""
     from iblnet_sync import Services
-    with Services({'rig': uri}) as services:
+    with Services({'rig': uri}, pause=0) as services:
         for _ in range(1000):
             services.status(0)
         gc.collect()
@@ -290,6 +300,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='few rounds, short waits: a smoke run')
     parser.add_argument('--sizes', default='1,8,64,256', help='numbers of rigs (default 1,8,64,256)')
+    parser.add_argument('--gap', type=float, default=0.0, metavar='SECONDS',
+                        help='idle time before each round, not counted in it (default 0: back to back)')
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(',')]
     rounds = {1: 1000, 8: 300, 64: 100, 256: 50} if not args.quick else {}
@@ -298,7 +310,11 @@ def main() -> int:
     print(f'# iblnet_sync benchmark, {datetime.date.today()}, Python {platform.python_version()}, '
           f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs (a shared machine: ratios matter)')
     print('\n## Round time: EXPSTATUS to N iblutil rigs (child process), echo, response, echo back')
-    print('(back to back: each of our rounds to an iblutil rig pays the 5 ms pause; "pause=0" leaves it out)')
+    from iblnet_sync import core
+    pause = getattr(core, 'PAUSE', 0.0)
+    idle = f'{args.gap * 1e3:g} ms idle before each round, not counted' if args.gap else 'back to back'
+    paid = f'pays what is left of the {pause * 1e3:g} ms pause' if pause > args.gap else 'pays no pause'
+    print(f'({idle}: each of our rounds to an iblutil rig {paid}; "pause=0" leaves it out)')
     print(f'{"N":>4} {"rounds":>6} | {"raw floor med/p90 ms":>21} | {"iblnet_sync med/p90 ms":>23} {"ratio":>6} | '
           f'{"pause=0 med/p90 ms":>19} {"ratio":>6} | {"iblutil med/p90 ms":>19} {"ratio":>6}')
     for n in sizes:
@@ -306,7 +322,7 @@ def main() -> int:
         rigs = RigProcess(n)
         try:
             figures = {name: (statistics.median(t) * 1e3, percentile(t, 0.9) * 1e3)
-                       for name, t in round_times(rigs.uris, count).items()}
+                       for name, t in round_times(rigs.uris, count, gap=args.gap).items()}
         finally:
             rigs.close()
         floor = figures['raw'][0]
@@ -348,7 +364,7 @@ def main() -> int:
         files, threads = leaks_after_cycles(rigs.uris['rig0'], cycles)
         print(f'## Leaks after {cycles} connect/broadcast/close cycles: {files:+d} open files, {threads:+d} threads')
         print(f'## Memory (RSS): {after_1k} KiB after 1k exchanges, {after_all} KiB after {memory_exchanges:,} '
-              f'({after_all - after_1k:+d} KiB); {per_exchange * 1e6:.0f} us per exchange')
+              f'({after_all - after_1k:+d} KiB); {per_exchange * 1e6:.0f} us per exchange (pause=0)')
     finally:
         rigs.close()
     started = command_seconds(['-c', 'pass'])
