@@ -65,7 +65,8 @@ M15   SENT/ECHOED   plain message of the exchange's event (EXPSTART:  echoed; th
                     naming the request's reference)                  done
 M16   any           other plain message                              echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
-M17   any           junk (not a message)                             dropped, never echoed
+M17   any           junk (not a message, or a tag no rig sends: not   dropped, never echoed
+                    ``m`` + our nonce or ``r``)
 M18   SENT/ECHOED   abort (socket refused, closed, interrupted)      fail with that stage
 M19   rig known     plain datagram ending with a newline, not an     a late plain answer: echoed (the rig
       to be         answer to the exchange (plain, M15) in progress  awaits it), not delivered
@@ -116,7 +117,8 @@ States: IDLE, HANDLING (the handler runs), ANSWERED (the answer awaits its echo)
 ====  ============  ===============================================  ==========================================
 row   state         input                                            what happens
 ====  ============  ===============================================  ==========================================
-R1    any           junk, or a plain error report                    dropped, never echoed (junk makes no entry;
+R1    any           junk (a tag no main sends: not ``m`` or ``r`` +  dropped, never echoed (junk makes no entry;
+                    our nonce), or a plain error report
                                                                      a report is delivered, to be logged)
 R2    ANSWERED      datagram equal to our answer (plain), or a       the echo: -> DONE, resends stop
                     tagged one with our answer's ID
@@ -515,7 +517,9 @@ class MainConversation:
 
     def _receive_tagged(self, data: bytes, x: _Exchange | None, now: float) -> list[Event]:
         parsed = _parse(data)
-        if parsed is None or parsed.msg_id is None:
+        # (another main's tag, or none of a rig: a stranger's, echoed back to us or forged)
+        if parsed is None or parsed.msg_id is None or not (parsed.msg_id.startswith(self._prefix)
+                                                           or parsed.msg_id[:1] == 'r'):
             _row('M17')
             return []
         self.tagged = True
@@ -663,9 +667,12 @@ class RigConversation:
                 self._owed.remove(data)
             return []
         parsed = _parse(data)
-        if parsed is None or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):
+        stranger = parsed is not None and parsed.msg_id is not None and not (
+            parsed.msg_id[:1] == 'm' or parsed.msg_id.startswith(self._prefix))  # a tag no main sends
+        if parsed is None or stranger or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):
             _row('R1')
-            return [] if parsed is None else [Delivered(parsed.message)]  # (the adapter logs a report)
+            report = parsed is not None and not stranger  # (the adapter logs a report)
+            return [Delivered(parsed.message)] if report and parsed is not None else []
         if parsed.msg_id is not None:
             return self._receive_tagged(data, parsed, now)
         stripped = protocol.canonical(parsed.message)  # any other spelling is a resend

@@ -362,8 +362,10 @@ class Run:
         return r.uniform(0, self.s.handler_delay), r.random() < self.s.fail_rate
 
     def handle(self, event: core.Handle) -> None:
-        if not self.rig.is_current(event.request):
-            return  # superseded before its handler ran: not handled
+        if not self.rig.is_current(event.request):  # superseded while its handler ran: its answer is not sent
+            if isinstance(self.rig, core.RigConversation):
+                self.rig_events(self.rig.answer(event.request, None, self.net.now), 'answer')  # (R13)
+            return
         message = event.message
         value = protocol.encode(message.event, *message.data)
         k = len(self.handlings)
@@ -452,6 +454,10 @@ class Run:
             data = self.r.choice(junk)
             deliver = self.to_rig if link == 0 else self.to_main
             self.net.at(when, functools.partial(self.net.arrive, deliver, data, 'junk', 0))
+        if self.s.junk and self.kind_rig == 'ours' and random.Random(self.s.seed * 31 + 5).random() < 0.2:
+            # a tagged message that answers nothing (M12); only where the rig is ours, which may send one
+            stranger = b'{"id": "r0.1", "re": null, "msg": [64, 0, {}]}'
+            self.net.at(0.25, functools.partial(self.net.arrive, self.to_main, stranger, 'junk', 0))
         flying: list[tuple[int, str, int]] = []  # a naive main's requests in flight: (call, name, token)
         for n, (call, arg) in enumerate(self.s.calls):
             # The task does something else between calls. With a real program or a naive peer the network

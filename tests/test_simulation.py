@@ -2,6 +2,8 @@
 does find violations when a rule of the core is switched off (so that its silence means something)."""
 from __future__ import annotations
 
+import collections
+
 import pytest
 import simulation
 
@@ -12,9 +14,22 @@ SWEEP = 18000
 """int: scenarios in the fixed-seed sweep, every pairing drawn (about 20 s on one core of the shared test machine)."""
 
 
-def test_a_fixed_seed_sweep_keeps_every_invariant():
+ROWS = [f'M{n}' for n in range(1, 23)] + [f'R{n}' for n in range(1, 15)]
+
+
+def test_a_fixed_seed_sweep_keeps_every_invariant_and_visits_every_row(monkeypatch):
+    monkeypatch.setattr(core, 'ROWS', collections.Counter())
     counts, first = simulation.soak(SWEEP, seed=0)
     assert not counts, f'violations {dict(counts)}; first seeds {first} (replay: tests/simulation.py --replay SEED -v)'
+    assert [row for row in ROWS if not core.ROWS[row]] == [], 'rows the sweep never took'
+
+
+@pytest.mark.parametrize('row, pairing', [('M6', 'ours'), ('M15', 'timeline'), ('M21', 'ours-naive'),
+                                          ('R5', 'ours'), ('R9', 'iblutil-ours'), ('R14', 'naive-ours')])
+def test_the_sweep_finds_a_row_switched_off_by_name(monkeypatch, row, pairing):
+    monkeypatch.setattr(core, 'OFF', {row})
+    counts, _ = simulation.soak(300, seed=0, pairing=pairing)
+    assert counts, f'with {row} off, 300 {pairing} scenarios kept every invariant'
 
 
 def test_the_sweep_draws_every_pairing_and_a_pairing_can_be_forced():
