@@ -42,7 +42,29 @@ class LoopThread:
         self.run(closing())
 
 
-class IblutilRig:
+class Recorder:
+    """A peer that records what it received, with a condition to wait on it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 5.0) -> bool:
+        """Wait until ``predicate(self)`` holds (checked at each change); False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+
+class IblutilRig(Recorder):
     """An auxiliary rig built on iblutil's EchoProtocol in the server role, answering like iblrig's rigs.
 
     Every message is recorded in `received`; the response is sent with iblutil's own
@@ -65,13 +87,13 @@ class IblutilRig:
 
     def __init__(self, name='rig', main_sync=False, exp_ref=None, respond=True, delay=0.0, loop=None,
                  subject=None):
+        super().__init__()
         self.name, self.main_sync, self.exp_ref = name, main_sync, exp_ref
         self.respond, self.delay, self.subject = respond, delay, subject
         self.status = ExpStatus.CONNECTED
         self.received: list[tuple[ExpMessage, list]] = []
         self.errors: list[BaseException] = []
         self.answered: list[ExpMessage] = []  # events whose response our side echoed
-        self._changed = threading.Condition()
         self._own_loop = loop is None
         self.loops = loop or LoopThread()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -139,17 +161,6 @@ class IblutilRig:
         if event is ExpMessage.ALYX and not data[1]:
             return protocol.encode(event, 'https://alyx.example.org', {'rig-user': {'token': 'rig-token'}})
         return None
-
-    def wait_for(self, predicate, timeout=5.0) -> bool:
-        """Wait until ``predicate(self)`` holds (checked on every message and error)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
 
     def close(self):
         self.loops.close_soon(self.protocol.close)

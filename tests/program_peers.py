@@ -22,12 +22,12 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from iblutil.io.net.app import EchoProtocol
 from iblutil.io.net.app import Services as IblutilServices
 from iblutil.io.net.base import ExpMessage
-from peers import LOOPBACK, LoopThread
+from peers import LOOPBACK, LoopThread, Recorder
 from real_programs import POLL, Timeline, VideoProgram
 
 from iblnet_sync import core, protocol
@@ -35,29 +35,7 @@ from iblnet_sync import core, protocol
 log = logging.getLogger('program_peers')
 
 
-class _Recorder:
-    """What a peer received, with a condition to wait on it."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 5.0) -> bool:
-        """Wait until ``predicate(self)`` holds (checked at each change); False after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
-
-
-class TimelinePeer(_Recorder):
+class TimelinePeer(Recorder):
     """Rigbox's Timeline listener on a loopback UDP socket (port 0).
 
     Parameters
@@ -110,7 +88,7 @@ class TimelinePeer(_Recorder):
             sock.close()
 
 
-class VideoPeer(_Recorder):
+class VideoPeer(Recorder):
     """iblrig's video program on iblutil's real EchoProtocol, listening on loopback (port 0).
 
     Parameters
