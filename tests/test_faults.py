@@ -7,17 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from relay import soak
+from resources import open_fds, our_threads
 
 from iblnet_sync import BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused, RigServer, Services, protocol
 from iblnet_sync.core import STORM_ECHOES
-
-
-def open_fds() -> int:
-    return len(os.listdir('/proc/self/fd'))
-
-
-def our_threads() -> list:
-    return [t.name for t in threading.enumerate() if t.name.startswith('iblnet_sync') and t.is_alive()]
 
 
 def test_ten_percent_loss_each_way_fails_no_exchange():

@@ -5,7 +5,6 @@ SIGINTs at random moments. Afterwards the next call succeeds, the network thread
 busy, and once the objects are closed or dropped no thread or descriptor is left."""
 from __future__ import annotations
 
-import gc
 import os
 import random
 import signal
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from resources import open_fds, our_threads, wait_until
 
 import iblnet_sync
 from iblnet_sync import Communicator, RigServer, Services
@@ -59,25 +59,12 @@ def points_of(call) -> int:
     return counter.count
 
 
-def our_threads() -> list[str]:
-    """Our threads that run. (An interrupt inside ``Thread.start()`` can leave a thread that never ran in
-    threading's list of threads about to start: CPython's, not a thread, and its resources are released.)"""
-    return [t.name for t in threading.enumerate() if t.name.startswith('iblnet_sync') and t.is_alive()]
 
 
-def open_fds() -> int:
-    return len(os.listdir('/proc/self/fd'))
 
 
-def settled(threads: int, fds: int, timeout: float = 5.0) -> bool:
-    """Threads ending and objects reclaimed announce nothing: look again until a deadline."""
-    deadline = time.monotonic() + timeout
-    while len(our_threads()) != threads or open_fds() != fds:
-        if time.monotonic() > deadline:
-            return False
-        gc.collect()
-        time.sleep(0.005)
-    return True
+def settled(threads: int, fds: int) -> bool:
+    return wait_until(lambda: (len(our_threads()), open_fds()) == (threads, fds))
 
 
 @pytest.fixture

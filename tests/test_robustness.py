@@ -1,14 +1,13 @@
 """Threads and resources by construction: close(), reclaimed objects, floods, junk (interrupts at every
 point where a signal can land: test_interrupts.py)."""
-import gc
 import logging
-import os
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from resources import open_fds, our_threads, wait_until
 
 from iblnet_sync import ClosedError, Communicator, RigErrorReport, RigServer, Services, protocol
 from iblnet_sync.dispatcher import CALLBACK_QUEUE
@@ -17,23 +16,10 @@ from iblnet_sync.rig_server import MAX_MAIN_RIGS
 URI = 'udp://127.0.0.1:11001'
 
 
-def open_fds() -> int:
-    return len(os.listdir('/proc/self/fd'))
 
 
-def our_threads() -> list:
-    return [t for t in threading.enumerate() if t.name.startswith('iblnet_sync') and t.is_alive()]
 
 
-def wait_until(predicate, timeout=5.0) -> bool:
-    """Poll a condition that no event announces (threads ending, objects reclaimed) up to a deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        gc.collect()
-        time.sleep(0.005)
-    return True
 
 
 @pytest.fixture
