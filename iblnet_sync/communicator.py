@@ -192,9 +192,9 @@ class Communicator:
                         sends = self._conversation.request(datagram, time.monotonic(), expect_response, deadline)
                         self._arm_timer()
                     except BaseException:  # e.g. KeyboardInterrupt: never leave the rig busy
-                        events = self._conversation.abort('interrupted', 'interrupted while sending')
+                        events = self._conversation.abort(Stage.INTERRUPTED, 'interrupted while sending')
                         if not events and self._exchange is exchange:  # interrupted before the core heard of it
-                            events = [core.Failed(0, 'interrupted', 'interrupted before sending')]
+                            events = [core.Failed(0, Stage.INTERRUPTED, 'interrupted before sending')]
                         self._settle(self._apply(events))
                         raise
                     break
@@ -204,7 +204,7 @@ class Communicator:
                 ticket.get(timeout=remaining(deadline))  # until the exchange in progress ends, or close()
             except queue.Empty:
                 raise RigTimeout(self.name, self.server_uri, event.name,
-                                 f'still busy with another exchange after {timeout:.3g} s', stage='busy') from None
+                                 f'still busy with another exchange after {timeout:.3g} s', stage=Stage.BUSY) from None
             finally:
                 with self._lock:
                     if ticket in self._waiting:
@@ -212,9 +212,9 @@ class Communicator:
         try:  # sent once the lock is free: the network thread must not wait for it when the echo comes
             for send in sends:  # (a request is only ever sends)
                 if isinstance(send, core.Send) and (refused := self._send(send.datagram)) is not None:
-                    self._end(exchange, 'refused', refused)
+                    self._end(exchange, Stage.REFUSED, refused)
         except BaseException:  # e.g. KeyboardInterrupt
-            self._end(exchange, 'interrupted')
+            self._end(exchange, Stage.INTERRUPTED)
             raise
         return exchange
 
@@ -352,7 +352,7 @@ class Communicator:
             if self._closed:
                 return
             self._closed = True
-            settle = self._apply(self._conversation.abort('closed', 'the communicator was closed'))
+            settle = self._apply(self._conversation.abort(Stage.CLOSED, 'the communicator was closed'))
             self._wake_waiting()
             futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
             futures += self._queued  # (their messages may never be run: the callback thread stops)
@@ -428,7 +428,7 @@ class Communicator:
             if isinstance(event, core.Send):
                 refused = self._send(event.datagram)
                 if refused is not None:
-                    settle += self._apply(self._conversation.abort('refused', refused))
+                    settle += self._apply(self._conversation.abort(Stage.REFUSED, refused))
             elif isinstance(event, core.Echoed) and exchange is not None:
                 exchange.echo_at = event.at
             elif isinstance(event, core.Answered) and exchange is not None:
@@ -438,7 +438,7 @@ class Communicator:
                 settle.append((exchange, event.data, None))
                 self._exchange = exchange = None
             elif isinstance(event, core.Failed) and exchange is not None:
-                if event.stage == 'error report':  # raised to the caller, and given to event 0's callbacks
+                if event.stage == Stage.ERROR_REPORT:  # raised to the caller, and given to event 0's callbacks
                     self._deliver(protocol.Message(ExpMessage(0), [event.detail, int(exchange.event)]), log_it=False)
                 settle.append((exchange, None, self._error(exchange, event)))
                 self._exchange = exchange = None

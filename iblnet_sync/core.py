@@ -187,6 +187,7 @@ from typing import Any, Union
 from iblutil.io.net.base import ExpMessage
 
 from . import protocol
+from .errors import Stage
 from .protocol import DecodeError, Message
 
 __all__ = ['MainConversation', 'RigConversation', 'Send', 'Echoed', 'Answered', 'Failed', 'Delivered',
@@ -565,14 +566,14 @@ class MainConversation:
     def _error_report(self, x: _Exchange | None, message: Message, now: float, matched: bool = False) -> list[Event]:
         if x is not None and (matched or _is_about(x, message)):
             self._end(x, now)
-            return [Failed(x.token, 'error report', str(message.data[0]))]
+            return [Failed(x.token, Stage.ERROR_REPORT, str(message.data[0]))]
         return [Delivered(message)]
 
     def _give_up(self, x: _Exchange, now: float) -> list[Event]:
         self._end(x, now)
         if x.echoed:
-            return [Failed(x.token, 'no response', 'echoed but no answer')]
-        return [Failed(x.token, 'no echo', 'no echo')]
+            return [Failed(x.token, Stage.NO_RESPONSE, 'echoed but no answer')]
+        return [Failed(x.token, Stage.NO_ECHO, 'no echo')]
 
     def _end(self, x: _Exchange, now: float | None = None) -> None:
         """Forget the exchange; a plain echo that may still come is remembered as owed."""
