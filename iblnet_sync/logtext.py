@@ -81,8 +81,9 @@ def mask_alyx(data: list) -> list:
     >>> mask_alyx(['https://alyx.example.org', {'technician': 'c2VjcmV0'}])
     ['https://alyx.example.org', {'technician': '***'}]
     """
-    return [item if index == 0 or item is None else {key: '***' for key in item} if isinstance(item, dict) else '***'
-            for index, item in enumerate(data)]
+    return [item if index == 0 and isinstance(item, str) and item.startswith(('http://', 'https://')) or item is None
+            else {key: '***' for key in item} if isinstance(item, dict) else '***'
+            for index, item in enumerate(data)]  # (whatever its shape, nothing but a URL and user names shows)
 
 
 def datagram_text(datagram: bytes, limit: int = PEER_TEXT_LIMIT) -> str:

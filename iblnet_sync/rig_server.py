@@ -243,7 +243,8 @@ class RigServer:
         self._refused[host] = None
         if len(self._refused) > MAX_REFUSED_HOSTS:
             self._refused.popitem(last=False)
-        log.warning('%s: ignoring %s, which is not in allow (%s)', self.name, host, self._allow)
+        self._peer_log.warning(log, 'not allowed', '%s: ignoring %s, which is not in allow (%s)', self.name,
+                               host, self._allow)  # (once per host, and a few a minute in all)
 
     def error_received(self, error: OSError) -> None:
         """A main rig went away (port unreachable): nothing to do but note it."""
@@ -280,7 +281,8 @@ class RigServer:
                 self._peer_log.warning(log, addr[0], '%s: %s reported an error: %s', self.name, addr,
                                   peer_text(event.message.data))
             elif isinstance(event, core.GaveUp):
-                log.warning('%s: %s never echoed our answer %r', self.name, addr, event.datagram[:80])
+                self._peer_log.warning(log, addr[0], '%s: %s never echoed our answer %s', self.name, addr,
+                                       datagram_text(event.datagram, 80))
         self._arm_timer(addr, conversation)
 
     def _arm_timer(self, addr: Any, conversation: core.RigConversation) -> None:
@@ -374,7 +376,8 @@ class RigServer:
             if isinstance(extra, dict) and extra.get('exp_ref'):
                 exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
                 if self.main_sync and not self._fixed_reference:
-                    self._numbers.claim(exp_ref)  # before anything changes: a number not written down is not used
+                    self._numbers.claim(exp_ref, self._today())  # before anything changes: a number not written
+                    #                                             down is not used
                 self.exp_ref = exp_ref
             self.status = ExpStatus.INITIALIZED
             return answer

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 DAYS_KEPT = 3
 """int: dates kept in the file (a reference is made with today's date; a task may start before midnight)."""
+MAX_SEQUENCE = 999
+"""int: the highest session number (iblrig numbers session folders with three digits)."""
+MAX_SUBJECTS = 1000
+"""int: subjects numbered in one day at most."""
 OFFERS_KEPT = 64
 """int: subjects whose offered reference is remembered (the least recently asked is forgotten first)."""
 
@@ -64,25 +68,41 @@ class SessionNumbers:
             self._offers.popitem(last=False)
         return dict(offered)
 
-    def claim(self, exp_ref: dict) -> None:
+    def claim(self, exp_ref: dict, today: datetime.date) -> None:
         """Write down that `exp_ref`'s sequence is used: no later offer for its subject and date repeats it.
+
+        Only references of the last :data:`DAYS_KEPT` days up to `today` are taken, with a sequence
+        from 1 to :data:`MAX_SEQUENCE`, and :data:`MAX_SUBJECTS` subjects a day: nobody can push the
+        real days out of the file, nor make the next number absurd.
 
         Raises
         ------
+        ValueError
+            A reference of another day, a sequence out of range, or one subject too many that day.
         OSError
             The file could not be written (the rig must then not start an experiment under it).
         """
-        day, subject, sequence = exp_ref['date'].isoformat(), str(exp_ref['subject']), int(exp_ref['sequence'])
+        day, subject, sequence = exp_ref['date'], str(exp_ref['subject']), int(exp_ref['sequence'])
+        if not today - datetime.timedelta(days=DAYS_KEPT - 1) <= day <= today:
+            raise ValueError(f'The reference {day}_{sequence}_{subject} is not of the last {DAYS_KEPT} days '
+                             f'(this rig\'s date is {today}): check the clocks')
+        if not 1 <= sequence <= MAX_SEQUENCE:
+            raise ValueError(f'Session number {sequence} is out of range (1 to {MAX_SEQUENCE})')
         claimed = self._read()
-        if claimed.get(day, {}).get(subject, 0) < sequence:
-            claimed.setdefault(day, {})[subject] = sequence
-            kept = dict(sorted(claimed.items())[-DAYS_KEPT:])
+        kept_days = {(today - datetime.timedelta(days=n)).isoformat() for n in range(DAYS_KEPT)}
+        claimed = {date: subjects for date, subjects in claimed.items() if date in kept_days}
+        subjects = claimed.setdefault(day.isoformat(), {})
+        if subject not in subjects and len(subjects) >= MAX_SUBJECTS:
+            raise ValueError(f'{MAX_SUBJECTS} subjects already have a session on {day}: no more are numbered')
+        if subjects.get(subject, 0) < sequence:
+            subjects[subject] = sequence
+            kept = claimed
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + '.partial')
             partial.write_text(json.dumps(kept, indent=1, sort_keys=True))
             os.replace(partial, self.path)  # all or nothing, also when the rig is killed while writing
         offered = self._offers.get(subject)
-        if offered is not None and offered['date'].isoformat() == day and offered['sequence'] <= sequence:
+        if offered is not None and offered['date'] == day and offered['sequence'] <= sequence:
             del self._offers[subject]
 
     def _read(self) -> dict[str, dict[str, int]]:

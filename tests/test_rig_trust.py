@@ -177,3 +177,27 @@ def test_an_on_event_future_is_cancelled_when_its_message_is_dropped_or_the_comm
         release.set()
         com.close()
         theirs.close()
+
+
+def test_no_reference_can_push_the_days_of_real_sessions_out_of_the_numbers_file(tmp_path):
+    numbers = session_numbers.SessionNumbers(tmp_path / 'numbers.json')
+    today = datetime.date(2026, 11, 30)
+    numbers.claim(numbers.offer('mouse', today), today)
+    for far in ('9999-12-29', '9999-12-30', '9999-12-31', '2020-01-01'):  # another host's EXPINITs
+        with pytest.raises(ValueError, match='not of the last'):
+            numbers.claim({'subject': 'x', 'date': datetime.date.fromisoformat(far), 'sequence': 1}, today)
+    with pytest.raises(ValueError, match='out of range'):
+        numbers.claim({'subject': 'q', 'date': today, 'sequence': 10 ** 250}, today)
+    assert numbers.offer('mouse', today)['sequence'] == 2  # the real session is still written down
+    for n in range(session_numbers.MAX_SUBJECTS - 1):
+        numbers._offers.clear()
+        numbers.claim({'subject': f's{n}', 'date': today, 'sequence': 1}, today)
+    with pytest.raises(ValueError, match='subjects already have a session'):
+        numbers.claim({'subject': 'one-too-many', 'date': today, 'sequence': 1}, today)
+
+
+@pytest.mark.parametrize('data', [['https://x', {'u': TOKEN}], [['https://x', {'u': TOKEN}]], [TOKEN],
+                                  [{'u': TOKEN}], [None, TOKEN]])
+def test_an_alyx_token_is_masked_whatever_the_shape_of_the_message(data):
+    from iblnet_sync.logtext import datagram_text
+    assert TOKEN not in datagram_text(protocol.encode(128, *data))
