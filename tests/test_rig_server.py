@@ -143,11 +143,15 @@ def test_serve_forever_ends_on_ctrl_c_with_one_line_and_no_traceback():
     code = ('import logging; from iblnet_sync import RigServer; logging.basicConfig(level=logging.INFO); '
             'RigServer("udp://127.0.0.1:0", name="cameras").serve_forever()')
     with subprocess.Popen([sys.executable, '-c', code], stderr=subprocess.PIPE, text=True) as process:
-        assert 'cameras listening on udp://127.0.0.1:' in process.stderr.readline()
-        assert 'serving until Ctrl-C' in process.stderr.readline()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(10) == 0
-        rest = process.stderr.read()
+        try:
+            assert 'cameras listening on udp://127.0.0.1:' in process.stderr.readline()
+            assert 'serving until Ctrl-C' in process.stderr.readline()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(10) == 0
+            rest = process.stderr.read()
+        finally:  # (whatever failed, or if the test run itself is stopped: no rig left serving)
+            if process.poll() is None:
+                process.kill()
     assert 'Traceback' not in rest and rest.count('\n') == 1 and 'interrupted' in rest
 
 
