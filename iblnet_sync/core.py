@@ -212,6 +212,8 @@ TAG_ROOM = 128
 REPEAT_WINDOW = 0.2
 """float: seconds after our echo of a plain request within which the same bytes again are a bounce of
 that echo, not the main asking again (R14)."""
+OWED = 4
+"""int: echoes owed at most (of plain requests or answers whose echo may still come late)."""
 STORM_ECHOES = 8
 """int: echoes of the same plain bytes since our last request (the main) or of the current request
 (the rig) that make a storm."""
@@ -278,8 +280,8 @@ class GaveUp:
 Event = Union[Send, Echoed, Answered, Failed, Delivered, Handle, GaveUp]
 
 
-class _Seen:
-    """The last `size` message IDs (or datagrams) seen: an ordered set with a bound."""
+class _Window:
+    """The last `size` message IDs, datagrams or digests: an ordered set with a bound (the oldest goes first)."""
 
     __slots__ = ('_ids', '_size')
 
@@ -295,6 +297,13 @@ class _Seen:
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
         return True
+
+    def discard(self, msg_id: str | bytes) -> None:
+        """Forget `msg_id` if it is remembered."""
+        self._ids.pop(msg_id, None)
+
+    def clear(self) -> None:
+        self._ids.clear()
 
     def __contains__(self, msg_id: str | bytes) -> bool:
         return msg_id in self._ids
@@ -372,9 +381,10 @@ class MainConversation:
         self._prefix = f'm{nonce}.'
         self._count = 0
         self._exchange: _Exchange | None = None
-        self._seen = _Seen()
-        self._owed: list[bytes] = []      # plain requests whose echo may still come after their exchange
-        self._sent = _Seen(16)            # the last plain datagrams we sent: their copies coming back are no news
+        self._seen = _Window()
+        self._owed: list[bytes] = []      # plain requests whose echo may still come after their exchange (each
+        #                                   owed once per exchange: the same bytes may be owed twice)
+        self._sent = _Window(16)          # the last plain datagrams we sent: their copies coming back are no news
         self._storm: collections.Counter[bytes] = collections.Counter()  # echoes since our last request (M21)
 
     @property
@@ -582,7 +592,7 @@ class MainConversation:
         if x.held:
             return
         if not x.tagged and x.echo_seen != x.plain:
-            self._owed = (self._owed + [x.plain])[-4:]
+            self._owed = (self._owed + [x.plain])[-OWED:]
 
 
 def _is_about(x: _Exchange, report: Message) -> bool:
@@ -636,9 +646,9 @@ class RigConversation:
         self._resends_left = 0
         self._next_send: float | None = None
         self._deadline: float | None = None
-        self._seen = _Seen()
+        self._seen = _Window()
         self._repeats = 0                 # copies of the current plain request received (R6, R7)
-        self._plains: list[bytes] = []    # digests of the last plain requests (R8)
+        self._plains = _Window(8)         # digests of the last plain requests (R8)
         self._echoes: OrderedDict[bytes, tuple[float, int, bool]] = OrderedDict()  # R14: digest -> (last echo,
         #                                                               echoes, handled again at once)
         self._main: str | None = None     # the token of the main that announced itself (R9)
@@ -679,7 +689,8 @@ class RigConversation:
         stripped = protocol.canonical(parsed.message)  # any other spelling is a resend
         main = protocol.announced_main(parsed.message)
         if main is not None and main != self._main:  # R9: another main at this address: no copy of ours
-            self._main, self._plain, self._plains = main, b'', []
+            self._main, self._plain = main, b''
+            self._plains.clear()
             self._echoes.clear()
         if stripped == self._plain or (self.tagged and _key(stripped) in self._plains):
             open_ = stripped == self._plain and self.state in (HANDLING, ANSWERED)
@@ -784,7 +795,7 @@ class RigConversation:
     def _owe_echo(self) -> None:
         """We stop waiting for the echo of our plain answer: should it still come, it is no request."""
         if self.state == ANSWERED and self._answer_id is None and not self._answer.endswith(protocol.PEER_SUFFIX):
-            self._owed = (self._owed + [self._answer])[-4:]  # (a marked answer's echo is told by its newline)
+            self._owed = (self._owed + [self._answer])[-OWED:]  # (a marked answer's echo is told by its newline)
 
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
         self._owe_echo()
@@ -792,7 +803,7 @@ class RigConversation:
         self._repeats = 0
         if plain:
             self._plain = plain  # the last plain request: its copies may still arrive
-            self._plains = (self._plains + [_key(plain)])[-8:]
+            self._plains.add(_key(plain))
         self._ref = ref
         self._answer, self._answer_id = b'', None
         self.state = HANDLING
