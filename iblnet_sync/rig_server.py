@@ -279,7 +279,7 @@ class RigServer:
                     self._apply(addr, conversation, conversation.answer(event.request, busy, time.monotonic()))
             elif isinstance(event, core.Delivered):  # an error report from the main
                 self._peer_log.warning(log, addr[0], '%s: %s reported an error: %s', self.name, addr,
-                                  peer_text(event.message.data))
+                                       peer_text(event.message.data))
             elif isinstance(event, core.GaveUp):
                 self._peer_log.warning(log, addr[0], '%s: %s never echoed our answer %s', self.name, addr,
                                        datagram_text(event.datagram, 80))
@@ -328,8 +328,8 @@ class RigServer:
             answer = self._respond(event, data, self._handlers.get(event))
             self._update_owner(event, addr[0])
         except Exception as ex:
-            self._peer_log.log(log, logging.ERROR, addr[0], '%s: handler for %s failed: %s', self.name, event.name,
-                          peer_text(repr(ex)))
+            self._peer_log.log(log, logging.ERROR, addr[0], '%s: handler for %s failed: %s', self.name,
+                               event.name, peer_text(repr(ex)))
             answer = protocol.error_report(ex, event)
         with self._lock:
             if not self._closed.is_set() and self._peers.get(addr) is conversation:  # (not forgotten meanwhile)
