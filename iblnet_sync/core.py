@@ -74,10 +74,10 @@ M19   rig known     plain datagram ending with a newline, not an     a late plai
 M20   same          other plain datagram (not an error report), but  a late echo of a plain request of ours, or
                     the exchange's own plain request (its echo, or   a late answer with its bytes: dropped
                     an answer with its bytes, M6/M15)
-M21   any           plain datagram we echoed 8 times since our last  an echo storm (both ends take the same
-                    request, whatever came in between                bytes for new, one datagram or several
-                                                                     in turn): no longer echoed until our
-                                                                     next request
+M21   any           other plain message that came 8 times already,   an echo storm (both ends take the same
+                    each copy within 1 s of the one before or with   bytes for new, one datagram or several
+                    no request of ours in between, whatever came     in turn): no longer echoed until it has
+                    in between                                       been quiet for 1 s and we asked again
 M22   IDLE          request to a rig not known to be iblnet_sync,    held (-> HELD: sent by the timer at the end
       (HELD)        less than ``pause`` after the last exchange      of the pause, M2-M5 from then on; the
                     ended                                            caller's deadline still counts, M5)
@@ -85,7 +85,7 @@ M22   IDLE          request to a rig not known to be iblnet_sync,    held (-> HE
 
 A datagram takes exactly one row: :meth:`MainConversation.receive` tries the rows in this order and
 takes the first that matches (``_row`` names it in the code; :data:`ROWS` counts them): plain
-datagrams M6, M7, M17, M20, M19, M13, M14, M21, M15, M16; tagged ones M17, M8, M9, M12, M11, M10.
+datagrams M6, M7, M17, M20, M19, M13, M14, M15, M21, M16; tagged ones M17, M8, M9, M12, M11, M10.
 The timer tries M5, M22, M4, M2 or M3.
 
 The pause (M22) is for listeners that re-arm late: iblrig's video program starts waiting for its
@@ -101,14 +101,20 @@ still await the echo of), plain resends stop. A copy of a datagram we sent it (a
 its echo, a bounce of ours) tells nothing of the sort and does not stop them. A rig known to run
 iblnet_sync takes a resend (+ tab) for what it is, whatever came back.
 
-The storm cut (M21) counts echoes since our last request, not in a row: two or more datagrams
-bouncing in turn (peers that have not yet found each other, several requests duplicated) are a
-storm as surely as one. Its price: a rig that sends the same message more than 8 times between
-two requests of ours loses the echoes of the rest. An iblutil rig does so in one case, itself a
-storm of iblutil's making: it takes our echo of its own duplicated echo for a request, answers it
-with the same bytes, and so on; the answers that come after the cut then go unechoed and the rig
-closes, where iblutil's main, echoing for ever, keeps it alive until the network loses a copy. No
-rule can tell those answers from the bounces they are mixed with (same bytes, same order).
+The storm cut (M21) counts the copies of each datagram in a burst, not in a row and not per
+request: two or more datagrams bouncing in turn (peers that have not yet found each other, several
+requests duplicated) are a storm as surely as one, and a request of ours does not restart a storm
+whose copies are still in flight (with a peer that echoes everything and answers our echoes too, a
+restart at each request added up to thousands of datagrams in a lifecycle). An answer to the
+exchange in progress (M15) is never cut, and a storm slower than that (a peer that echoes and
+answers everything, with handlers that take seconds) ends when no request of ours came in between.
+Its price: a rig that sends the same message of its own more than 8 times, each within 1 s of the
+one before or with no request of ours in between, loses the echoes of the rest.
+An iblutil rig does so in one case, itself a storm of iblutil's making: it takes our echo of its own
+duplicated echo for a request, answers it with the same bytes, and so on; the answers that come
+after the cut then go unechoed and the rig closes, where iblutil's main, echoing for ever, keeps it
+alive until the network loses a copy. No rule can tell those answers from the bounces they are mixed
+with (same bytes, same order).
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
@@ -215,8 +221,10 @@ that echo, not the main asking again (R14)."""
 OWED = 4
 """int: echoes owed at most (of plain requests or answers whose echo may still come late)."""
 STORM_ECHOES = 8
-"""int: echoes of the same plain bytes since our last request (the main) or of the current request
-(the rig) that make a storm."""
+"""int: echoes of the same plain bytes in a burst (the main, M21) or of the current request (the rig)
+that make a storm."""
+STORM_QUIET = 1.0
+"""float: seconds without a copy of a datagram after which the main's storm count of it starts again (M21)."""
 NEVER_REPEATED = frozenset({ExpMessage.EXPINFO})
 """Events whose answer never has the request's bytes: the answer carries the rig's own info."""
 
@@ -385,7 +393,8 @@ class MainConversation:
         self._owed: list[bytes] = []      # plain requests whose echo may still come after their exchange (each
         #                                   owed once per exchange: the same bytes may be owed twice)
         self._sent = _Window(16)          # the last plain datagrams we sent: their copies coming back are no news
-        self._storm: collections.Counter[bytes] = collections.Counter()  # echoes since our last request (M21)
+        self._storm: OrderedDict[bytes, tuple[int, float]] = OrderedDict()  # M21: digest -> (echoes, last copy)
+        self._requested = float('-inf')  # when our last request went out (M21)
 
     @property
     def wakeup(self) -> float | None:
@@ -499,19 +508,13 @@ class MainConversation:
             return self._error_report(x if x is None or not x.tagged else None, message, now)
         if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED and _row('M14'):
             return []
-        self._storm[data] += 1
-        if len(self._storm) > SEEN_IDS:  # (a bound: a storm is a few datagrams bouncing)
-            del self._storm[next(iter(self._storm))]
-        if self._storm[data] > STORM_ECHOES and _row('M21'):
-            if self._storm[data] == STORM_ECHOES + 1:
-                log.warning('echo storm: %r echoed %d times since our last request; no longer echoed',
-                            data[:60], STORM_ECHOES)
-            return []
-        events: list[Event] = [Send(data)]
-        self._sent.add(data)
         if x is not None and _answers(x, message) and _row('M15'):
-            return events + self._answered(x, message.data, now)
-        return events + [Delivered(message)] if _row('M16') else []
+            self._sent.add(data)
+            return [Send(data)] + self._answered(x, message.data, now)
+        if self._stormed(data, now) and _row('M21'):
+            return []
+        self._sent.add(data)
+        return [Send(data), Delivered(message)] if _row('M16') else []
 
     # --- internals ---
     def _first_send(self, x: _Exchange, now: float) -> list[Event]:
@@ -520,7 +523,7 @@ class MainConversation:
         if not x.tagged:
             self._sent.add(x.plain)
         x.spellings.add(x.sent)
-        self._storm.clear()
+        self._requested = now
         if x.plain in self._owed:  # from now on these bytes are this exchange's echo
             self._owed.remove(x.plain)
         self._schedule(x, now)
@@ -554,6 +557,19 @@ class MainConversation:
         if message.event == protocol.ERROR_CODE:
             return events + self._error_report(x, message, now, matched=True)
         return events + self._answered(x, message.data, now)
+
+    def _stormed(self, data: bytes, now: float) -> bool:
+        """Count a copy of the rig's plain message `data`: True once it has come more than STORM_ECHOES
+        times, each within STORM_QUIET of the one before or with no request of ours in between (M21)."""
+        key = _key(data)
+        echoes, last = self._storm.pop(key, (0, now))
+        echoes = 1 if now - last > STORM_QUIET and self._requested > last else echoes + 1
+        self._storm[key] = (echoes, now)
+        if len(self._storm) > SEEN_IDS:  # (a bound: a storm is a few datagrams bouncing)
+            self._storm.popitem(last=False)
+        if echoes == STORM_ECHOES + 1:
+            log.warning('echo storm: %r came %d times in a burst; no longer echoed', data[:60], STORM_ECHOES + 1)
+        return echoes > STORM_ECHOES
 
     def _schedule(self, x: _Exchange, now: float) -> None:
         x.next_send = now + self.resend_interval if x.resends_left > 0 else None

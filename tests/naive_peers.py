@@ -15,7 +15,7 @@ Nothing bounds a bounce on its side: whatever bounces between it and our peer mu
   the answers are made from its state only, never from a counter) with an unconfirmed send, at
   once, in its receive loop (the simulator gives its handler no time). With handlers that take
   seconds, each echo of an answer would come back as the same answer seconds later: a chain that
-  our main's storm cut (M21) ends after 8 echoes since its last request, but only after 8 handler
+  our main's storm cut (M21) ends after 8 echoes with no request in between, but only after 8 handler
   runs, so possibly after the simulator's quiet period.
 """
 from __future__ import annotations

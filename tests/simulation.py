@@ -282,7 +282,6 @@ class Run:
         self._outcome: tuple[str, Any] | None = None
         self._outcomes: dict[int, tuple[str, Any]] = {}  # a naive main's outcomes, by token
         self._request_sent = False
-        self._echoes: collections.Counter = collections.Counter()  # the main's echoes since its last request
         self.storm_cut: set[bytes] = set()  # datagrams our main stopped echoing as a storm (M21)
         self._timers = {'main': None, 'rig': None}
 
@@ -292,8 +291,6 @@ class Run:
             if isinstance(e, core.Send):
                 if kind in ('request', 'resend') and not self._request_sent:  # (a request held for the pause)
                     kind, self._request_sent = 'request', True
-                if kind == 'echo':
-                    self._echoes[e.datagram] += 1
                 self.net.transmit(0, e.datagram, self.to_rig, kind)
             elif isinstance(e, core.Answered):
                 self._outcome = self._outcomes[e.exchange] = ('answer', e.data)
@@ -336,13 +333,13 @@ class Run:
         self.rig_events(events)
 
     def to_main(self, data: bytes) -> None:
-        alive = getattr(self.main, 'alive', True)
+        alive, cuts = getattr(self.main, 'alive', True), core.ROWS['M21']
         events = self.main.receive(data, self.net.now)
         if alive and not getattr(self.main, 'alive', True) and self.net.arriving:
             self.fatal = (*self.net.arriving, data)
         self._note_unechoed(self.main, data, events, bool(core.events_of(events, core.Echoed)))
-        if self.kind_main == 'ours' and core.Send(data) not in events and self._echoes[data] >= core.STORM_ECHOES:
-            self.storm_cut.add(data)  # M21: no longer echoed since our last request
+        if self.kind_main == 'ours' and core.ROWS['M21'] > cuts:
+            self.storm_cut.add(data)  # M21: no longer echoed while its storm lasts
         self.main_events(events)
 
     def _note_unechoed(self, peer: Any, data: bytes, events: list, awaited: bool) -> None:
@@ -476,7 +473,6 @@ class Run:
             deadline = started + self.s.timeout + (POLL if self.kind_main == 'iblrig' else 0.0)
             self._outcome = None
             self._request_sent = False  # its first send is the request, also when it comes from the timer
-            self._echoes.clear()
             if self.net.sent >= STORM:
                 break
             tagged = getattr(self.main, 'tagged', False)
@@ -564,7 +560,7 @@ class Run:
           taken a resend of ours for a request.
 
         But a death awaiting the echo of bytes that our main stopped echoing as a storm (M21: echoed
-        8 times since its last request) is excused: the price that the core's docstring states, which a
+        8 times in a burst) is excused: the price that the core's docstring states, which a
         reference run usually shows as iblutil's own storm, but not always with the video program, whose
         late re-arm makes the storm's start depend on micro-timing.
 
