@@ -19,12 +19,11 @@ from typing import Any, Callable
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import core, protocol
-from .core import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout, Stage
 from .exchange import Exchange, remaining
 from .logtext import PeerLogLimiter, datagram_text, peer_text
-from .options import Options, check_seconds
+from .options import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Options, check_seconds
 from .sockets import REFUSED, close_all, connected_socket
 
 __all__ = ['Communicator', 'DEFAULT_TIMEOUT', 'ECHO_TIMEOUT', 'PAUSE', 'RESEND_INTERVAL', 'RESENDS']
@@ -87,8 +86,7 @@ class Communicator:
         self.server_uri = f'udp://{self._address[0]}:{self._address[1]}'
         self.name = name or self.server_uri
         self.timeout, self.echo_timeout = timeout, echo_timeout
-        self._conversation = core.MainConversation(secrets.token_hex(3), options.resend_interval, options.resends,
-                                                   options.echo_timeout, pause=options.pause)
+        self._conversation = core.MainConversation(secrets.token_hex(3), options)
         self._lock = threading.Lock()
         self._waiting: list[queue.SimpleQueue] = []  # callers waiting for the rig to be free: woken at its end
         self._exchange: Exchange | None = None

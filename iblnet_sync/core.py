@@ -6,7 +6,10 @@ Each is fed inputs (a datagram received at time ``now``, the timer, a request or
 from the application, a failure of the socket) and returns events: :class:`Send` a datagram,
 and what happened to the application's exchanges. The caller (an adapter holding the socket)
 sends what it is told and calls :meth:`tick` at :attr:`wakeup`. Every rule about echoes,
-resends, duplicates, late answers and storms is a row of the tables below, and nowhere else.
+resends, duplicates, late answers and storms is a row of the tables below, and nowhere else. In
+the code the rows of a received datagram are data (:data:`MAIN_ROWS`, :data:`RIG_ROWS`: a name,
+when the row applies, what it does), in the order of the tables; the first row that applies acts,
+and :data:`ROWS` counts the rows taken.
 
 Two ways of speaking
 --------------------
@@ -21,72 +24,100 @@ a late answer (another REF) from the awaited one: no time windows and no guessin
 How two iblnet_sync peers find each other, without sending an iblutil peer anything iblutil
 would not send:
 - A rig ends each plain answer and error report with a newline
-  (:data:`~iblnet_sync.protocol.PEER_SUFFIX`), which JSON ignores and an iblutil main echoes
+  (:data:`~iblnet_sync.dialect.PEER_SUFFIX`), which JSON ignores and an iblutil main echoes
   unchanged; but for an answer with its request's very bytes, which an iblutil main may take for
   the echo it awaits (when the answer overtakes the echo), as it would iblutil's. A main that
   receives a marked datagram (or any tagged one) tags everything it sends that rig from then on.
 - A main's EXPINFO info may say ``"iblnet_sync": 1`` (NetworkSession's does); a rig that reads
-  it tags its answer at once, naming the plain request by :func:`~iblnet_sync.protocol.digest`.
+  it tags its answer at once, naming the plain request by :func:`~iblnet_sync.dialect.digest`.
 - A rig that receives a tagged datagram tags everything it sends that main.
 
 Main side (:class:`MainConversation`): one exchange at a time
 ------------------------------------------------------------
-States of the exchange: IDLE (none), SENT (awaiting the echo), ECHOED (awaiting the answer).
+States of the exchange: IDLE (none), SENT (awaiting the echo), ECHOED (awaiting the answer). Each
+input has its table; its rows are tried in the order they stand, and the first that applies acts.
+
+A request of the application (:meth:`~MainConversation.request`):
 
 ====  ============  ===============================================  ==========================================
 row   state         input                                            what happens
 ====  ============  ===============================================  ==========================================
-M1    IDLE          request                                          send (tagged with a new ID once the rig is
-                                                                     known to be iblnet_sync); -> SENT; but see M22
-M2    SENT          timer, resends left, and nothing of the rig's    send again: the same bytes when tagged, the
-                    own heard yet (copies of what we sent do not     plain bytes + tab otherwise
-                    count) or the rig known to be iblnet_sync
-M3    SENT          timer, tagged, not echoed, resends left          send the same tagged bytes again
-M4    SENT          timer, echo_timeout after the last send when no  fail: 'no echo'
-                    resend is left or allowed (M2), no echo
-M5    SENT/ECHOED   timer, caller's deadline passed                  fail: 'no echo' or 'no response'
-M6    SENT          plain datagram equal to a spelling we sent       the echo; -> ECHOED (or done when no answer
-                                                                     is expected); other spellings become stale
-M7    any           other plain datagram ending with a tab, or equal  late echo: dropped (the answer came before
-                    to a request whose echo is owed                  the echo, or a resend's echo did)
-M8    any           tagged datagram with our ID                      the echo if it is the current exchange's
-                                                                     (M6), else a late echo: dropped
-M9    any           tagged datagram with the rig's ID seen before    duplicate or resend: echoed, not delivered
-M10   SENT/ECHOED   tagged answer whose REF is the exchange's        echoed; the answer (or error report):
-                                                                     done
-M11   any           tagged answer with another REF                   late answer: echoed, dropped
-M12   any           tagged message without REF                       echoed; the rig's message: delivered
-M13   any           plain error report ``[0, TEXT]``, ``[0, TEXT,     never echoed; fails a plain exchange that
-                    EVENT]`` or ``[0, TEXT, ORIGINAL]``              it names (no name, its event, or its request
-                                                                     in any spelling), else delivered as a message
-M14   ECHOED        plain datagram equal to the request, the event   duplicate echo: dropped (such an answer
-                    never answered with the same bytes (EXPINFO)     would carry the rig's own info)
-M15   SENT/ECHOED   plain message of the exchange's event (EXPSTART:  echoed; the answer (it implies the echo):
-                    naming the request's reference)                  done
-M16   any           other plain message                              echoed; delivered (iblutil's rule: what is
-                                                                     not an awaited echo is new)
-M17   any           junk (not a message, or a tag no rig sends: not   dropped, never echoed
-                    ``m`` + our nonce or ``r``)
-M18   SENT/ECHOED   abort (socket refused, closed, interrupted)      fail with that stage
-M19   rig known     plain datagram ending with a newline, not an     a late plain answer: echoed (the rig
-      to be         answer to the exchange (plain, M15) in progress  awaits it), not delivered
-      iblnet_sync
-M20   same          other plain datagram (not an error report), but  a late echo of a plain request of ours, or
-                    the exchange's own plain request (its echo, or   a late answer with its bytes: dropped
-                    an answer with its bytes, M6/M15)
-M21   any           other plain message that came 8 times already,   an echo storm (both ends take the same
-                    each copy within 1 s of the one before or with   bytes for new, one datagram or several
-                    no request of ours in between, whatever came     in turn): no longer echoed until it has
-                    in between                                       been quiet for 1 s and we asked again
 M22   IDLE          request to a rig not known to be iblnet_sync,    held (-> HELD: sent by the timer at the end
       (HELD)        less than ``pause`` after the last exchange      of the pause, M2-M5 from then on; the
                     ended                                            caller's deadline still counts, M5)
+M1    IDLE          request                                          send (tagged with a new ID once the rig is
+                                                                     known to be iblnet_sync); -> SENT
 ====  ============  ===============================================  ==========================================
 
-A datagram takes exactly one row: :meth:`MainConversation.receive` tries the rows in this order and
-takes the first that matches (``_row`` names it in the code; :data:`ROWS` counts them): plain
-datagrams M6, M7, M17, M20, M19, M13, M14, M15, M21, M16; tagged ones M17, M8, M9, M12, M11, M10.
-The timer tries M5, M22, M4, M2 or M3.
+The timer (:meth:`~MainConversation.tick`), and an abort (:meth:`~MainConversation.abort`):
+
+====  ============  ===============================================  ==========================================
+M5    SENT/ECHOED   caller's deadline passed                         fail: 'no echo' or 'no response'
+M22   HELD          the pause is over                                the request is sent (as M1)
+M4    SENT          echo_timeout after the last send when no resend  fail: 'no echo'
+                    is left or allowed (M2), no echo
+M2    SENT          resends left, and nothing of the rig's own       send again: the plain bytes + tab
+                    heard yet (copies of what we sent do not count)
+                    or the rig known to be iblnet_sync
+M3    SENT          tagged, not echoed, resends left                 send the same tagged bytes again
+M18   SENT/ECHOED   abort (socket refused, closed, interrupted)      fail with that stage
+====  ============  ===============================================  ==========================================
+
+A plain datagram from the rig (:meth:`~MainConversation.receive`, :data:`MAIN_ROWS` ``'plain'``): first
+the rows that look at its bytes only,
+
+====  ============  ===============================================  ==========================================
+M6    SENT          equal to a spelling we sent                      the echo; -> ECHOED (or done when no answer
+                                                                     is expected); other spellings become stale
+M7    any           ending with a tab, or equal to a request whose   late echo: dropped (the answer came before
+                    echo is owed                                     the echo, or a resend's echo did)
+M17   any           junk: not a message                              dropped, never echoed
+====  ============  ===============================================  ==========================================
+
+then, once the message taught what it tells (a newline: the rig runs iblnet_sync; anything but a copy
+of what we sent: the rig sent something of its own, M2), the rows that read it:
+
+====  ============  ===============================================  ==========================================
+M20   rig known     not ending with a newline, not an error report,  a late echo of a plain request of ours, or
+      to be         but the exchange's own plain request (its echo,  a late answer with its bytes: dropped
+      iblnet_sync   or an answer with its bytes, M6/M15)
+M19   same          ending with a newline, not an answer to the      a late plain answer: echoed (the rig
+                    exchange (plain, M15) in progress, not an error  awaits it), not delivered
+                    report
+M13   any           error report ``[0, TEXT]``, ``[0, TEXT, EVENT]``  never echoed; fails a plain exchange that
+                    or ``[0, TEXT, ORIGINAL]``                       it names (no name, its event, or its request
+                                                                     in any spelling), else delivered as a message
+M14   ECHOED        equal to the request, the event never answered   duplicate echo: dropped (such an answer
+                    with the same bytes (EXPINFO)                    would carry the rig's own info)
+M15   SENT/ECHOED   a message of the exchange's event (EXPSTART:     echoed; the answer (it implies the echo):
+                    naming the request's reference)                  done
+M21   any           a message that came 8 times already, each copy   an echo storm (both ends take the same
+                    within 1 s of the one before or with no request  bytes for new, one datagram or several
+                    of ours in between, whatever came in between     in turn): no longer echoed until it has
+                                                                     been quiet for 1 s and we asked again
+M16   any           any other message                                echoed; delivered (iblutil's rule: what is
+                                                                     not an awaited echo is new)
+====  ============  ===============================================  ==========================================
+
+A tagged datagram from the rig (:data:`MAIN_ROWS` ``'tagged'``): first
+
+====  ============  ===============================================  ==========================================
+M17   any           junk: not a message, or a tag no rig sends (not  dropped, never echoed
+                    ``m`` + our nonce or ``r``)
+====  ============  ===============================================  ==========================================
+
+then, once it taught that the rig runs iblnet_sync,
+
+====  ============  ===============================================  ==========================================
+M8    any           with our ID                                      the echo if it is the current exchange's
+                                                                     (M6), else a late echo: dropped
+M9    any           with the rig's ID seen before                    duplicate or resend: echoed, not delivered
+M12   any           a message without REF                            echoed; the rig's message: delivered
+M11   any           an answer with another REF than the exchange's   late answer: echoed, dropped
+                    (or with no exchange in progress)
+M10   SENT/ECHOED   an answer whose REF is the exchange's            echoed; the answer (or error report):
+                                                                     done
+====  ============  ===============================================  ==========================================
 
 The pause (M22) is for listeners that re-arm late: iblrig's video program starts waiting for its
 next request one event-loop step after it handled the last one, so a request that arrives right
@@ -118,53 +149,68 @@ with (same bytes, same order).
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
-States: IDLE, HANDLING (the handler runs), ANSWERED (the answer awaits its echo), DONE.
+States: IDLE, HANDLING (the handler runs), ANSWERED (the answer awaits its echo), DONE. As on the main
+side, each input has its table, tried in order.
+
+A datagram from the main (:meth:`~RigConversation.receive`, :data:`RIG_ROWS`): first, whatever it is,
 
 ====  ============  ===============================================  ==========================================
 row   state         input                                            what happens
 ====  ============  ===============================================  ==========================================
-R1    any           junk (a tag no main sends: not ``m`` or ``r`` +  dropped, never echoed (junk makes no entry;
-                    our nonce), or a plain error report
-                                                                     a report is delivered, to be logged)
-R2    ANSWERED      datagram equal to our answer (plain), or a       the echo: -> DONE, resends stop
-                    tagged one with our answer's ID
-R3    any           tagged datagram with our ID, not awaited, a      late echo of one of our answers: dropped
-                    plain one ending with a newline, or one equal
-                    to an unmarked plain answer (R10) whose echo we
-                    stopped awaiting (R12, or superseded; last 4)
-R4    any           tagged request with an ID seen before            echoed; not handled again; the answer is
+R2    ANSWERED      equal to our answer                              the echo: -> DONE, resends stop
+R3    any           ending with a newline, or equal to an unmarked   late echo of one of our answers: dropped
+                    plain answer (R10) whose echo we stopped
+                    awaiting (R12, or superseded; last 4)
+R1    any           junk, a tag no main sends (not ``m`` or ``r`` +  dropped, never echoed (junk makes no entry;
+                    our nonce), or a plain error report              a report is delivered, to be logged)
+====  ============  ===============================================  ==========================================
+
+then, once it taught what it tells (a tag: the main runs iblnet_sync; an EXPINFO naming another main
+than the last announced: a new connection at this address, whose requests are no copies of the
+last one's), a tagged datagram:
+
+====  ============  ===============================================  ==========================================
+R2    ANSWERED      with our answer's ID                             the echo: -> DONE, resends stop
+R3    any           with our ID, not awaited                         late echo of one of our answers: dropped
+R4    any           a request with an ID seen before                 echoed; not handled again; the answer is
                                                                      sent again if it awaits its echo
-R5    any           tagged request with a new ID                     echoed; the current request is superseded
+R5    any           a request with a new ID                          echoed; the current request is superseded
                                                                      (its answer is not sent); -> HANDLING
-R6    HANDLING/     the current plain request again, or in another   asked again, a resend, a duplicate or a
-R7    ANSWERED      spelling (our main's resend adds a tab)          bounce of our echo: echoed (at most 8
-                                                                     times: a bounce loop ends there), never
-                                                                     handled again; the answer is sent again
-                                                                     to a resend only (in another spelling:
-                                                                     that main lacks it)
-R8    DONE          the last plain request in another spelling; once a late copy: dropped
-                    the main is tagged, any of the last 8
-R9    any other     plain request, or one whose EXPINFO info names   echoed; supersedes the current one;
-                    a main other than the last announced (a new      -> HANDLING (tagged from now on if its
-                    connection at the same address)                  EXPINFO info announces iblnet_sync)
+====  ============  ===============================================  ==========================================
+
+or a plain one:
+
+====  ============  ===============================================  ==========================================
+R8    DONE          the last request in another spelling; once the   a late copy: dropped
+                    main is tagged, any of the last 8
+R6    HANDLING/     the current request again                        asked again, a duplicate or a bounce of our
+      ANSWERED                                                       echo: echoed (at most 8 times: a bounce
+                                                                     loop ends there), never handled again
+R7    HANDLING/     the current request in another spelling (our     a resend: as R6, and the answer is sent
+      ANSWERED      main's resend adds a tab)                        again (that main lacks it)
+R14   not working   the very bytes of a request we echoed less than  a bounce of our echo (an iblutil main takes
+      on it         0.2 s ago and handled again at once already      a late copy of our echo for new, and echoes
+                    (R9), from a main not known to be iblnet_sync    it): echoed, 8 times at most since it was
+                                                                     handled, never handled again
+R9    any other     a request                                        echoed; supersedes the current one;
+                                                                     -> HANDLING (tagged from now on if its
+                                                                     EXPINFO info announces iblnet_sync)
+====  ============  ===============================================  ==========================================
+
+The handler's answer (:meth:`~RigConversation.answer`), and the timer (:meth:`~RigConversation.tick`):
+
+====  ============  ===============================================  ==========================================
+R13   superseded    the handler's answer                             not sent
 R10   HANDLING      the handler's answer                             sent (plain + newline, but for an answer
                                                                      with the request's bytes; or tagged with
                                                                      REF); -> ANSWERED, or DONE when there is
                                                                      none or it is a plain error report (an
                                                                      answer that leaves no room for the tag:
                                                                      an error report instead)
-R11   ANSWERED      timer, tagged, resends left                      the answer is sent again
 R12   ANSWERED      timer, deadline passed                           -> DONE (an iblutil rig would close here;
                                                                      we keep serving)
-R13   superseded    the handler's answer                             not sent
-R14   not working   plain datagram with the very bytes of a request  a bounce of our echo (an iblutil main takes
-      on it         we echoed less than 0.2 s ago and handled again  a late copy of our echo for new, and echoes
-                    at once already (R9), from a main not known to   it): echoed, 8 times at most since it was
-                    be iblnet_sync                                   handled, never handled again
+R11   ANSWERED      timer, tagged, resends left                      the answer is sent again
 ====  ============  ===============================================  ==========================================
-
-:meth:`RigConversation.receive` tries, in this order: plain datagrams R2, R3, R1, R8, R6 or R7, R14,
-R9; tagged ones R2 or R3, R4, R5. The timer tries R12, R11; an answer is R10 or R13.
 
 Without R14 one late copy of our echo starts a storm with an iblutil main (or any peer that echoes
 what it takes for new): the main echoes the copy, we took that for the same request asked again,
@@ -184,33 +230,25 @@ answer, if it came first, for a wrong echo and close; only our main's resend get
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from iblutil.io.net.base import ExpMessage
 
-from . import protocol
+from . import dialect, protocol
 from .errors import Stage
+from .options import ANSWER_RESENDS, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Options
 from .protocol import DecodeError, Message
 
 __all__ = ['MainConversation', 'RigConversation', 'Send', 'Echoed', 'Answered', 'Failed', 'Delivered',
-           'Handle', 'GaveUp', 'Event', 'RESEND_INTERVAL', 'ECHO_TIMEOUT', 'RESENDS', 'ANSWER_RESENDS', 'PAUSE']
+           'Handle', 'GaveUp', 'Event', 'Row', 'MAIN_ROWS', 'RIG_ROWS', 'RESEND_INTERVAL', 'ECHO_TIMEOUT', 'RESENDS',
+           'ANSWER_RESENDS', 'PAUSE']
 log = logging.getLogger(__name__)
 
-RESEND_INTERVAL = 0.2
-"""float: seconds without an echo after which a message is sent again."""
-ECHO_TIMEOUT = 1.0
-"""float: seconds to wait for an echo once no resend is left (iblutil's default)."""
-RESENDS = 50
-"""int: how many times a request is sent again at most (10 s at the default interval)."""
-PAUSE = 0.005
-"""float: seconds between the end of one exchange and the next request to a rig not known to run
-iblnet_sync (M22)."""
-ANSWER_RESENDS = 50
-"""int: how many times a rig sends a tagged answer again while it is not echoed."""
 SEEN_IDS = 64
 """int: how many of the peer's message IDs are remembered to recognise duplicates."""
 TAG_ROOM = 128
@@ -331,12 +369,61 @@ def _row(name: str) -> bool:
     return True
 
 
-def _parse(data: bytes) -> protocol.Parsed | None:
-    try:
-        return protocol.parse(data)
-    except DecodeError as ex:
-        log.debug('dropped datagram %r: %s', data[:60], ex)
-        return None
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A row of a table: its name, whether it takes a datagram, and what it then does.
+
+    ``applies`` and ``act`` are methods of the conversation, called with a :class:`_Datagram`;
+    ``applies`` changes nothing.
+    """
+
+    name: str
+    applies: Callable[[Any, _Datagram], bool]
+    act: Callable[[Any, _Datagram], list[Event]]
+
+
+def _classify(rows: tuple[Row, ...], conversation: Any, d: _Datagram) -> Row | None:
+    """The first row of `rows` that takes `d` (rows switched off are passed over), counted in :data:`ROWS`."""
+    for row in rows:
+        if row.applies(conversation, d) and _row(row.name):
+            return row
+    return None
+
+
+class _Datagram:
+    """A datagram received at `now`, with what the rows ask of it, each worked out once when first asked."""
+
+    def __init__(self, data: bytes, now: float, exchange: _Exchange | None = None):
+        self.data, self.now, self.x = data, now, exchange
+        self.is_tagged = dialect.is_tagged(data)
+
+    @functools.cached_property
+    def parsed(self) -> dialect.Parsed | None:
+        """The datagram decoded, or None for junk (logged at DEBUG)."""
+        try:
+            return dialect.parse(self.data)
+        except DecodeError as ex:
+            log.debug('dropped datagram %r: %s', self.data[:60], ex)
+            return None
+
+    @property
+    def message(self) -> Message:
+        assert self.parsed is not None  # (asked only once a row took junk)
+        return self.parsed.message
+
+    @property
+    def msg_id(self) -> str:
+        """The tag's ID ('' for a plain datagram)."""
+        return '' if self.parsed is None or self.parsed.msg_id is None else self.parsed.msg_id
+
+    @functools.cached_property
+    def canonical(self) -> bytes:
+        """The plain message as an encoder writes it (any other spelling is a resend or a copy)."""
+        return protocol.canonical(self.message)
+
+    @functools.cached_property
+    def key(self) -> bytes:
+        return _key(self.data)
 
 
 # --- the main side ---
@@ -368,23 +455,16 @@ class MainConversation:
     ----------
     nonce : str
         A random string unique to this object: makes its tags unique across restarts.
-    resend_interval : float
-        Seconds without an echo before a request is sent again.
-    resends : int
-        How many times a request may be sent again (0: never, as iblutil).
-    echo_timeout : float
-        Seconds to wait for the echo after the last send.
+    options : Options
+        Seconds and counts: ``resend_interval`` without an echo before a request is sent again,
+        ``resends`` at most (0: never, as iblutil), ``echo_timeout`` after the last send, ``pause``
+        from the end of an exchange to the next request toward a rig not known to run iblnet_sync (M22).
     tagged : bool
         Whether the rig is already known to run iblnet_sync.
-    pause : float
-        Seconds from the end of an exchange to the next request, toward a rig not known to run
-        iblnet_sync (M22).
     """
 
-    def __init__(self, nonce: str, resend_interval: float = RESEND_INTERVAL, resends: int = RESENDS,
-                 echo_timeout: float = ECHO_TIMEOUT, tagged: bool = False, pause: float = PAUSE):
-        self.resend_interval, self.resends, self.echo_timeout = resend_interval, resends, echo_timeout
-        self.tagged, self.pause = tagged, pause
+    def __init__(self, nonce: str, options: Options = Options(), tagged: bool = False):
+        self.options, self.tagged = options, tagged
         self._ended: float | None = None  # when the last exchange ended (M22)
         self._prefix = f'm{nonce}.'
         self._count = 0
@@ -420,15 +500,15 @@ class MainConversation:
         x = _Exchange(self._count, message.event, plain, expect_answer, deadline)
         if self.tagged:
             x.tagged, x.ref = True, f'{self._prefix}{self._count}'
-            x.sent = protocol.tag(plain, x.ref)
+            x.sent = dialect.tag(plain, x.ref)
             if len(x.sent) > protocol.MAX_PAYLOAD:
                 raise protocol.TooLarge(f'a message of {len(plain):,} bytes leaves no room for the tag')
         else:
-            x.ref, x.sent = protocol.digest(plain), plain
-        x.resends_left = self.resends
+            x.ref, x.sent = dialect.digest(plain), plain
+        x.resends_left = self.options.resends
         self._exchange = x
-        if not self.tagged and self._ended is not None and now < self._ended + self.pause and _row('M22'):
-            x.held, x.next_send = True, self._ended + self.pause
+        if not self.tagged and self._ended is not None and now < self._ended + self.options.pause and _row('M22'):
+            x.held, x.next_send = True, self._ended + self.options.pause
             return []
         _row('M1')
         return self._first_send(x, now)
@@ -454,13 +534,13 @@ class MainConversation:
                     and _row('M3' if x.tagged else 'M2')):
                 x.resends_left -= 1
                 if not x.tagged:
-                    x.sent = x.plain + protocol.RESEND_SUFFIX
+                    x.sent = x.plain + dialect.RESEND_SUFFIX
                 x.spellings.add(x.sent)
                 self._schedule(x, now)
                 return [Send(x.sent)]
             x.next_send = None  # M4: no resend now; the echo is awaited echo_timeout more at most
             if not x.echoed and x.echo_deadline is None:
-                x.echo_deadline = now + self.echo_timeout
+                x.echo_deadline = now + self.options.echo_timeout
         return []
 
     def abort(self, stage: str, detail: str, now: float | None = None) -> list[Event]:
@@ -478,43 +558,132 @@ class MainConversation:
         return [] if x is None else self._give_up(x, now)
 
     def receive(self, data: bytes, now: float) -> list[Event]:
-        """A datagram from the rig (M6-M21)."""
-        x = self._exchange if self._exchange is None or not self._exchange.held else None
-        if data[:1] == b'{':
-            return self._receive_tagged(data, x, now)
-        if x is not None and not x.echoed and data in x.spellings and _row('M6'):
-            x.echo_seen = data
-            return self._echoed(x, now)
-        if (data.endswith(protocol.RESEND_SUFFIX) or data in self._owed) and _row('M7'):
-            if data in self._owed:
-                self._owed.remove(data)
-            return []
-        parsed = _parse(data)
-        if parsed is None:
-            _row('M17')
-            return []
-        message, from_peer = parsed.message, data.endswith(protocol.PEER_SUFFIX)
-        self.tagged = self.tagged or from_peer
-        if x is not None and data not in self._sent:  # the rig sent a message of its own (M2)
-            x.heard = True
-        # an iblnet_sync rig sends plain only echoes, answers to plain requests, and error reports
-        plain_x = x if x is not None and not x.tagged else None
-        mine = self.tagged and message.event != protocol.ERROR_CODE
-        if mine and not from_peer and (plain_x is None or data != plain_x.plain) and _row('M20'):
-            return []  # a late echo of ours
-        if mine and from_peer and (plain_x is None or not _answers(plain_x, message)) and _row('M19'):
-            return [Send(data)]  # a late plain answer
-        if message.event == protocol.ERROR_CODE and _row('M13'):
-            return self._error_report(x if x is None or not x.tagged else None, message, now)
-        if x is not None and x.echoed and data == x.plain and x.event in NEVER_REPEATED and _row('M14'):
-            return []
-        if x is not None and _answers(x, message) and _row('M15'):
-            self._sent.add(data)
-            return [Send(data)] + self._answered(x, message.data, now)
-        if self._stormed(data, now) and _row('M21'):
-            return []
-        self._sent.add(data)
-        return [Send(data), Delivered(message)] if _row('M16') else []
+        """A datagram from the rig: the first row of :data:`MAIN_ROWS` that takes it acts (M6-M21)."""
+        exchange = self._exchange if self._exchange is None or not self._exchange.held else None
+        d = _Datagram(data, now, exchange)
+        unread, read = MAIN_ROWS['tagged' if d.is_tagged else 'plain']
+        row = _classify(unread, self, d)
+        if row is None:
+            self._learn(d)
+            row = _classify(read, self, d)
+        return [] if row is None else row.act(self, d)
+
+    # --- the rows: when each applies, and what it does ---
+    def _is_echo(self, d: _Datagram) -> bool:  # M6
+        return d.x is not None and not d.x.echoed and d.data in d.x.spellings
+
+    def _take_echo(self, d: _Datagram) -> list[Event]:
+        assert d.x is not None
+        d.x.echo_seen = d.data
+        return self._echoed(d.x, d.now)
+
+    def _is_late_echo(self, d: _Datagram) -> bool:  # M7
+        return dialect.is_resend(d.data) or d.data in self._owed
+
+    def _drop_late_echo(self, d: _Datagram) -> list[Event]:
+        if d.data in self._owed:
+            self._owed.remove(d.data)
+        return []
+
+    def _is_junk(self, d: _Datagram) -> bool:  # M17: not a message, or a tag no rig of ours sends
+        if d.parsed is None or not d.is_tagged:
+            return d.parsed is None
+        return not (d.msg_id.startswith(self._prefix) or d.msg_id[:1] == 'r')
+
+    def _learn(self, d: _Datagram) -> None:
+        """What any message of the rig tells: that it runs iblnet_sync (tagged, or marked), that it sent
+        something of its own (M2: plain resends stop)."""
+        self.tagged = self.tagged or d.is_tagged or dialect.is_marked(d.data)
+        if d.x is not None and (d.is_tagged or d.data not in self._sent):
+            d.x.heard = True
+
+    def _sends_plain_only_echoes(self, d: _Datagram) -> bool:
+        """A rig known to run iblnet_sync sends plain only echoes, answers to plain requests, and error reports."""
+        return self.tagged and d.message.event != protocol.ERROR_CODE
+
+    def _plain_exchange(self, d: _Datagram) -> _Exchange | None:
+        return d.x if d.x is not None and not d.x.tagged else None
+
+    def _is_late_echo_to_a_known_rig(self, d: _Datagram) -> bool:  # M20
+        x = self._plain_exchange(d)
+        return (self._sends_plain_only_echoes(d) and not dialect.is_marked(d.data)
+                and (x is None or d.data != x.plain))
+
+    def _is_late_plain_answer(self, d: _Datagram) -> bool:  # M19
+        x = self._plain_exchange(d)
+        return (self._sends_plain_only_echoes(d) and dialect.is_marked(d.data)
+                and (x is None or not _answers(x, d.message)))
+
+    def _is_error_report(self, d: _Datagram) -> bool:  # M13
+        return d.message.event == protocol.ERROR_CODE
+
+    def _take_error_report(self, d: _Datagram) -> list[Event]:
+        return self._error_report(self._plain_exchange(d), d.message, d.now)
+
+    def _is_duplicate_echo(self, d: _Datagram) -> bool:  # M14
+        x = d.x
+        return x is not None and x.echoed and d.data == x.plain and x.event in NEVER_REPEATED
+
+    def _is_answer(self, d: _Datagram) -> bool:  # M15
+        return d.x is not None and _answers(d.x, d.message)
+
+    def _take_answer(self, d: _Datagram) -> list[Event]:
+        assert d.x is not None
+        self._sent.add(d.data)
+        return [Send(d.data)] + self._answered(d.x, d.message.data, d.now)
+
+    def _is_storm(self, d: _Datagram) -> bool:  # M21
+        return self._copies(d) > STORM_ECHOES
+
+    def _drop_storm(self, d: _Datagram) -> list[Event]:
+        if self._count_copy(d) == STORM_ECHOES + 1:
+            log.warning('echo storm: %r came %d times in a burst; no longer echoed', d.data[:60], STORM_ECHOES + 1)
+        return []
+
+    def _take_message(self, d: _Datagram) -> list[Event]:  # M16
+        self._count_copy(d)
+        self._sent.add(d.data)
+        return [Send(d.data), Delivered(d.message)]
+
+    def _is_ours(self, d: _Datagram) -> bool:  # M8
+        return d.msg_id.startswith(self._prefix)
+
+    def _take_ours(self, d: _Datagram) -> list[Event]:
+        x = d.x
+        if x is not None and not x.echoed and d.msg_id == x.ref:
+            return self._echoed(x, d.now)
+        return []
+
+    def _is_seen(self, d: _Datagram) -> bool:  # M9
+        return d.msg_id in self._seen
+
+    def _echo_tagged(self, d: _Datagram) -> list[Event]:
+        """Echo a tagged datagram of the rig's (always: our echoes are never echoed back) and remember its ID."""
+        self._seen.add(d.msg_id)
+        return [Send(d.data)]
+
+    def _is_unasked(self, d: _Datagram) -> bool:  # M12
+        return d.parsed is not None and d.parsed.reply_to is None
+
+    def _take_unasked(self, d: _Datagram) -> list[Event]:
+        return self._echo_tagged(d) + [Delivered(d.message)]
+
+    def _is_late_answer(self, d: _Datagram) -> bool:  # M11
+        return d.x is None or d.parsed is None or d.parsed.reply_to != d.x.ref
+
+    def _drop_late_answer(self, d: _Datagram) -> list[Event]:
+        log.debug('late answer %r dropped', d.data[:60])
+        return self._echo_tagged(d)
+
+    def _take_tagged_answer(self, d: _Datagram) -> list[Event]:  # M10
+        assert d.x is not None
+        events = self._echo_tagged(d)
+        if d.message.event == protocol.ERROR_CODE:
+            return events + self._error_report(d.x, d.message, d.now, matched=True)
+        return events + self._answered(d.x, d.message.data, d.now)
+
+    def _echo_plain(self, d: _Datagram) -> list[Event]:
+        return [Send(d.data)]
 
     # --- internals ---
     def _first_send(self, x: _Exchange, now: float) -> list[Event]:
@@ -529,51 +698,24 @@ class MainConversation:
         self._schedule(x, now)
         return [Send(x.sent)]
 
-    def _receive_tagged(self, data: bytes, x: _Exchange | None, now: float) -> list[Event]:
-        parsed = _parse(data)
-        # (another main's tag, or none of a rig: a stranger's, echoed back to us or forged)
-        if parsed is None or parsed.msg_id is None or not (parsed.msg_id.startswith(self._prefix)
-                                                           or parsed.msg_id[:1] == 'r'):
-            _row('M17')
-            return []
-        self.tagged = True
-        if parsed.msg_id.startswith(self._prefix) and _row('M8'):
-            if x is not None and not x.echoed and parsed.msg_id == x.ref:
-                return self._echoed(x, now)
-            return []
-        if x is not None:
-            x.heard = True
-        events: list[Event] = [Send(data)]  # tagged datagrams are always echoed: echoes are never re-echoed
-        if not self._seen.add(parsed.msg_id) and _row('M9'):
-            return events
-        message = parsed.message
-        if parsed.reply_to is None and _row('M12'):
-            return events + [Delivered(message)]
-        if (x is None or parsed.reply_to != x.ref) and _row('M11'):
-            log.debug('late answer %r dropped', data[:60])
-            return events
-        if x is None or not _row('M10'):
-            return events
-        if message.event == protocol.ERROR_CODE:
-            return events + self._error_report(x, message, now, matched=True)
-        return events + self._answered(x, message.data, now)
+    def _copies(self, d: _Datagram) -> int:
+        """How many times the rig's plain message `d` came in its burst, this copy included: copies each within
+        STORM_QUIET of the one before, or with no request of ours in between (M21)."""
+        echoes, last = self._storm.get(d.key, (0, d.now))
+        return 1 if d.now - last > STORM_QUIET and self._requested > last else echoes + 1
 
-    def _stormed(self, data: bytes, now: float) -> bool:
-        """Count a copy of the rig's plain message `data`: True once it has come more than STORM_ECHOES
-        times, each within STORM_QUIET of the one before or with no request of ours in between (M21)."""
-        key = _key(data)
-        echoes, last = self._storm.pop(key, (0, now))
-        echoes = 1 if now - last > STORM_QUIET and self._requested > last else echoes + 1
-        self._storm[key] = (echoes, now)
+    def _count_copy(self, d: _Datagram) -> int:
+        """Count copy `d` of a message in its burst (M21); return the count."""
+        echoes = self._copies(d)
+        self._storm.pop(d.key, None)
+        self._storm[d.key] = (echoes, d.now)
         if len(self._storm) > SEEN_IDS:  # (a bound: a storm is a few datagrams bouncing)
             self._storm.popitem(last=False)
-        if echoes == STORM_ECHOES + 1:
-            log.warning('echo storm: %r came %d times in a burst; no longer echoed', data[:60], STORM_ECHOES + 1)
-        return echoes > STORM_ECHOES
+        return echoes
 
     def _schedule(self, x: _Exchange, now: float) -> None:
-        x.next_send = now + self.resend_interval if x.resends_left > 0 else None
-        x.echo_deadline = None if x.resends_left > 0 else now + self.echo_timeout
+        x.next_send = now + self.options.resend_interval if x.resends_left > 0 else None
+        x.echo_deadline = None if x.resends_left > 0 else now + self.options.echo_timeout
 
     def _echoed(self, x: _Exchange, now: float) -> list[Event]:
         x.echoed = x.heard = True
@@ -628,6 +770,38 @@ def _answers(x: _Exchange, message: Message) -> bool:
     return x.event is not ExpMessage.EXPSTART or message.data[:1] == protocol.decode(x.plain).data[:1]
 
 
+def _always(conversation: Any, d: _Datagram) -> bool:
+    return True
+
+
+def _drop(conversation: Any, d: _Datagram) -> list[Event]:
+    return []
+
+
+_M = MainConversation
+MAIN_ROWS: dict[str, tuple[tuple[Row, ...], tuple[Row, ...]]] = {
+    # rows tried before the datagram teaches anything (its bytes, or whether it parses), then the others
+    'plain': ((Row('M6', _M._is_echo, _M._take_echo),
+               Row('M7', _M._is_late_echo, _M._drop_late_echo),
+               Row('M17', _M._is_junk, _drop)),
+              (Row('M20', _M._is_late_echo_to_a_known_rig, _drop),
+               Row('M19', _M._is_late_plain_answer, _M._echo_plain),
+               Row('M13', _M._is_error_report, _M._take_error_report),
+               Row('M14', _M._is_duplicate_echo, _drop),
+               Row('M15', _M._is_answer, _M._take_answer),
+               Row('M21', _M._is_storm, _M._drop_storm),
+               Row('M16', _always, _M._take_message))),
+    'tagged': ((Row('M17', _M._is_junk, _drop),),
+               (Row('M8', _M._is_ours, _M._take_ours),
+                Row('M9', _M._is_seen, _M._echo_tagged),
+                Row('M12', _M._is_unasked, _M._take_unasked),
+                Row('M11', _M._is_late_answer, _M._drop_late_answer),
+                Row('M10', _always, _M._take_tagged_answer))),
+}
+"""The main side's rows for a datagram, plain or tagged, in the order they are tried: first those that
+need no more than its bytes, then (once :meth:`MainConversation._learn` took what it tells) the rest."""
+
+
 # --- the rig side ---
 IDLE, HANDLING, ANSWERED, DONE = 'IDLE', 'HANDLING', 'ANSWERED', 'DONE'
 
@@ -639,17 +813,13 @@ class RigConversation:
     ----------
     nonce : str
         A random string unique to this rig: makes its tags unique across restarts.
-    resend_interval : float
-        Seconds between sends of a tagged answer that is not echoed.
-    resends : int
-        How many times a tagged answer is sent again.
-    echo_timeout : float
-        Seconds a plain answer waits for its echo.
+    options : Options
+        ``resend_interval`` between sends of a tagged answer that is not echoed, ``resends`` of it at
+        most, ``echo_timeout`` a plain answer waits for its echo (``pause`` is the main side's).
     """
 
-    def __init__(self, nonce: str, resend_interval: float = RESEND_INTERVAL, resends: int = ANSWER_RESENDS,
-                 echo_timeout: float = ECHO_TIMEOUT):
-        self.resend_interval, self.resends, self.echo_timeout = resend_interval, resends, echo_timeout
+    def __init__(self, nonce: str, options: Options = Options(resends=ANSWER_RESENDS)):
+        self.options = options
         self.tagged = False               # the main runs iblnet_sync
         self.state = IDLE
         self._prefix = f'r{nonce}.'
@@ -683,56 +853,121 @@ class RigConversation:
         return request == self._request and self.state == HANDLING
 
     def receive(self, data: bytes, now: float) -> list[Event]:
-        """A datagram from the main rig (R1-R9, R14)."""
-        if self.state == ANSWERED and data == self._answer and _row('R2'):  # plain
-            self.state = DONE
-            return []
+        """A datagram from the main rig: the first row of :data:`RIG_ROWS` that takes it acts (R1-R9, R14)."""
+        d = _Datagram(data, now)
+        row = _classify(RIG_ROWS['any'], self, d)
+        if row is None:
+            self._learn(d)
+            row = _classify(RIG_ROWS['tagged' if d.is_tagged else 'plain'], self, d)
+        return [] if row is None else row.act(self, d)
+
+    # --- the rows: when each applies, and what it does ---
+    def _is_echo_of_answer(self, d: _Datagram) -> bool:  # R2, plain (or tagged, byte for byte)
+        return self.state == ANSWERED and d.data == self._answer
+
+    def _done(self, d: _Datagram) -> list[Event]:
+        self.state = DONE
+        return []
+
+    def _is_late_echo(self, d: _Datagram) -> bool:  # R3
         # only a rig ends a datagram with a newline: a late echo of ours; or the late echo of an answer we
         # gave up on, or of a superseded request's
-        if (data.endswith(protocol.PEER_SUFFIX) or data in self._owed) and _row('R3'):
-            if data in self._owed:
-                self._owed.remove(data)
-            return []
-        parsed = _parse(data)
-        stranger = parsed is not None and parsed.msg_id is not None and not (
-            parsed.msg_id[:1] == 'm' or parsed.msg_id.startswith(self._prefix))  # a tag no main sends
-        if parsed is None or stranger or (parsed.msg_id is None and parsed.message.event == protocol.ERROR_CODE):
-            _row('R1')
-            report = parsed is not None and not stranger  # (the adapter logs a report)
-            return [Delivered(parsed.message)] if report and parsed is not None else []
-        if parsed.msg_id is not None:
-            return self._receive_tagged(data, parsed, now)
-        stripped = protocol.canonical(parsed.message)  # any other spelling is a resend
-        main = protocol.announced_main(parsed.message)
-        if main is not None and main != self._main:  # R9: another main at this address: no copy of ours
+        return dialect.is_marked(d.data) or d.data in self._owed
+
+    def _drop_late_echo(self, d: _Datagram) -> list[Event]:
+        if d.data in self._owed:
+            self._owed.remove(d.data)
+        return []
+
+    def _is_stranger(self, d: _Datagram) -> bool:
+        """A tagged datagram with a tag that no main sends (nor we: ours echoed back)."""
+        return d.is_tagged and not (d.msg_id[:1] == 'm' or d.msg_id.startswith(self._prefix))
+
+    def _is_junk(self, d: _Datagram) -> bool:  # R1: junk, a stranger's tag, or a plain error report
+        if d.parsed is None or self._is_stranger(d):
+            return True
+        return not d.is_tagged and d.message.event == protocol.ERROR_CODE
+
+    def _take_junk(self, d: _Datagram) -> list[Event]:
+        report = d.parsed is not None and not self._is_stranger(d)
+        return [Delivered(d.message)] if report else []  # (the adapter logs a report)
+
+    def _learn(self, d: _Datagram) -> None:
+        """What a main's message tells: that it runs iblnet_sync (tagged), or that a new main speaks from
+        this address (its EXPINFO names another main: no copy of the last one's requests is ours)."""
+        if d.is_tagged:
+            self.tagged = True
+            return
+        main = dialect.announced_main(d.message)
+        if main is not None and main != self._main:
             self._main, self._plain = main, b''
             self._plains.clear()
             self._echoes.clear()
-        if stripped == self._plain or (self.tagged and _key(stripped) in self._plains):
-            open_ = stripped == self._plain and self.state in (HANDLING, ANSWERED)
-            if ((self.tagged and not open_) or (not open_ and data != stripped)) and _row('R8'):
-                return []
-            if open_ and _row('R6' if data == stripped else 'R7'):  # asked again while we work on it, or a
-                self._repeats += 1                                  # bounce of our echo (counted)
-                if self._repeats > STORM_ECHOES:
-                    return []
-                events: list[Event] = [self._echo(data, now, self._repeats)]
-                if self.state == ANSWERED and data != stripped:  # our main's resend: it lacks the answer
-                    events.append(Send(self._answer))
-                return events
-        echoed_at, echoes, again = self._echoes.get(_key(data), (float('-inf'), 0, False))
-        recent = now - echoed_at < REPEAT_WINDOW
-        if not self.tagged and recent and again and _row('R14'):  # a bounce of our echo
-            if echoes + 1 > STORM_ECHOES:  # silent: the bounce ends, and the window runs out
-                self._echoes[_key(data)] = (echoed_at, echoes + 1, True)
-                return []
-            return [self._echo(data, now, echoes + 1)]
-        if not _row('R9'):
+
+    def _is_tagged_echo_of_answer(self, d: _Datagram) -> bool:  # R2, tagged
+        return d.msg_id.startswith(self._prefix) and self.state == ANSWERED and d.msg_id == self._answer_id
+
+    def _is_ours(self, d: _Datagram) -> bool:  # R3, tagged
+        return d.msg_id.startswith(self._prefix)
+
+    def _is_seen(self, d: _Datagram) -> bool:  # R4
+        return d.msg_id in self._seen
+
+    def _echo_seen(self, d: _Datagram) -> list[Event]:
+        return [Send(d.data), Send(self._answer)] if self.state == ANSWERED else [Send(d.data)]
+
+    def _take_tagged_request(self, d: _Datagram) -> list[Event]:  # R5
+        self._seen.add(d.msg_id)
+        return [Send(d.data)] + self._new_request(b'', d.msg_id, d.message)
+
+    def _is_open(self, d: _Datagram) -> bool:
+        """`d` is the current plain request (in any spelling), while we work on it or await our answer's echo."""
+        return d.canonical == self._plain and self.state in (HANDLING, ANSWERED)
+
+    def _is_late_copy(self, d: _Datagram) -> bool:  # R8
+        known = d.canonical == self._plain or (self.tagged and _key(d.canonical) in self._plains)
+        return known and not self._is_open(d) and (self.tagged or d.data != d.canonical)
+
+    def _is_asked_again(self, d: _Datagram) -> bool:  # R6
+        return self._is_open(d) and d.data == d.canonical
+
+    def _is_resent(self, d: _Datagram) -> bool:  # R7
+        return self._is_open(d) and d.data != d.canonical
+
+    def _echo_again(self, d: _Datagram) -> list[Event]:
+        """R6, R7: echoed (at most STORM_ECHOES times: a bounce loop ends there), never handled again; the
+        answer again to our main's resend only (another spelling: that main lacks it)."""
+        self._repeats += 1
+        if self._repeats > STORM_ECHOES:
             return []
-        if protocol.announces_peer(parsed.message):  # (asked again at once: once, then R14)
+        events: list[Event] = [self._echo(d.data, d.now, self._repeats)]
+        if self.state == ANSWERED and d.data != d.canonical:
+            events.append(Send(self._answer))
+        return events
+
+    def _last_echo(self, d: _Datagram) -> tuple[float, int, bool, bool]:
+        """When we last echoed these bytes, how often, whether they were handled again at once, and whether
+        that was less than REPEAT_WINDOW ago (R14)."""
+        echoed_at, echoes, again = self._echoes.get(d.key, (float('-inf'), 0, False))
+        return echoed_at, echoes, again, d.now - echoed_at < REPEAT_WINDOW
+
+    def _is_bounce(self, d: _Datagram) -> bool:  # R14
+        _, _, again, recent = self._last_echo(d)
+        return not self.tagged and recent and again
+
+    def _echo_bounce(self, d: _Datagram) -> list[Event]:
+        echoed_at, echoes, _, _ = self._last_echo(d)
+        if echoes + 1 > STORM_ECHOES:  # silent: the bounce ends, and the window runs out
+            self._echoes[d.key] = (echoed_at, echoes + 1, True)
+            return []
+        return [self._echo(d.data, d.now, echoes + 1)]
+
+    def _take_plain_request(self, d: _Datagram) -> list[Event]:  # R9
+        _, echoes, _, recent = self._last_echo(d)
+        if dialect.announces_peer(d.message):  # (asked again at once: once, then R14)
             self.tagged = True
-        echo = self._echo(data, now, echoes if recent else 0, again=recent)
-        return [echo] + self._new_request(stripped, protocol.digest(stripped), parsed.message)
+        echo = self._echo(d.data, d.now, echoes if recent else 0, again=recent)
+        return [echo] + self._new_request(d.canonical, dialect.digest(d.canonical), d.message)
 
     def answer(self, request: int, answer: bytes | None, now: float) -> list[Event]:
         """The handler of `request` finished (R10, R13): `answer` is a plain datagram or None."""
@@ -743,23 +978,23 @@ class RigConversation:
         if answer is None:
             self.state = DONE
             return []
-        if len(answer) + TAG_ROOM > protocol.MAX_PAYLOAD and answer[1:2] != b'0':  # the tag would not fit
+        if len(answer) + TAG_ROOM > protocol.MAX_PAYLOAD and not dialect.is_error_report(answer):  # no room for a tag
             error = protocol.TooLarge(f'an answer of {len(answer):,} bytes leaves no room for the tag')
             answer = protocol.error_report(error, protocol.decode(answer).event)
         if self.tagged:
             self._count += 1
             self._answer_id = f'{self._prefix}{self._count}'
-            self._answer = protocol.tag(answer, self._answer_id, self._ref)
-            self._resends_left = self.resends
-            self._next_send = now + self.resend_interval
-            self._deadline = now + self.resend_interval * (self.resends + 1)
-        elif answer[1:2] == b'0':  # a plain error report is never echoed
+            self._answer = dialect.tag(answer, self._answer_id, self._ref)
+            self._resends_left = self.options.resends
+            self._next_send = now + self.options.resend_interval
+            self._deadline = now + self.options.resend_interval * (self.options.resends + 1)
+        elif dialect.is_error_report(answer):  # a plain error report is never echoed
             self.state = DONE
-            return [Send(answer + protocol.PEER_SUFFIX)]
+            return [Send(answer + dialect.PEER_SUFFIX)]
         else:  # marked, but for an answer with the request's bytes: an iblutil main may take it for the echo
             self._answer_id = None
-            self._answer = answer if answer == self._plain else answer + protocol.PEER_SUFFIX
-            self._next_send, self._deadline = None, now + self.echo_timeout
+            self._answer = answer if answer == self._plain else answer + dialect.PEER_SUFFIX
+            self._next_send, self._deadline = None, now + self.options.echo_timeout
             if answer == self._plain and _key(answer) in self._echoes:  # its copies look like the request's:
                 echoed_at, echoes, again = self._echoes[_key(answer)]      # R14's window runs from now
                 self._echoes[_key(answer)] = (now, echoes, again)
@@ -776,26 +1011,11 @@ class RigConversation:
             return [GaveUp(self._answer)]
         if self._next_send is not None and now >= self._next_send and self._resends_left > 0 and _row('R11'):
             self._resends_left -= 1
-            self._next_send = now + self.resend_interval
+            self._next_send = now + self.options.resend_interval
             return [Send(self._answer)]
         return []
 
     # --- internals ---
-    def _receive_tagged(self, data: bytes, parsed: protocol.Parsed, now: float) -> list[Event]:
-        self.tagged = True
-        msg_id = parsed.msg_id or ''
-        if msg_id.startswith(self._prefix):
-            if self.state == ANSWERED and msg_id == self._answer_id and _row('R2'):
-                self.state = DONE
-            else:
-                _row('R3')
-            return []
-        if not self._seen.add(msg_id) and _row('R4'):
-            return [Send(data), Send(self._answer)] if self.state == ANSWERED else [Send(data)]
-        if not _row('R5'):
-            return []
-        return [Send(data)] + self._new_request(b'', msg_id, parsed.message)
-
     def _echo(self, data: bytes, now: float, count: int, again: bool | None = None) -> Send:
         """Echo a plain request of the main's, remembering when, how often, and whether it was handled
         again at once (R14)."""
@@ -810,7 +1030,7 @@ class RigConversation:
 
     def _owe_echo(self) -> None:
         """We stop waiting for the echo of our plain answer: should it still come, it is no request."""
-        if self.state == ANSWERED and self._answer_id is None and not self._answer.endswith(protocol.PEER_SUFFIX):
+        if self.state == ANSWERED and self._answer_id is None and not dialect.is_marked(self._answer):
             self._owed = (self._owed + [self._answer])[-OWED:]  # (a marked answer's echo is told by its newline)
 
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
@@ -824,6 +1044,25 @@ class RigConversation:
         self._answer, self._answer_id = b'', None
         self.state = HANDLING
         return [Handle(self._request, message)]
+
+
+_R = RigConversation
+RIG_ROWS: dict[str, tuple[Row, ...]] = {
+    'any': (Row('R2', _R._is_echo_of_answer, _R._done),  # rows that need no more than the bytes, or parsing
+            Row('R3', _R._is_late_echo, _R._drop_late_echo),
+            Row('R1', _R._is_junk, _R._take_junk)),
+    'tagged': (Row('R2', _R._is_tagged_echo_of_answer, _R._done),
+               Row('R3', _R._is_ours, _drop),
+               Row('R4', _R._is_seen, _R._echo_seen),
+               Row('R5', _always, _R._take_tagged_request)),
+    'plain': (Row('R8', _R._is_late_copy, _drop),
+              Row('R6', _R._is_asked_again, _R._echo_again),
+              Row('R7', _R._is_resent, _R._echo_again),
+              Row('R14', _R._is_bounce, _R._echo_bounce),
+              Row('R9', _always, _R._take_plain_request)),
+}
+"""The rig side's rows in the order they are tried: those for any datagram, then (once
+:meth:`RigConversation._learn` took what it tells) those of its kind, tagged or plain."""
 
 
 def _key(datagram: bytes) -> bytes:

@@ -21,7 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .protocol import DecodeError, ExpMessage, parse
+from .dialect import parse
+from .protocol import DecodeError, ExpMessage
 
 __all__ = ['PEER_TEXT_LIMIT', 'PeerLogLimiter', 'datagram_text', 'mask_alyx', 'peer_text']
 

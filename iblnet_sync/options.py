@@ -18,9 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .core import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS
+__all__ = ['IGNORED_OPTIONS', 'Options', 'check_seconds', 'RESEND_INTERVAL', 'ECHO_TIMEOUT', 'RESENDS',
+           'ANSWER_RESENDS', 'PAUSE']
 
-__all__ = ['IGNORED_OPTIONS', 'Options', 'check_seconds']
+RESEND_INTERVAL = 0.2
+"""float: seconds without an echo after which a message is sent again."""
+ECHO_TIMEOUT = 1.0
+"""float: seconds to wait for an echo once no resend is left (iblutil's default)."""
+RESENDS = 50
+"""int: how many times a request is sent again at most (10 s at the default interval)."""
+ANSWER_RESENDS = 50
+"""int: how many times a rig sends a tagged answer again while it is not echoed."""
+PAUSE = 0.005
+"""float: seconds between the end of one exchange and the next request to a rig not known to run
+iblnet_sync (core row M22)."""
 
 IGNORED_OPTIONS = ('assume_resends',)
 """Options still accepted by keyword for compatibility, without effect."""

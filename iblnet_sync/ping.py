@@ -33,7 +33,7 @@ from typing import Any, NoReturn, TextIO
 
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
-from . import protocol
+from . import dialect, protocol
 from .clock import clock_offset
 from .config import ENV_VARIABLE, FILE_NAMES, ConfigError, default_folder, load_remote_rigs
 from .errors import RigError, Stage
@@ -166,7 +166,7 @@ def _info_request() -> bytes:
     The subject is empty: Rigbox's Timeline answers no EXPINFO without a ``subject`` field (another
     subject only makes it warn), and a main-sync rig prepares no reference for an empty one.
     """
-    return protocol.info_message('CONNECTED', {'subject': '', protocol.PEER_KEY: protocol.PEER_VERSION,
+    return protocol.info_message('CONNECTED', {'subject': '', dialect.PEER_KEY: dialect.PEER_VERSION,
                                                'ping': True, 'rig_version': __version__})
 
 

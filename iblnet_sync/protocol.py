@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import zlib
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
@@ -37,8 +36,7 @@ from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus, validate_uri
 
 __all__ = [
     'DecodeError', 'Message', 'ERROR_CODE', 'MAX_DATAGRAM', 'as_event', 'as_status',
-    'encode', 'decode', 'parse', 'Parsed', 'tag', 'digest', 'canonical', 'announces_peer', 'TooLarge', 'MAX_PAYLOAD',
-    'RESEND_SUFFIX', 'PEER_SUFFIX', 'PEER_KEY', 'PEER_VERSION', 'MAIN_KEY', 'announced_main', 'rig_address',
+    'encode', 'decode', 'loads', 'as_message', 'canonical', 'TooLarge', 'MAX_PAYLOAD', 'rig_address',
     'init_message', 'start_message', 'stop_message',
     'cleanup_message', 'status_message', 'info_message', 'alyx_message', 'gives_token', 'error_report',
     'exp_ref_to_str', 'exp_ref_to_dict', 'details', 'reported_request',
@@ -162,92 +160,15 @@ def encode(event: ExpMessage | int, *fields: Any) -> bytes:
 
 MAX_PAYLOAD = 65507
 """int: the most bytes one UDP datagram can carry over IPv4 (65,535 minus IP and UDP headers)."""
-RESEND_SUFFIX = b'\t'
-"""bytes: ends a main's resend to a rig not yet known to be iblnet_sync (no JSON encoder writes it)."""
-PEER_SUFFIX = b'\n'
-"""bytes: ends a rig's plain answer: says "this rig runs iblnet_sync" (json.loads ignores it)."""
-PEER_KEY = 'iblnet_sync'
-"""str: key of a main's EXPINFO info saying "this main runs iblnet_sync" (value: PEER_VERSION)."""
-PEER_VERSION = 1
-"""int: version of the tagged format that iblnet_sync peers use between themselves."""
-MAIN_KEY = 'iblnet_sync_main'
-"""str: key of the same EXPINFO info: a random token naming that main (a new one per connection)."""
-
-
-MAX_TAG_ID = 64
-"""int: characters of a tag's ``id`` or ``re`` at most (ours have about 12); a longer one is junk."""
 
 
 class TooLarge(ValueError):
     """A message that no UDP datagram can carry."""
 
 
-class Parsed(NamedTuple):
-    """A decoded datagram, plain (as iblutil sends) or tagged (between iblnet_sync peers).
-
-    Attributes
-    ----------
-    message : Message
-        The event and its data.
-    msg_id : str, None
-        The tag of a tagged message (unique per sender), None for a plain one.
-    reply_to : str, None
-        For a tagged answer, the tag (or :func:`digest`) of the request it answers.
-    """
-
-    message: Message
-    msg_id: str | None = None
-    reply_to: str | None = None
-
-
-def tag(datagram: bytes, msg_id: str, reply_to: str | None = None) -> bytes:
-    """Wrap a plain datagram in the tagged format: ``{"id": ID, "re": REPLY_TO, "msg": [...]}``.
-
-    Only sent to a peer known to run iblnet_sync; an iblutil peer would drop it as not a list.
-    """
-    return b'{"id": %s, "re": %s, "msg": %s}' % (json.dumps(msg_id).encode(), json.dumps(reply_to).encode(),
-                                                  datagram.rstrip())
-
-
-def digest(datagram: bytes) -> str:
-    """A short fingerprint of a plain request, by which a tagged answer names it."""
-    return f'{zlib.crc32(datagram.rstrip()):08x}'
-
-
-def parse(datagram: bytes) -> Parsed:
-    """Decode a plain or tagged datagram.
-
-    Raises
-    ------
-    DecodeError
-        Neither a plain message nor a well-formed tagged one.
-    """
-    if datagram[:1] != b'{':
-        return Parsed(decode(datagram))
-    value = _loads(datagram)
-    if not isinstance(value, dict) or not isinstance(value.get('id'), str):
-        raise DecodeError('a JSON object that is not a tagged message')
-    reply_to = value.get('re')
-    if len(value['id']) > MAX_TAG_ID or (isinstance(reply_to, str) and len(reply_to) > MAX_TAG_ID):
-        raise DecodeError(f'a tag longer than {MAX_TAG_ID} characters')  # ours are short; kept ones must be
-    return Parsed(_message(value.get('msg')), value['id'], reply_to if isinstance(reply_to, str) else None)
-
-
 def canonical(message: Message) -> bytes:
     """The message as an encoder writes it: the same bytes for every spelling of the same value."""
     return json.dumps([int(message.event), *message.data]).encode()
-
-
-def announces_peer(message: Message) -> bool:
-    """True for an EXPINFO message whose info says that its sender runs iblnet_sync."""
-    info = message.data[1] if message.event is ExpMessage.EXPINFO and len(message.data) > 1 else None
-    return isinstance(info, dict) and info.get(PEER_KEY) == PEER_VERSION
-
-
-def announced_main(message: Message) -> str | None:
-    """The token by which an announcing EXPINFO names its main (one per ``Services``), if any."""
-    token = message.data[1].get(MAIN_KEY) if announces_peer(message) else None
-    return token if isinstance(token, str) else None
 
 
 def rig_address(uri: str, allow_any_port: bool = False) -> tuple[str, int]:
@@ -303,10 +224,11 @@ def decode(datagram: bytes) -> Message:
     DecodeError
         Not UTF-8 JSON, not an array of at least two elements, or an unknown or compound code.
     """
-    return _message(_loads(datagram))
+    return as_message(loads(datagram))
 
 
-def _loads(datagram: bytes) -> Any:
+def loads(datagram: bytes) -> Any:
+    """The JSON value of a datagram (raises :class:`DecodeError`)."""
     try:
         return json.loads(datagram.decode())  # decoding first skips json's encoding detection
     except (UnicodeDecodeError, ValueError) as ex:
@@ -315,7 +237,8 @@ def _loads(datagram: bytes) -> Any:
         raise DecodeError('JSON nested too deeply') from None
 
 
-def _message(value: Any) -> Message:
+def as_message(value: Any) -> Message:
+    """A decoded JSON value as a :class:`Message` (raises :class:`DecodeError` if it is none)."""
     if not isinstance(value, list) or len(value) < 2:
         raise DecodeError(f'expected a JSON array of at least two elements, got {type(value).__name__}')
     code = value[0]

@@ -22,13 +22,12 @@ from typing import Any, Callable, Iterable
 
 from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus
 
-from . import core, protocol
+from . import core, dialect, protocol
 from .allow import Allowed
-from .core import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError
 from .logtext import PeerLogLimiter, datagram_text, peer_text
-from .options import Options
+from .options import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL, Options
 from .session_numbers import SessionNumbers, default_path
 from .sockets import bound_socket, close_all
 from .version import __version__
@@ -169,7 +168,7 @@ class RigServer:
             'exp_ref': protocol.exp_ref_to_str(self.exp_ref), 'main_sync': self.main_sync,
             'master': self.main_sync, 'experiment_description': self.experiment_description,
             'name': self.name, 'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
-            protocol.PEER_KEY: protocol.PEER_VERSION, 'clock': self._clock(),
+            dialect.PEER_KEY: dialect.PEER_VERSION, 'clock': self._clock(),
         }
 
     @property
@@ -224,9 +223,8 @@ class RigServer:
             conversation = self._peers.get(addr)
             new = conversation is None
             if conversation is None:
-                options = self._options  # (a nonce of its own: ids are unique per main)
-                conversation = core.RigConversation(secrets.token_hex(3), options.resend_interval, options.resends,
-                                                    options.echo_timeout)
+                conversation = core.RigConversation(secrets.token_hex(3), self._options)  # (a nonce of its own:
+                #                                                                       ids are unique per main)
             events = conversation.receive(data, time.monotonic())
             if new and conversation.state == core.IDLE:
                 return  # junk makes no entry
@@ -322,7 +320,7 @@ class RigServer:
         if not conversation.is_current(request):
             log.debug('%s: a request of %s superseded before it was handled', self.name, addr)
             return
-        event, data = protocol.parse(received).message
+        event, data = dialect.parse(received).message
         try:
             self._check_owner(event, addr[0])
             answer = self._respond(event, data, self._handlers.get(event))

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
-from . import protocol
+from . import dialect, protocol
 from .communicator import DEFAULT_TIMEOUT, ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Communicator
 from .dispatcher import Dispatcher
 from .errors import BroadcastError, BroadcastTimeout, RigError
@@ -73,7 +73,7 @@ class Services(Mapping):
             except (ValueError, TypeError, OSError) as ex:
                 raise type(ex)(f'Rig {name!r}: {ex}') from None
         self.timeout = timeout
-        self._token = secrets.token_hex(4)  # names this connection in EXPINFO (see protocol.MAIN_KEY)
+        self._token = secrets.token_hex(4)  # names this connection in EXPINFO (see dialect.MAIN_KEY)
         self._rigs: dict[str, Communicator] = {}
         self._dispatcher: Dispatcher | None = None
         held: list = []  # the network thread, closed by close() or, if this object is dropped, its finalizer
@@ -152,7 +152,7 @@ class Services(Mapping):
         answer at once (see :mod:`iblnet_sync.core`); other rigs ignore the key.
         """
         if isinstance(data, dict):
-            data = {**data, protocol.PEER_KEY: protocol.PEER_VERSION, protocol.MAIN_KEY: self._token}
+            data = {**data, dialect.PEER_KEY: dialect.PEER_VERSION, dialect.MAIN_KEY: self._token}
         return self.broadcast(protocol.info_message(status, data), concurrent=concurrent)
 
     def alyx(self, alyx: Any = None, concurrent: bool = True) -> dict[str, list | None]:

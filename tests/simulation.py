@@ -73,7 +73,7 @@ from iblutil_models import IblutilMain, IblutilRig  # noqa: E402
 from naive_peers import NaiveMain, NaiveRig  # noqa: E402
 from real_programs import POLL, IblrigMain, Timeline, VideoProgram, iblrig_stop  # noqa: E402
 
-from iblnet_sync import core, protocol  # noqa: E402
+from iblnet_sync import core, dialect, protocol  # noqa: E402
 from iblnet_sync.protocol import ExpMessage, ExpStatus  # noqa: E402
 
 INVARIANTS = ('handled_once', 'no_crossed', 'deadline', 'bounded', 'no_failure', 'iblutil_alive', 'program_works')
@@ -96,8 +96,6 @@ PROGRAM_REF = '2026-11-25_1_mouse'
 """str: the reference set in Timeline (and the one every experiment with a program rig uses)."""
 UNANSWERED = {'timeline': {'alyx'}, 'video': {'alyx', 'cleanup'}}
 """dict: calls a program rig never answers with their own event (they end in 'no response')."""
-PAUSE = {'pause': core.PAUSE} if hasattr(core, 'PAUSE') else {}
-"""dict: the library's default pause before a request to a rig not known to run iblnet_sync."""
 DEFAULT_TIMEOUT = 10.0
 QUIET = 30.0  # virtual seconds after the lifecycle within which every peer must fall silent
 STORM = 3000  # datagrams in one scenario that count as an endless storm (the run stops there)
@@ -231,7 +229,7 @@ class Network:
         self.sent += 1
         self.last_send = self.now
         # our rig's plain answer is iblutil's answer plus a newline: the same message, so the same fate
-        message = data[:-1] if data.endswith(protocol.PEER_SUFFIX) else data
+        message = data[:-1] if data.endswith(dialect.PEER_SUFFIX) else data
         key = (link, message)
         self._copies[key] += 1
         digest = hashlib.blake2b(b'%d|%d|%d|' % (self.s.seed, link, self._copies[key]) + message, digest_size=8)
@@ -329,7 +327,7 @@ class Run:
         self._note_unechoed(self.rig, data, events, answered and self.rig.state == core.DONE)
         if data[:1] == b'{':
             for e in core.events_of(events, core.Handle):
-                self._request_ids[e.request] = protocol.parse(data).msg_id or ''
+                self._request_ids[e.request] = dialect.parse(data).msg_id or ''
         self.rig_events(events)
 
     def to_main(self, data: bytes) -> None:
@@ -428,7 +426,7 @@ class Run:
         if call == 'info':
             info = {'subject': 'mouse', 'main_sync': False}
             if self.s.announce:  # the same bytes whoever the main, so that traces compare
-                info[protocol.PEER_KEY] = protocol.PEER_VERSION
+                info[dialect.PEER_KEY] = dialect.PEER_VERSION
             return protocol.info_message('CONNECTED', info)
         if call == 'init':
             return protocol.init_message({'exp_ref': ref})
@@ -582,7 +580,7 @@ class Run:
                 return isinstance(peer, IblutilRig) and not peer.took_resend
             if why == 'wrong echo' and self.fatal is not None:
                 kind, copy, data = self.fatal
-                marked = kind == 'answer' and data.endswith(protocol.PEER_SUFFIX) and data[:-1] == awaited
+                marked = kind == 'answer' and data.endswith(dialect.PEER_SUFFIX) and data[:-1] == awaited
                 return copy > 0 or not (kind == 'resend' or marked)
         return False
 
@@ -590,12 +588,12 @@ def make_main(kind: str, nonce: str, reference: bool = False) -> Any:
     """The main peer of a kind: 'ours', 'iblutil', 'iblrig' or 'naive'; iblutil's with our pause in a
     `reference` run."""
     if kind == 'ours':
-        return core.MainConversation(nonce, **PAUSE)
+        return core.MainConversation(nonce)
     if kind == 'iblrig':
         return IblrigMain()
     if kind == 'naive':
         return NaiveMain()
-    return IblutilMain(pause=PAUSE.get('pause', 0.0) if reference else 0.0)
+    return IblutilMain(pause=core.PAUSE if reference else 0.0)
 
 
 def make_rig(kind: str, nonce: str) -> Any:

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from iblnet_sync import ClosedError, Communicator, ExpMessage, RigErrorReport, RigTimeout, protocol
+from iblnet_sync import ClosedError, Communicator, ExpMessage, RigErrorReport, RigTimeout, dialect, protocol
 
 URI = 'udp://127.0.0.1:11001'  # a label only: the socketpair carries the datagrams
 
@@ -228,10 +228,10 @@ def test_resends_to_a_silent_rig_then_tags_once_the_rig_is_known(no_leaked_threa
         with ThreadPoolExecutor(1) as pool:
             status = pool.submit(com.status, 'CONNECTED')
             tagged = rig.recv()
-            parsed = protocol.parse(tagged)
+            parsed = dialect.parse(tagged)
             assert parsed.msg_id.startswith('m') and parsed.message == protocol.decode(b'[32, 0, {}]')
             rig.send(tagged)
-            rig.send(protocol.tag(b'[32, 20]', 'r1.1', parsed.msg_id))
+            rig.send(dialect.tag(b'[32, 20]', 'r1.1', parsed.msg_id))
             assert status.result(5) == [20]
     theirs.close()
 
@@ -244,13 +244,13 @@ def test_rig_server_answers_plainly_to_a_plain_main_and_tagged_to_an_announced_o
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as main:  # never echoes the answer
                 main.connect((host, int(port)))
                 rig = FakeRig(main)
-                request = protocol.info_message('CONNECTED', {protocol.PEER_KEY: 1} if announce else {})
+                request = protocol.info_message('CONNECTED', {dialect.PEER_KEY: 1} if announce else {})
                 rig.send(request)
                 assert rig.recv() == request  # the echo
                 first = rig.recv()  # the answer
                 if announce:  # tagged, naming the plain request, and sent again until echoed
-                    parsed = protocol.parse(first)
-                    assert parsed.msg_id.startswith('r') and parsed.reply_to == protocol.digest(request)
+                    parsed = dialect.parse(first)
+                    assert parsed.msg_id.startswith('r') and parsed.reply_to == dialect.digest(request)
                     assert rig.recv() == first
                 else:  # iblutil's bytes plus a newline, never sent again (an iblutil main could choke)
                     assert first.endswith(b'\n') and protocol.decode(first).event == ExpMessage.EXPINFO

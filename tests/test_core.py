@@ -7,8 +7,9 @@ import logging
 import pytest
 import simulation
 
-from iblnet_sync import core, protocol
+from iblnet_sync import core, dialect, protocol
 from iblnet_sync.core import Answered, Delivered, Echoed, Failed, Handle, Send, events_of
+from iblnet_sync.options import Options
 
 STATUS = b'[32, 20]'  # EXPSTATUS as iblutil's main sends it: a RUNNING rig answers with the very same bytes
 START = protocol.start_message('2026-11-25_1_mouse')
@@ -38,9 +39,9 @@ def test_plain_resend_uses_the_tab_spelling_and_its_echo_counts():  # M2, M6
     token, first = request(main, STATUS)
     assert first == STATUS
     assert main.tick(core.RESEND_INTERVAL / 2) == []
-    assert sent(main.tick(core.RESEND_INTERVAL)) == [STATUS + protocol.RESEND_SUFFIX]
-    assert main.receive(STATUS + protocol.RESEND_SUFFIX, 0.25) == [Echoed(token, 0.25)]
-    assert main.receive(STATUS + protocol.RESEND_SUFFIX, 0.26) == []  # a copy of that echo (M7)
+    assert sent(main.tick(core.RESEND_INTERVAL)) == [STATUS + dialect.RESEND_SUFFIX]
+    assert main.receive(STATUS + dialect.RESEND_SUFFIX, 0.25) == [Echoed(token, 0.25)]
+    assert main.receive(STATUS + dialect.RESEND_SUFFIX, 0.26) == []  # a copy of that echo (M7)
 
 
 def test_a_copy_of_our_own_datagram_does_not_stop_plain_resends():  # M2
@@ -50,7 +51,7 @@ def test_a_copy_of_our_own_datagram_does_not_stop_plain_resends():  # M2
     main.receive(STATUS, 0.002)  # the rig's answer, with the request's bytes: echoed, done
     _, info = request(main, protocol.info_message('CONNECTED', {'subject': 'mouse'}), 0.01)
     assert main.receive(STATUS, 0.02) == [Send(STATUS), Delivered(protocol.decode(STATUS))]  # a bounce
-    assert sent(main.tick(0.01 + core.RESEND_INTERVAL)) == [info + protocol.RESEND_SUFFIX]
+    assert sent(main.tick(0.01 + core.RESEND_INTERVAL)) == [info + dialect.RESEND_SUFFIX]
 
 
 def test_a_message_of_the_rigs_own_stops_plain_resends_to_an_unknown_rig():  # M2
@@ -64,7 +65,7 @@ def test_a_tagged_duplicate_is_echoed_not_delivered_again():  # M9, M10
     main = tagged_main()
     token, datagram = request(main, START)
     main.receive(datagram, 0.001)
-    answer = protocol.tag(b'[2, "2026-11-25_1_mouse", {"ok": 1}]', 'r9.1', protocol.parse(datagram).msg_id)
+    answer = dialect.tag(b'[2, "2026-11-25_1_mouse", {"ok": 1}]', 'r9.1', dialect.parse(datagram).msg_id)
     events = main.receive(answer, 0.002)
     assert sent(events) == [answer] and events_of(events, Answered)[0].data == ['2026-11-25_1_mouse', {'ok': 1}]
     request(main, STATUS, 0.01)
@@ -78,9 +79,9 @@ def test_a_late_tagged_answer_is_not_taken_by_the_next_exchange():  # M11
     assert main.give_up(10.0) == [Failed(first, 'no response', 'echoed but no answer')]
     second, datagram2 = request(main, protocol.start_message('2026-11-25_2_mouse'), 10.1)
     main.receive(datagram2, 10.101)
-    late = protocol.tag(b'[2, "2026-11-25_1_mouse", null]', 'r9.1', protocol.parse(datagram).msg_id)
+    late = dialect.tag(b'[2, "2026-11-25_1_mouse", null]', 'r9.1', dialect.parse(datagram).msg_id)
     assert main.receive(late, 10.2) == [Send(late)]  # echoed (the rig awaits it), not an answer
-    own = protocol.tag(b'[2, "2026-11-25_2_mouse", null]', 'r9.2', protocol.parse(datagram2).msg_id)
+    own = dialect.tag(b'[2, "2026-11-25_2_mouse", null]', 'r9.2', dialect.parse(datagram2).msg_id)
     assert events_of(main.receive(own, 10.3), Answered) == [Answered(second, ['2026-11-25_2_mouse', None], 10.3)]
 
 
@@ -89,10 +90,10 @@ def test_an_error_report_of_an_overtaken_tagged_request_does_not_fail_the_next_o
     first, datagram = request(main, START)
     main.give_up(10.0)
     second, datagram2 = request(main, START, 10.1)
-    report = protocol.tag(protocol.error_report(RuntimeError('busy'), 2), 'r9.1', protocol.parse(datagram).msg_id)
+    report = dialect.tag(protocol.error_report(RuntimeError('busy'), 2), 'r9.1', dialect.parse(datagram).msg_id)
     events = main.receive(report, 10.2)
     assert events == [Send(report)] and main.current == second
-    report2 = protocol.tag(protocol.error_report(RuntimeError('no'), 2), 'r9.2', protocol.parse(datagram2).msg_id)
+    report2 = dialect.tag(protocol.error_report(RuntimeError('no'), 2), 'r9.2', dialect.parse(datagram2).msg_id)
     assert events_of(main.receive(report2, 10.3), Failed) == [Failed(second, 'error report', 'RuntimeError: no')]
 
 
@@ -116,7 +117,7 @@ def test_a_known_rig_sends_plain_only_echoes_and_answers():  # M19, M20
     main = core.MainConversation('a1')
     request(main, START)
     main.receive(START, 0.001)
-    marked = b'[2, "2026-11-25_1_mouse", {"ok": 1}]' + protocol.PEER_SUFFIX
+    marked = b'[2, "2026-11-25_1_mouse", {"ok": 1}]' + dialect.PEER_SUFFIX
     assert events_of(main.receive(marked, 0.002), Answered) and main.tagged
     assert main.receive(START, 0.003) == []  # a late echo (M20): no new message of the rig's
     assert main.receive(b'[4, null]\n', 0.004) == [Send(b'[4, null]\n')]  # a late answer: echoed only (M19)
@@ -134,7 +135,7 @@ def test_junk_makes_no_events(junk):  # M17, R1
 # --- rig side ---
 def test_a_tagged_duplicate_request_is_echoed_not_handled_again():  # R4, R5
     rig = core.RigConversation('b2')
-    datagram = protocol.tag(START, 'ma1.1')
+    datagram = dialect.tag(START, 'ma1.1')
     events = rig.receive(datagram, 0.0)
     assert sent(events) == [datagram] and len(events_of(events, Handle)) == 1
     assert rig.receive(datagram, 0.001) == [Send(datagram)]
@@ -148,7 +149,7 @@ def test_a_plain_copy_of_the_request_is_echoed_and_the_answer_goes_only_to_a_res
     assert rig.receive(START, 0.001) == [Send(START)]  # while handling: never handled again
     (answer,) = sent(rig.answer(handle.request, b'[2, "2026-11-25_1_mouse", {"ok": 1}]', 0.002))
     assert rig.receive(START, 0.003) == [Send(START)]  # an iblutil main asking again awaits its echo first
-    resend = START + protocol.RESEND_SUFFIX
+    resend = START + dialect.RESEND_SUFFIX
     assert rig.receive(resend, 0.004) == [Send(resend), Send(answer)]  # our main's resend lacks the answer
 
 
@@ -160,7 +161,7 @@ def test_answers_and_error_reports_are_marked_but_for_an_answer_with_the_request
     assert rig.state == core.DONE
     (handle,) = events_of(rig.receive(START, 0.01), Handle)
     report = protocol.error_report(RuntimeError('no camera'), 2)
-    assert sent(rig.answer(handle.request, report, 0.011)) == [report + protocol.PEER_SUFFIX]
+    assert sent(rig.answer(handle.request, report, 0.011)) == [report + dialect.PEER_SUFFIX]
 
 
 def test_the_late_echo_of_an_answer_given_up_on_is_no_request():  # R3, R12
@@ -187,7 +188,7 @@ def test_an_error_report_fails_the_exchange_it_names_in_every_shape():  # M13
 
 
 def test_a_request_to_a_plain_rig_waits_the_pause_after_the_last_exchange():  # M22
-    main = core.MainConversation('a1', resends=0)
+    main = core.MainConversation('a1', Options(resends=0))
     request(main, STATUS)
     main.receive(STATUS, 0.001)
     main.receive(b'[32, 10]', 0.002)  # the answer: the exchange ends at 0.002
@@ -205,7 +206,7 @@ def test_a_request_to_a_plain_rig_waits_the_pause_after_the_last_exchange():  # 
 def test_no_pause_toward_a_rig_known_to_run_iblnet_sync():  # M22
     main = tagged_main()
     token, datagram = request(main, STATUS)
-    main.receive(protocol.tag(b'[32, 10]', 'r1.1', protocol.parse(datagram).msg_id), 0.001)
+    main.receive(dialect.tag(b'[32, 10]', 'r1.1', dialect.parse(datagram).msg_id), 0.001)
     assert main.current is None
     assert len(sent(main.request(STATUS, 0.001))) == 1
 
@@ -285,21 +286,20 @@ def test_two_requests_bounced_in_turn_by_a_peer_that_echoes_everything_end():  #
     assert handled <= 4 and echoed <= 2 * (core.STORM_ECHOES + 2)
 
 
-def _rows_in(function) -> list[str]:
-    """The rows a function takes, in the order they stand in its code."""
-    import inspect
+def _documented_rows(after: str, before: str) -> list[str]:
+    """The rows the core's docstring lists between two captions, in the order they stand."""
     import re
-    return re.findall(r"_row\('(\w+)'(?: if data == stripped else '(\w+)')?\)", inspect.getsource(function))
+    text = core.__doc__ or ''
+    start = text.index(after)
+    return re.findall(r'^([MR]\d+) ', text[start:text.index(before, start)], flags=re.MULTILINE)
 
 
-@pytest.mark.parametrize('function, documented', [
-    (core.MainConversation.receive, 'plain datagrams M6, M7, M17, M20, M19, M13, M14, M15, M21, M16'),
-    (core.MainConversation._receive_tagged, 'tagged ones M17, M8, M9, M12, M11, M10'),
-    (core.RigConversation.receive, 'plain datagrams R2, R3, R1, R8, R6 or R7, R14, R9'),
-    (core.RigConversation._receive_tagged, 'tagged ones R2 or R3, R4, R5'),
+@pytest.mark.parametrize('rows, after, before', [
+    (sum(core.MAIN_ROWS['plain'], ()), 'A plain datagram from the rig', 'A tagged datagram from the rig'),
+    (sum(core.MAIN_ROWS['tagged'], ()), 'A tagged datagram from the rig', 'The pause (M22)'),
+    (core.RIG_ROWS['any'], 'A datagram from the main', '(a tag: the main runs'),
+    (core.RIG_ROWS['tagged'], '(a tag: the main runs', 'or a plain one:'),
+    (core.RIG_ROWS['plain'], 'or a plain one:', "The handler's answer"),
 ])
-def test_the_rows_stand_in_the_code_in_the_order_the_tables_state(function, documented):
-    assert documented in ' '.join(core.__doc__.split())
-    stated = [row for part in documented.split(' ', 2)[2].split(', ') for row in part.split(' or ')]
-    in_code = [row for pair in _rows_in(function) for row in pair if row]
-    assert in_code == stated
+def test_the_rows_in_the_code_are_the_rows_of_the_tables_in_their_order(rows, after, before):
+    assert [row.name for row in rows] == _documented_rows(after, before)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from iblutil.io.net.app import EchoProtocol
 from iblutil.io.net.base import ExpMessage, ExpStatus, Service
 
-from iblnet_sync import protocol
+from iblnet_sync import dialect, protocol
 
 REF = '2026-11-24_3_mouse'
 REF_DICT = {'subject': 'mouse', 'date': datetime.date(2026, 11, 24), 'sequence': 3}
@@ -98,15 +98,15 @@ def test_decode_rejects_non_messages(datagram):
 
 def test_tagged_datagrams_round_trip_and_plain_ones_parse_untagged():
     for datagram in (b'[32, 20]', b'[2, "x", {"a": [1, 2]}]', b'[0, "KeyError: k", 2]'):
-        tagged = protocol.tag(datagram, 'm1a2b3.7', 'r9.1')
-        assert protocol.parse(tagged) == (protocol.decode(datagram), 'm1a2b3.7', 'r9.1')
-        assert protocol.parse(datagram) == (protocol.decode(datagram), None, None)
-        assert protocol.parse(datagram + protocol.PEER_SUFFIX).message == protocol.decode(datagram)
+        tagged = dialect.tag(datagram, 'm1a2b3.7', 'r9.1')
+        assert dialect.parse(tagged) == (protocol.decode(datagram), 'm1a2b3.7', 'r9.1')
+        assert dialect.parse(datagram) == (protocol.decode(datagram), None, None)
+        assert dialect.parse(datagram + dialect.PEER_SUFFIX).message == protocol.decode(datagram)
     assert protocol.canonical(protocol.decode(b'[2,"x" ,null]\t')) == b'[2, "x", null]'
-    assert protocol.digest(b'[32, 0]') == protocol.digest(b'[32, 0]\t') != protocol.digest(b'[32, 20]')
+    assert dialect.digest(b'[32, 0]') == dialect.digest(b'[32, 0]\t') != dialect.digest(b'[32, 20]')
     for junk in (b'{"id": 3, "msg": [32, 0]}', b'{"id": "m1.1", "msg": 5}', b'{"id": "m1.1"}'):
         with pytest.raises(protocol.DecodeError):
-            protocol.parse(junk)
+            dialect.parse(junk)
 
 
 def test_experiment_reference_round_trip():

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import pytest
 
-from iblnet_sync import Communicator, RigServer, Services, protocol, session_numbers
+from iblnet_sync import Communicator, RigServer, Services, dialect, protocol, session_numbers
 from iblnet_sync.dispatcher import CALLBACK_BYTES, COMPACT_TIMERS
 from iblnet_sync.rig_server import MAX_MAIN_RIGS
 
@@ -64,8 +64,8 @@ def test_tag_ids_longer_than_a_small_bound_are_junk():
     for field in ('id', 're'):
         tagged = {'id': 'm1.1', 're': None, 'msg': [32, 0]} | {field: 'i' * 65}
         with pytest.raises(protocol.DecodeError, match='longer than 64'):
-            protocol.parse(protocol.json.dumps(tagged).encode())
-    assert protocol.parse(b'{"id": "m1.1", "re": null, "msg": [32, 0]}').msg_id == 'm1.1'
+            dialect.parse(protocol.json.dumps(tagged).encode())
+    assert dialect.parse(b'{"id": "m1.1", "re": null, "msg": [32, 0]}').msg_id == 'm1.1'
 
 
 def test_large_requests_behind_a_slow_handler_wait_one_per_main_as_bytes(rig):
