@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-import simulation
 
 from iblnet_sync import core, protocol
 from iblnet_sync.core import Answered, Delivered, Echoed, Failed, Handle, Send, events_of
+from tests import simulation
 
 STATUS = b'[32, 20]'  # EXPSTATUS as iblutil's main sends it: a RUNNING rig answers with the very same bytes
 START = protocol.start_message('2026-11-25_1_mouse')

@@ -248,7 +248,7 @@ def test_clock_offset_needs_a_clock_that_is_a_finite_number():
 
 
 def test_session_logs_each_rig_clock_offset_at_init(iblutil_rigs, caplog):
-    from legacy_task import Task
+    from tests.legacy_task import Task
     iblutil_rig = iblutil_rigs('ephys')
     with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True, clock=lambda: time.time() - 5.0) as rig, \
             caplog.at_level(logging.INFO, logger='iblnet_sync.session'):
