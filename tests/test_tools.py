@@ -241,6 +241,22 @@ def test_ping_is_installed_as_the_console_command_iblnet_ping():
     assert scripts['iblnet-ping'] == 'iblnet_sync.ping:main' and scripts['iblnet-rig'] == 'iblnet_sync.rig:main'
 
 
+def documented_scripts() -> set[str]:
+    """The tools and test modules that the README and docs/protocol.md tell a person to run, as written there."""
+    text = (ROOT / 'README.md').read_text() + (ROOT / 'docs' / 'protocol.md').read_text()
+    return set(re.findall(r'python (-m tests\.[a-z_]+|tools/[a-z_]+\.py)', text))  # (not tests.NAME)
+
+
+def test_every_documented_tool_and_test_module_runs_as_written_from_the_repository_root():
+    """No path insertions: tools/ scripts run on the installed iblnet_sync, test modules as ``python -m tests.X``."""
+    scripts = documented_scripts() - {'-m tests.test_docs'}  # (that one rewrites docs/protocol.md: test_docs.py)
+    assert {'-m tests.simulation', '-m tests.relay', '-m tests.measure_video_loss', 'tools/ping_rigs.py',
+            'tools/bench_network.py', 'tools/flood_rig.py'} <= scripts
+    for script in sorted(scripts):
+        result = run([sys.executable, *script.split(), '--help'])
+        assert result.returncode == 0 and 'usage:' in result.stdout, (script, result.stderr)
+
+
 def test_clock_offset_needs_a_clock_that_is_a_finite_number():
     assert clock_offset({'clock': 105.0}, 99.0, 101.0) == (5.0, 1.0)
     for info in (None, [], {}, {'clock': None}, {'clock': True}, {'clock': '105'}, {'clock': math.nan}):
