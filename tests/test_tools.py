@@ -27,8 +27,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PING = [sys.executable, str(ROOT / 'tools' / 'ping_rigs.py')]
 
 
-def run(command, **kwargs):
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, cwd=ROOT, **kwargs)
+def run(command, env=None, cwd=ROOT, **kwargs):
+    """Run `command` from the repository root; an environment of the test's own keeps the caller's PYTHONPATH, so
+    that tools/ scripts import the same iblnet_sync whatever the environment."""
+    if env is not None and 'PYTHONPATH' in os.environ:
+        env = {'PYTHONPATH': os.environ['PYTHONPATH'], **env}
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, cwd=cwd, env=env, **kwargs)
+
+
+def test_the_tools_run_this_checkouts_iblnet_sync():
+    """tools/ scripts import the installed iblnet_sync (no path insertion): unless it is this checkout's code (the
+    README's install, editable or not), the tests of tools/ping_rigs.py would test other code."""
+    code = 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("iblnet_sync").origin).parent)'
+    result = run([sys.executable, '-c', code], cwd=ROOT / 'tools')  # a tool's sys.path: its folder, then the installed
+    assert result.returncode == 0, result.stderr
+    installed = Path(result.stdout.strip())
+    differ = sorted(path.name for path in (ROOT / 'iblnet_sync').glob('*.py')
+                    if not (installed / path.name).is_file()
+                    or (installed / path.name).read_bytes() != path.read_bytes())
+    assert not differ, (f'tools/ import iblnet_sync from {installed}, which is not this checkout ({", ".join(differ)} '
+                        f'differ): pip install -e . here, or set PYTHONPATH={ROOT}')
 
 
 @pytest.fixture
