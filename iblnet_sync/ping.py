@@ -1,7 +1,7 @@
 """iblnet-ping: ask every remote rig for its clock and status, and say in plain words which ones answer.
 
-Installed as the console command ``iblnet-ping``; ``tools/ping_rigs.py`` runs the same program
-from a checkout.
+Installed as the console command ``iblnet-ping``; ``python tools/ping_rigs.py``, in a checkout, runs
+the same program (of the installed package).
 
 The first round is EXPINFO: each iblnet_sync rig reports its wall-clock time, from which its
 offset from this PC's clock is estimated (rig clock minus the midpoint of this PC's clock at

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 
 _saved_environment: dict[str, str | None] = {}
 _home: list[str] = []
@@ -53,7 +49,7 @@ def fresh_home(monkeypatch):
 @pytest.fixture
 def iblutil_rigs():
     """Make real iblutil rigs: ``make(name, **options)``; all are closed after the test."""
-    from peers import IblutilRig, LoopThread
+    from tests.peers import IblutilRig, LoopThread
     loops = LoopThread()
     rigs = []
 

@@ -1,28 +1,25 @@
 #!/usr/bin/env python3
 """How many back-to-back requests iblrig's video program loses, with and without the pause.
 
-The video program (``program_peers.VideoPeer``: iblutil's real EchoProtocol on its own asyncio
+The video program (``tests.program_peers.VideoPeer``: iblutil's real EchoProtocol on its own asyncio
 loop, shaped as iblrig's ``CameraSessionNetworked``) starts waiting for its next message only a
 few loop turns after the echo of its previous answer; a request that arrives sooner is echoed and
 never handled: its exchange ends in stage 'no response'. Our Communicator sends EXPSTATUS again
 and again, each as soon as the previous ended, and counts those.
 
-Usage::
+Usage, from the repository root (a module of the ``tests`` package, on this checkout's ``iblnet_sync``)::
 
-    python tests/measure_video_loss.py --requests 1000 --pause 0
-    python tests/measure_video_loss.py --requests 1000              # the library's default pause
+    python -m tests.measure_video_loss --requests 1000 --pause 0
+    python -m tests.measure_video_loss --requests 1000              # the library's default pause
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's iblnet_sync (tests/ is there)
-from program_peers import VideoPeer  # noqa: E402
-
-from iblnet_sync import Communicator, RigError, core  # noqa: E402
+from iblnet_sync import Communicator, RigError, core
+from tests.program_peers import VideoPeer
 
 
 def count_lost(requests: int, pause: float | None = None, timeout: float = 0.2) -> collections.Counter:
@@ -60,7 +57,8 @@ def count_lost(requests: int, pause: float | None = None, timeout: float = 0.2) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Count the back-to-back requests iblrig's video program loses.")
+    parser = argparse.ArgumentParser(prog='python -m tests.measure_video_loss',
+                                     description="Count the back-to-back requests iblrig's video program loses.")
     parser.add_argument('--requests', type=int, default=1000)
     parser.add_argument('--pause', type=float, default=None,
                         help=f'seconds (default: the library default, {getattr(core, "PAUSE", 0.0)})')

@@ -4,7 +4,7 @@ A careless implementation of the protocol echoes whatever arrives (junk, error r
 of what it sent itself, the echoes of its echoes) and keeps no state about what it is waiting for.
 Nothing bounds a bounce on its side: whatever bounces between it and our peer must end on ours
 (rules M21 and R14 of :mod:`iblnet_sync.core`). Sans-I/O, with the interface of the peers in
-:mod:`iblutil_models` (``receive(data, now)`` returns events, ``tick``, ``wakeup``, ``alive``).
+:mod:`tests.iblutil_models` (``receive(data, now)`` returns events, ``tick``, ``wakeup``, ``alive``).
 
 - :class:`NaiveMain`: sends each request the moment its caller asks, whatever is still in flight
   (the simulator's caller sometimes asks twice without waiting); takes the first datagram with a

@@ -1,15 +1,15 @@
-"""The real programs of :mod:`real_programs` as loopback peers for the tests.
+"""The real programs of :mod:`tests.real_programs` as loopback peers for the tests.
 
-- :class:`TimelinePeer`: the sans-I/O :class:`real_programs.Timeline` behind a real UDP socket,
+- :class:`TimelinePeer`: the sans-I/O :class:`tests.real_programs.Timeline` behind a real UDP socket,
   served by a thread of its own (blocked in ``select``; a socketpair wakes it to stop).
 - :class:`VideoPeer`: iblrig's video program as an asyncio program on iblutil's REAL
   ``EchoProtocol`` (server role) in its own event loop thread, shaped as the real one: a loop that
   starts a task awaiting the next message, awaits it, runs the handler, which answers with iblutil's
   confirmed send, then starts the next wait. So the real race exists: a request that arrives right
   after the echo of the previous answer is echoed by iblutil and never handled. The answers' content
-  comes from the sans-I/O :class:`real_programs.VideoProgram`, so both say the same bytes.
+  comes from the sans-I/O :class:`tests.real_programs.VideoProgram`, so both say the same bytes.
 - :class:`IblrigMainPeer`: iblrig's main: iblutil's REAL asyncio ``Services`` behind a request queue
-  that its loop looks at every :data:`real_programs.POLL` seconds, passing the task's arguments as a
+  that its loop looks at every :data:`tests.real_programs.POLL` seconds, passing the task's arguments as a
   tuple (EXPEND ``[4, []]``, EXPINTERRUPT ``[16, [DETAILS]]``).
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 from iblutil.io.net.app import EchoProtocol
 from iblutil.io.net.app import Services as IblutilServices
 from iblutil.io.net.base import ExpMessage
-from peers import LOOPBACK, LoopThread, Recorder
-from real_programs import POLL, Timeline, VideoProgram
 
 from iblnet_sync import core, protocol
+from tests.peers import LOOPBACK, LoopThread, Recorder
+from tests.real_programs import POLL, Timeline, VideoProgram
 
 log = logging.getLogger('program_peers')
 

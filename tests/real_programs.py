@@ -1,8 +1,8 @@
 """Behavioural models of the three programs that labs already run at the other end of the protocol.
 
 Written from the facts in PROTOCOL.md ("Rigs that labs already run"); sans-I/O, with the interface
-of the peers in :mod:`iblutil_models` (``receive(data, now)`` returns events, ``tick``, ``wakeup``,
-``alive``), so the simulator (``tests/simulation.py``) and the loopback peers of ``program_peers.py``
+of the peers in :mod:`tests.iblutil_models` (``receive(data, now)`` returns events, ``tick``, ``wakeup``,
+``alive``), so the simulator (:mod:`tests.simulation`) and the loopback peers of :mod:`tests.program_peers`
 drive them alike. Unlike the iblutil models, the rigs here make their own answers (``respond``).
 
 - :class:`Timeline`: Rigbox's Timeline listener (MATLAB), the main sync of mesoscope rigs. It echoes
@@ -10,12 +10,12 @@ drive them alike. Unlike the iblutil models, the rigs here make their own answer
   answers at once in compact JSON, and cannot read a message whose array holds only numbers and
   nulls (MATLAB's ``jsondecode`` makes it a numeric array): those, and unknown codes, are answered
   with an error report ``[0, MESSAGE, ORIGINAL_TEXT]``. It never closes its socket.
-- :class:`VideoProgram`: iblrig's camera program, an iblutil rig (:class:`iblutil_models.IblutilRig`)
+- :class:`VideoProgram`: iblrig's camera program, an iblutil rig (:class:`tests.iblutil_models.IblutilRig`)
   that handles one message at a time and loses quick requests: it waits for the next message again
   only :data:`REARM` seconds after a handler finished (after the echo of its answer, or at once
   when there is no answer), and a request that arrives before that is echoed (by iblutil) but
   never handled.
-- :class:`IblrigMain`: iblrig's own main: iblutil's main (:class:`iblutil_models.IblutilMain`) with
+- :class:`IblrigMain`: iblrig's own main: iblutil's main (:class:`tests.iblutil_models.IblutilMain`) with
   iblrig's bytes for EXPEND and EXPINTERRUPT (:func:`iblrig_stop`) and a queue polled every
   :data:`POLL` seconds, so there is always a pause between two requests.
 """
@@ -25,10 +25,9 @@ import json
 import math
 from typing import Any
 
-from iblutil_models import IblutilMain, IblutilRig
-
 from iblnet_sync import core, protocol
 from iblnet_sync.protocol import ExpMessage, ExpStatus
+from tests.iblutil_models import IblutilMain, IblutilRig
 
 REARM = 0.0002
 """float: seconds between the end of a handler of the video program and its next wait for a message

@@ -3,7 +3,9 @@
 The main side talks to the relay's address as if it were the rig; the relay forwards each
 datagram to the rig and back, losing, repeating or delaying some on purpose.
 
-    python tests/relay.py --loss 0.2 --rounds 500     # a soak between Services and a RigServer
+From the repository root (a module of the ``tests`` package, on this checkout's ``iblnet_sync``)::
+
+    python -m tests.relay --loss 0.2 --rounds 500     # a soak between Services and a RigServer
 """
 from __future__ import annotations
 
@@ -118,7 +120,7 @@ def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorde
     from iblnet_sync import RigError, RigServer, Services
 
     if iblutil_rig:
-        from peers import IblutilRig
+        from tests.peers import IblutilRig
         rig = IblutilRig('rig')
     else:
         rig = RigServer('udp://127.0.0.1:0', name='rig', resend_interval=resend_interval)
@@ -149,10 +151,8 @@ def soak(loss: float, rounds: int, seed: int = 1, duplicate: float = 0.0, reorde
 
 if __name__ == '__main__':
     import argparse
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's iblnet_sync (tests/ is there)
-    parser = argparse.ArgumentParser(description='Soak Services against a RigServer through a lossy relay.')
+    parser = argparse.ArgumentParser(prog='python -m tests.relay',
+                                     description='Soak Services against a RigServer through a lossy relay.')
     parser.add_argument('--loss', type=float, default=0.1)
     parser.add_argument('--rounds', type=int, default=300)
     parser.add_argument('--duplicate', type=float, default=0.0)

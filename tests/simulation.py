@@ -4,10 +4,10 @@
 One main and one auxiliary rig talk through a seeded network that loses, duplicates, delays,
 reorders and injects junk, on a virtual clock: thousands of lifecycles a second, every one
 reproducible from its seed. The peers are our cores (:mod:`iblnet_sync.core`), behavioural
-models of iblutil's main and rig (:mod:`iblutil_models`, checked against the real iblutil by
+models of iblutil's main and rig (:mod:`tests.iblutil_models`, checked against the real iblutil by
 ``tests/test_iblutil_models.py``), and models of the programs that labs run at the other end
-(:mod:`real_programs`: Rigbox's Timeline and iblrig's video program as rigs, iblrig's own main),
-and a naive peer that echoes every datagram it receives (:mod:`naive_peers`).
+(:mod:`tests.real_programs`: Rigbox's Timeline and iblrig's video program as rigs, iblrig's own main),
+and a naive peer that echoes every datagram it receives (:mod:`tests.naive_peers`).
 
 Pairings (main with rig, see :data:`PAIRINGS`): ``ours`` (ours with ours), ``ours-iblutil``,
 ``iblutil-ours``, and the real programs ``timeline`` and ``video`` (our main with that rig) and
@@ -17,12 +17,12 @@ sometimes sends a request before the previous one's answer came, with our rig) a
 to the programs, :data:`NAIVE_SHARE` to the naive peer), or forced with ``--pairing``: the rest of
 the scenario is the same.
 
-Usage::
+Usage, from the repository root (a module of the ``tests`` package, on this checkout's ``iblnet_sync``)::
 
-    python tests/simulation.py --scenarios 100000 --seed 1     # a soak: prints the invariant counts
-    python tests/simulation.py --scenarios 100000 --pairing video   # one pairing only
-    python tests/simulation.py --replay 671 --pairing naive-ours -v  # one scenario of a pairing
-    python tests/simulation.py --replay 123456 -v               # one scenario, with its trace
+    python -m tests.simulation --scenarios 100000 --seed 1          # a soak: prints the invariant counts
+    python -m tests.simulation --scenarios 100000 --pairing video   # one pairing only
+    python -m tests.simulation --replay 671 --pairing naive-ours -v  # one scenario of a pairing
+    python -m tests.simulation --replay 123456 -v                   # one scenario, with its trace
 
 Invariants (a scenario violates one or more; the counts say how often):
 
@@ -64,17 +64,13 @@ import itertools
 import random
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's iblnet_sync, run as a script too
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from iblutil_models import IblutilMain, IblutilRig  # noqa: E402
-from naive_peers import NaiveMain, NaiveRig  # noqa: E402
-from real_programs import POLL, IblrigMain, Timeline, VideoProgram, iblrig_stop  # noqa: E402
-
-from iblnet_sync import core, dialect, protocol  # noqa: E402
-from iblnet_sync.protocol import ExpMessage, ExpStatus  # noqa: E402
+from iblnet_sync import core, dialect, protocol
+from iblnet_sync.protocol import ExpMessage, ExpStatus
+from tests.iblutil_models import IblutilMain, IblutilRig
+from tests.naive_peers import NaiveMain, NaiveRig
+from tests.real_programs import POLL, IblrigMain, Timeline, VideoProgram, iblrig_stop
 
 INVARIANTS = ('handled_once', 'no_crossed', 'deadline', 'bounded', 'no_failure', 'iblutil_alive', 'program_works')
 PAIRINGS = {'ours': ('ours', 'ours'), 'ours-iblutil': ('ours', 'iblutil'), 'iblutil-ours': ('iblutil', 'ours'),
@@ -82,11 +78,11 @@ PAIRINGS = {'ours': ('ours', 'ours'), 'ours-iblutil': ('ours', 'iblutil'), 'iblu
             'naive-ours': ('naive', 'ours'), 'ours-naive': ('ours', 'naive')}
 """dict: pairing name -> (main, rig)."""
 PROGRAMS = ('timeline', 'video', 'iblrig')
-"""tuple: the pairings with a real program (:mod:`real_programs`)."""
+"""tuple: the pairings with a real program (:mod:`tests.real_programs`)."""
 PROGRAM_SHARE = 0.3
 """float: the share of drawn scenarios that pair ours with a real program."""
 NAIVE = ('naive-ours', 'ours-naive')
-"""tuple: the pairings with a naive peer, one that echoes everything (:mod:`naive_peers`)."""
+"""tuple: the pairings with a naive peer, one that echoes everything (:mod:`tests.naive_peers`)."""
 NAIVE_SHARE = 0.03
 """float: the share of the drawn scenarios left to our peers and iblutil's (not given to a program)
 that pair ours with a naive peer instead."""
@@ -656,7 +652,8 @@ def soak(scenarios: int, seed: int = 0, pairing: str | None = None) -> tuple[col
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description='Run the protocol cores through seeded faulty networks.')
+    parser = argparse.ArgumentParser(prog='python -m tests.simulation',
+                                     description='Run the protocol cores through seeded faulty networks.')
     parser.add_argument('--scenarios', type=int, default=20000, help='how many scenarios (default 20000)')
     parser.add_argument('--seed', type=int, default=0, help='the first seed (default 0)')
     parser.add_argument('--replay', type=int, metavar='SEED', help='run one scenario and print its trace')

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-import simulation
 
 from iblnet_sync import core, dialect, protocol
 from iblnet_sync.core import Answered, Delivered, Echoed, Failed, Handle, Send, events_of
 from iblnet_sync.options import Options
+from tests import simulation
 
 STATUS = b'[32, 20]'  # EXPSTATUS as iblutil's main sends it: a RUNNING rig answers with the very same bytes
 START = protocol.start_message('2026-11-25_1_mouse')

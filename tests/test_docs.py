@@ -1,6 +1,7 @@
 """The project's docs show the core's state tables as the core itself states them.
 
-``python tests/test_docs.py`` rewrites the tables in docs/protocol.md from iblnet_sync/core.py.
+``python -m tests.test_docs``, from the repository root, rewrites the tables in docs/protocol.md from this
+checkout's iblnet_sync/core.py.
 """
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def block() -> str:
 
 def test_docs_show_the_core_state_tables():
     doc = DOC.read_text()
-    assert block() in doc, 'docs/protocol.md is behind iblnet_sync/core.py: run python tests/test_docs.py'
+    assert block() in doc, 'docs/protocol.md is behind iblnet_sync/core.py: run python -m tests.test_docs'
     assert 'M1 ' in tables() and 'R1 ' in tables()
 
 

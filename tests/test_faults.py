@@ -6,11 +6,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from relay import soak
-from resources import open_fds, our_threads
 
 from iblnet_sync import BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused, RigServer, Services, protocol
 from iblnet_sync.core import STORM_ECHOES
+from tests.relay import soak
+from tests.resources import open_fds, our_threads
 
 
 def test_ten_percent_loss_each_way_fails_no_exchange():

@@ -2,7 +2,7 @@
 
 Each test plays the same script twice: once from a raw UDP socket against iblutil 1.20's own
 ``EchoProtocol`` (the rig in the server role, the main in the client role, each on an asyncio loop
-thread of its own), once against :mod:`iblutil_models`, and checks that both echo the same
+thread of its own), once against :mod:`tests.iblutil_models`, and checks that both echo the same
 datagrams and close their socket in the same cases.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from collections.abc import Iterator
 import pytest
 from iblutil.io.net.app import EchoProtocol
 from iblutil.io.net.base import ExpMessage
-from iblutil_models import ECHO_TIMEOUT, IblutilMain, IblutilRig
-from peers import LOOPBACK, LoopThread
 
 from iblnet_sync import core, protocol
 from iblnet_sync.core import Send, events_of
+from tests.iblutil_models import ECHO_TIMEOUT, IblutilMain, IblutilRig
+from tests.peers import LOOPBACK, LoopThread
 
 STATUS = b'[32, 20]'  # EXPSTATUS as iblutil's main sends it; a rig of peers.IblutilRig answers b'[32, 0]'
 ANSWER = b'[32, 0]'

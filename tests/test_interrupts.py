@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from resources import open_fds, our_threads, wait_until
 
 import iblnet_sync
 from iblnet_sync import Communicator, RigServer, Services
+from tests.resources import open_fds, our_threads, wait_until
 
 STDLIB = str(Path(threading.__file__).parent)
 WATCHED = [str(Path(iblnet_sync.__file__).parent)] + [

@@ -21,7 +21,6 @@ MAIN_TO_STRANGER, STRANGER_IP = '10.77.2.1', '10.77.2.2'
 
 RIG = f'''
 import sys
-sys.path.insert(0, {str(ROOT)!r})
 from iblnet_sync import RigServer
 rig = RigServer('udp://{RIG_IP}:0', name='rig')
 def on_status(data):
@@ -32,11 +31,10 @@ print(rig.uri, flush=True)
 rig.wait_closed()
 '''
 
-MAIN = f'''
+MAIN = '''
 import json, sys
-sys.path.insert(0, {str(ROOT)!r})
 from iblnet_sync import Services
-with Services({{'rig': sys.argv[1]}}, timeout=20) as services:
+with Services({'rig': sys.argv[1]}, timeout=20) as services:
     print(services['rig'].local_address[1], flush=True)
     print(json.dumps(services.status('CONNECTED')), flush=True)
 '''
@@ -54,8 +52,10 @@ def ip(*args):
 
 
 def in_host(host, code, *args, **kwargs):
+    """Run Python `code` in `host`'s namespace, from the repository root (as the other tests' child processes:
+    ``-c`` code imports this checkout's iblnet_sync, as the test does)."""
     return subprocess.Popen(['ip', 'netns', 'exec', HOSTS[host], sys.executable, '-c', code, *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kwargs)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import signal
 import subprocess
@@ -126,8 +125,9 @@ def test_the_readme_task_example_runs_with_what_the_readme_says_it_needs(tmp_pat
     with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True,
                    session_numbers=tmp_path / 'numbers.json') as cameras:
         (tmp_path / 'task.py').write_text(example.replace('udp://127.0.0.1:11001', cameras.uri))
+        # in a folder of its own, on the installed iblnet_sync (the README's pip install), as a person runs it
         result = subprocess.run([sys.executable, 'task.py'], check=False, capture_output=True, text=True, timeout=60,
-                                cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+                                cwd=tmp_path)
         status = cameras.status.name
     assert result.returncode == 0, result.stderr
     reference, folder = result.stdout.splitlines()

@@ -14,15 +14,15 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from iblutil_models import IblutilMain
-from legacy_task import Task
-from measure_video_loss import count_lost
-from program_peers import IblrigMainPeer, TimelinePeer, VideoPeer
-from real_programs import REARM, IblrigMain, Timeline, VideoProgram, compact, iblrig_stop
-from relay import LossyRelay
 
 from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services, core, ping, protocol
 from iblnet_sync.core import Send
+from tests.iblutil_models import IblutilMain
+from tests.legacy_task import Task
+from tests.measure_video_loss import count_lost
+from tests.program_peers import IblrigMainPeer, TimelinePeer, VideoPeer
+from tests.real_programs import REARM, IblrigMain, Timeline, VideoProgram, compact, iblrig_stop
+from tests.relay import LossyRelay
 
 TODAY = datetime.date.today()
 REF = f'{TODAY}_2_mouse'

@@ -267,7 +267,7 @@ def test_lifecycle_driven_by_our_services(tmp_path, no_leaked_threads, log_lines
 
 
 def test_lifecycle_driven_by_iblutil_services(tmp_path, agents, log_lines):
-    from peers import IblutilMain
+    from tests.peers import IblutilMain
     agent = agents(lifecycle_actions(tmp_path), main_sync=True, exp_ref=REF)
     main_rig = IblutilMain({'cameras': agent.server.uri}, timeout=DEADLINE)
     try:
@@ -473,7 +473,7 @@ def test_example_config_is_a_valid_config(capsys):
 def test_the_readmes_task_runs_against_the_example_config_as_it_is(tmp_path, no_leaked_threads, log_lines):
     """A first run: the example rig is the main sync, so a task that is not gets its reference; every
     action runs (python stands for the interpreter running the tests: a fresh machine may have no `python`)."""
-    from legacy_task import Task
+    from tests.legacy_task import Task
     example = yaml.safe_load(EXAMPLE_CONFIG)
     example['listen'] = 'udp://127.0.0.1:0'
     for action in example[True].values():  # (YAML 1.1 reads the key `on` as true)

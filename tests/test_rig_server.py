@@ -49,7 +49,7 @@ def test_lifecycle_driven_by_our_services(servers):
 
 
 def test_lifecycle_driven_by_iblutil_services(servers):
-    from peers import IblutilMain
+    from tests.peers import IblutilMain
     cameras = servers('cameras', exp_ref='2026-11-24_2_mouse', main_sync=True)
     main = IblutilMain({'cameras': cameras.uri})
     try:
@@ -205,8 +205,8 @@ def test_a_late_copy_of_an_echo_starts_no_storm_with_an_iblutil_main(servers):
     that for the request asked again, handled it, echoed it, and the two bounced it for ever."""
     import time
 
-    from peers import IblutilMain
-    from relay import LossyRelay
+    from tests.peers import IblutilMain
+    from tests.relay import LossyRelay
 
     class LateCopy(LossyRelay):  # the rig's echo of EXPINIT reaches the main once more, 50 ms late
         def __init__(self, rig_address, late):

@@ -7,11 +7,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from resources import open_fds, our_threads, wait_until
 
 from iblnet_sync import ClosedError, Communicator, RigErrorReport, RigServer, Services, protocol
 from iblnet_sync.dispatcher import CALLBACK_QUEUE
 from iblnet_sync.rig_server import MAX_MAIN_RIGS
+from tests.resources import open_fds, our_threads, wait_until
 
 URI = 'udp://127.0.0.1:11001'
 

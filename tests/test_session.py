@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from legacy_task import FolderTask, LegacyTask, Task
 
 import iblnet_sync.session
 from iblnet_sync import BroadcastTimeout, ConfigError, ExpMessage, NetworkSession, RigServer, Services
+from tests.legacy_task import FolderTask, LegacyTask, Task
 
 TODAY = datetime.date.today()
 
@@ -214,7 +214,7 @@ def test_a_rig_asking_for_our_token_gets_it(iblutil_rigs):
 
 
 def test_first_expinfo_is_asked_again_of_the_rig_that_lost_it(no_leaked_threads):
-    from relay import LossyRelay
+    from tests.relay import LossyRelay
 
     class LoseFirstRequest(LossyRelay):
         def _forward(self, send, data):
@@ -447,7 +447,7 @@ def test_a_host_taking_any_keyword_gets_them_all(tmp_path):
 def test_whole_lifecycles_survive_ten_percent_loss_each_way_with_default_settings(no_leaked_threads):
     """Default settings, a link that drops 10% of the datagrams each way: every lifecycle succeeds,
     the first EXPINFO included (its info tells our rig to tag its answer, sent again until echoed)."""
-    from relay import LossyRelay
+    from tests.relay import LossyRelay
     with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True) as rig:
         host, port = rig.uri[len('udp://'):].rsplit(':', 1)
         relay = LossyRelay((host, int(port)), loss=0.1, seed=7)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 
 import pytest
-import simulation
 
 from iblnet_sync import core, protocol
+from tests import simulation
 
 SWEEP = 18000
 """int: scenarios in the fixed-seed sweep, every pairing drawn (about 20 s on one core of the shared test machine)."""
@@ -19,7 +19,8 @@ ROWS = [f'M{n}' for n in range(1, 23)] + [f'R{n}' for n in range(1, 15)]
 def test_a_fixed_seed_sweep_keeps_every_invariant_and_visits_every_row(monkeypatch):
     monkeypatch.setattr(core, 'ROWS', collections.Counter())
     counts, first = simulation.soak(SWEEP, seed=0)
-    assert not counts, f'violations {dict(counts)}; first seeds {first} (replay: tests/simulation.py --replay SEED -v)'
+    assert not counts, (f'violations {dict(counts)}; first seeds {first} '
+                        '(replay: python -m tests.simulation --replay SEED -v)')
     assert [row for row in ROWS if not core.ROWS[row]] == [], 'rows the sweep never took'
 
 

@@ -27,8 +27,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PING = [sys.executable, str(ROOT / 'tools' / 'ping_rigs.py')]
 
 
-def run(command, **kwargs):
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, cwd=ROOT, **kwargs)
+def run(command, env=None, cwd=ROOT, **kwargs):
+    """Run `command` from the repository root; an environment of the test's own keeps the caller's PYTHONPATH, so
+    that tools/ scripts import the same iblnet_sync whatever the environment."""
+    if env is not None and 'PYTHONPATH' in os.environ:
+        env = {'PYTHONPATH': os.environ['PYTHONPATH'], **env}
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, cwd=cwd, env=env, **kwargs)
+
+
+def test_the_tools_run_this_checkouts_iblnet_sync():
+    """tools/ scripts import the installed iblnet_sync (no path insertion): unless it is this checkout's code (the
+    README's install, editable or not), the tests of tools/ping_rigs.py would test other code."""
+    code = 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("iblnet_sync").origin).parent)'
+    result = run([sys.executable, '-c', code], cwd=ROOT / 'tools')  # a tool's sys.path: its folder, then the installed
+    assert result.returncode == 0, result.stderr
+    installed = Path(result.stdout.strip())
+    differ = sorted(path.name for path in (ROOT / 'iblnet_sync').glob('*.py')
+                    if not (installed / path.name).is_file()
+                    or (installed / path.name).read_bytes() != path.read_bytes())
+    assert not differ, (f'tools/ import iblnet_sync from {installed}, which is not this checkout ({", ".join(differ)} '
+                        f'differ): pip install -e . here, or set PYTHONPATH={ROOT}')
 
 
 @pytest.fixture
@@ -241,6 +259,22 @@ def test_ping_is_installed_as_the_console_command_iblnet_ping():
     assert scripts['iblnet-ping'] == 'iblnet_sync.ping:main' and scripts['iblnet-rig'] == 'iblnet_sync.rig:main'
 
 
+def documented_scripts() -> set[str]:
+    """The tools and test modules that the README and docs/protocol.md tell a person to run, as written there."""
+    text = (ROOT / 'README.md').read_text() + (ROOT / 'docs' / 'protocol.md').read_text()
+    return set(re.findall(r'python (-m tests\.[a-z_]+|tools/[a-z_]+\.py)', text))  # (not tests.NAME)
+
+
+def test_every_documented_tool_and_test_module_runs_as_written_from_the_repository_root():
+    """No path insertions: tools/ scripts run on the installed iblnet_sync, test modules as ``python -m tests.X``."""
+    scripts = documented_scripts() - {'-m tests.test_docs'}  # (that one rewrites docs/protocol.md: test_docs.py)
+    assert {'-m tests.simulation', '-m tests.relay', '-m tests.measure_video_loss', 'tools/ping_rigs.py',
+            'tools/bench_network.py', 'tools/flood_rig.py'} <= scripts
+    for script in sorted(scripts):
+        result = run([sys.executable, *script.split(), '--help'])
+        assert result.returncode == 0 and 'usage:' in result.stdout, (script, result.stderr)
+
+
 def test_clock_offset_needs_a_clock_that_is_a_finite_number():
     assert clock_offset({'clock': 105.0}, 99.0, 101.0) == (5.0, 1.0)
     for info in (None, [], {}, {'clock': None}, {'clock': True}, {'clock': '105'}, {'clock': math.nan}):
@@ -248,7 +282,7 @@ def test_clock_offset_needs_a_clock_that_is_a_finite_number():
 
 
 def test_session_logs_each_rig_clock_offset_at_init(iblutil_rigs, caplog):
-    from legacy_task import Task
+    from tests.legacy_task import Task
     iblutil_rig = iblutil_rigs('ephys')
     with RigServer('udp://127.0.0.1:0', name='cameras', main_sync=True, clock=lambda: time.time() - 5.0) as rig, \
             caplog.at_level(logging.INFO, logger='iblnet_sync.session'):

@@ -9,7 +9,8 @@ three clients run in interleaved blocks of rounds, so that a change in the machi
 the run affects all three alike. Also measured:
 idle CPU, timeout lateness, time to report a refused port, threads, leaks over connect/close
 cycles, memory over many exchanges, and import times. Figures go to stdout; nothing here
-asserts a target.
+asserts a target. It measures the installed ``iblnet_sync`` (``pip install .``, or ``pip install -e .``
+for a checkout's code) and says which one.
 
     python tools/bench_network.py              # the full run (a few minutes)
     python tools/bench_network.py --quick      # a smoke run (seconds)
@@ -34,8 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+TOOLS = Path(__file__).resolve().parent
 
 RIG_PROCESS = r'''
 import asyncio, functools, json, logging, socket, sys
@@ -287,11 +287,12 @@ def memory_growth(uri: str, exchanges: int) -> tuple[int, int, float]:
 
 
 def command_seconds(arguments: list[str], runs: int = 7) -> float:
-    """Median wall time of ``python ARGUMENTS`` in a new process."""
+    """Median wall time of ``python ARGUMENTS`` in a new process, in this folder (``-c`` code then imports the
+    installed ``iblnet_sync``, as this process does, whatever the caller's folder)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([sys.executable, *arguments], check=True, cwd=ROOT, capture_output=True)
+        subprocess.run([sys.executable, *arguments], check=True, cwd=TOOLS, capture_output=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -307,8 +308,10 @@ def main() -> int:
     rounds = {1: 1000, 8: 300, 64: 100, 256: 50} if not args.quick else {}
     idle_seconds, memory_exchanges = (10.0, 100_000) if not args.quick else (1.0, 3_000)
 
+    import iblnet_sync
     print(f'# iblnet_sync benchmark, {datetime.date.today()}, Python {platform.python_version()}, '
           f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs (a shared machine: ratios matter)')
+    print(f'(iblnet_sync {iblnet_sync.__version__} from {Path(iblnet_sync.__file__).parent})')
     print('\n## Round time: EXPSTATUS to N iblutil rigs (child process), echo, response, echo back')
     from iblnet_sync import core
     pause = getattr(core, 'PAUSE', 0.0)
@@ -369,7 +372,7 @@ def main() -> int:
         rigs.close()
     started = command_seconds(['-c', 'pass'])
     imported = command_seconds(['-c', 'import iblnet_sync'])
-    helped = command_seconds(['tools/ping_rigs.py', '--help'])
+    helped = command_seconds(['ping_rigs.py', '--help'])
     print(f'## Import: `import iblnet_sync` {imported - started:.3f} s beyond interpreter start '
           f'({started:.3f} s); `ping_rigs.py --help` {helped:.3f} s in all')
     return 0

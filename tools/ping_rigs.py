@@ -2,7 +2,8 @@
 """Ask every remote rig for its clock and status and say, in plain words, which ones answer.
 
 The program is :mod:`iblnet_sync.ping`, installed as the command ``iblnet-ping``; this script runs
-it from a checkout. ``python tools/ping_rigs.py --help`` lists the options.
+the installed package's program (``pip install .`` as the README says, or ``pip install -e .`` to
+run a checkout's code). ``python tools/ping_rigs.py --help`` lists the options.
 
 Examples
 --------
@@ -15,9 +16,7 @@ Exit code: 0 when every rig answered every round, 1 when any did not, 2 for a us
 configuration error (missing or malformed file, invalid address, a --rig name given twice).
 """
 import sys
-from pathlib import Path
 
 if __name__ == '__main__':
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
     from iblnet_sync.ping import main
     sys.exit(main())
