@@ -10,7 +10,6 @@ Examples
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import secrets
@@ -20,28 +19,24 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
-from iblutil.io.net.base import LISTEN_PORT, PROTOCOL_VERSION, ExpMessage, ExpStatus
+from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus
 
 from . import core, dialect, protocol
 from .allow import Allowed
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError
+from .experiment import Handler, RigExperiment
 from .logtext import PeerLogLimiter, datagram_text, peer_text
 from .options import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL, Options
 from .session_numbers import SessionNumbers, default_path
 from .sockets import bound_socket, close_all
-from .version import __version__
 
 __all__ = ['RigServer', 'MAX_MAIN_RIGS']
 log = logging.getLogger(__name__)
-Handler = Callable[[list], Any]
 MAX_MAIN_RIGS = 64
 """int: main rig addresses remembered at most; the least recently active one is forgotten first."""
 MAX_REFUSED_HOSTS = 256
 """int: hosts outside ``allow`` remembered, so that each is logged once."""
-OWNED_EVENTS = frozenset({ExpMessage.EXPINIT, ExpMessage.EXPSTART, ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT,
-                          ExpMessage.EXPCLEANUP})
-"""Events only the host that initialised the experiment in progress may send."""
 
 
 class RigServer:
@@ -49,7 +44,9 @@ class RigServer:
 
     The defaults already make a correct rig: it tracks its :class:`ExpStatus` and answers
     every event with the conventional shape. Handlers add the rig's own work. The protocol
-    rules are those of :class:`iblnet_sync.core.RigConversation`, one per main rig address.
+    rules are those of :class:`iblnet_sync.core.RigConversation`, one per main rig address;
+    the experiment (status, reference, numbering, owner, answers) is a
+    :class:`iblnet_sync.experiment.RigExperiment`, which this class drives.
 
     Parameters
     ----------
@@ -106,22 +103,15 @@ class RigServer:
                  allow: Iterable[str] | None = None):
         self._options = Options(echo_timeout, resend_interval, resends)  # (pause: the main side's only)
         host, port = protocol.rig_address(uri, allow_any_port=True)
-        self.name = name or f'udp://{host}:{port}'
-        self.main_sync = main_sync
-        self.exp_ref = protocol.exp_ref_to_dict(exp_ref) if exp_ref else None
-        self._fixed_reference = self.exp_ref is not None
-        self.experiment_description = experiment_description or {}
-        self.status = ExpStatus.CONNECTED
-        self._clock = clock
+        self._experiment = RigExperiment(name or f'udp://{host}:{port}', main_sync, exp_ref, experiment_description,
+                                         clock=clock, numbers=SessionNumbers(session_numbers or default_path()))
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
         self._alarms: dict[Any, Alarm] = {}  # one timer per main rig address, for its conversation
         self._waiting: dict[Any, tuple[core.RigConversation, int, bytes]] = {}  # per main: its request, as received
-        self._numbers = SessionNumbers(session_numbers or default_path())
         self._allow = None if allow is None else Allowed(allow)
         self._refused: OrderedDict[str, None] = OrderedDict()  # hosts told off in the log (bounded)
         self._peer_log = PeerLogLimiter()  # lines a main can cause again and again: a few a minute per host
-        self._owner: tuple[str, str | None] | None = None  # (host, exp_ref) of the experiment in progress
         self._lock = threading.Lock()
         self._closed = threading.Event()
         held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
@@ -164,12 +154,53 @@ class RigServer:
 
     def info(self) -> dict:
         """The EXPINFO answer's info: what iblrig's ExpInfo carries."""
-        return {
-            'exp_ref': protocol.exp_ref_to_str(self.exp_ref), 'main_sync': self.main_sync,
-            'master': self.main_sync, 'experiment_description': self.experiment_description,
-            'name': self.name, 'rig_version': __version__, 'spec_version': PROTOCOL_VERSION,
-            dialect.PEER_KEY: dialect.PEER_VERSION, 'clock': self._clock(),
-        }
+        return self._experiment.info()
+
+    # (the experiment's state, read and written through the rig as before it had its own class)
+    @property
+    def name(self) -> str:
+        """str: the rig's name in logs and in its EXPINFO answer."""
+        return self._experiment.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._experiment.name = value
+
+    @property
+    def status(self) -> ExpStatus:
+        """ExpStatus: CONNECTED, then INITIALIZED, RUNNING and STOPPED as the experiment advances."""
+        return self._experiment.status
+
+    @status.setter
+    def status(self, value: ExpStatus) -> None:
+        self._experiment.status = value
+
+    @property
+    def exp_ref(self) -> dict | None:
+        """dict, None: the current experiment reference."""
+        return self._experiment.exp_ref
+
+    @exp_ref.setter
+    def exp_ref(self, value: dict | None) -> None:
+        self._experiment.exp_ref = value
+
+    @property
+    def main_sync(self) -> bool:
+        """bool: whether this rig decides the experiment reference."""
+        return self._experiment.main_sync
+
+    @main_sync.setter
+    def main_sync(self, value: bool) -> None:
+        self._experiment.main_sync = value
+
+    @property
+    def experiment_description(self) -> dict:
+        """dict: reported in EXPINFO."""
+        return self._experiment.experiment_description
+
+    @experiment_description.setter
+    def experiment_description(self, value: dict) -> None:
+        self._experiment.experiment_description = value
 
     @property
     def is_connected(self) -> bool:
@@ -322,9 +353,7 @@ class RigServer:
             return
         event, data = dialect.parse(received).message
         try:
-            self._check_owner(event, addr[0])
-            answer = self._respond(event, data, self._handlers.get(event))
-            self._update_owner(event, addr[0])
+            answer = self._experiment.answer(event, data, addr[0], self._handlers.get(event))
         except Exception as ex:
             self._peer_log.log(log, logging.ERROR, addr[0], '%s: handler for %s failed: %s', self.name,
                                event.name, peer_text(repr(ex)))
@@ -332,63 +361,3 @@ class RigServer:
         with self._lock:
             if not self._closed.is_set() and self._peers.get(addr) is conversation:  # (not forgotten meanwhile)
                 self._apply(addr, conversation, conversation.answer(request, answer, time.monotonic()))
-
-    def _check_owner(self, event: ExpMessage, host: str) -> None:
-        """Refuse another host's lifecycle event while an experiment belongs to one."""
-        if self._owner is not None and event in OWNED_EVENTS and host != self._owner[0]:
-            raise PermissionError(f'{self.name} runs experiment {self._owner[1]} of {self._owner[0]}; '
-                                  f'{event.name} from {host} refused (that host ends it, or restart this rig)')
-
-    def _update_owner(self, event: ExpMessage, host: str) -> None:
-        if event is ExpMessage.EXPINIT:
-            self._owner = (host, protocol.exp_ref_to_str(self.exp_ref))
-        elif event in (ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT, ExpMessage.EXPCLEANUP):
-            self._owner = None
-
-    def _respond(self, event: ExpMessage, data: list, handler: Handler | None) -> bytes | None:
-        """Run the handler and build the conventional response; update the status."""
-        extra = data[-1] if data else None
-        if event is ExpMessage.EXPINFO:
-            returned = handler(data) if handler else None
-            subject = extra.get('subject') if isinstance(extra, dict) else None
-            between = self.status in (ExpStatus.CONNECTED, ExpStatus.STOPPED)
-            if self.main_sync and not self._fixed_reference and between and subject:
-                self.exp_ref = self._numbers.offer(subject, self._today())  # a task prepares an experiment
-            info = self.info()
-            if isinstance(returned, dict):
-                info.update(returned)
-            return protocol.encode(event, int(self.status), info)
-        if event is ExpMessage.EXPSTATUS:
-            if handler:
-                handler(data)
-            return protocol.encode(event, int(self.status))
-        if event is ExpMessage.ALYX:
-            returned = handler(data) if handler else None
-            if data[:2] and data[1]:  # the main rig gave us its token: echo only
-                return None
-            base_url, token = returned if returned else (None, {})
-            return protocol.encode(event, base_url, token)
-        returned = handler(data) if handler else None
-        if event is ExpMessage.EXPINIT:  # encoded first: an answer that cannot be sent changes nothing
-            answer = protocol.encode(event, int(ExpStatus.INITIALIZED), returned)
-            if isinstance(extra, dict) and extra.get('exp_ref'):
-                exp_ref = protocol.exp_ref_to_dict(extra['exp_ref'])
-                if self.main_sync and not self._fixed_reference:
-                    self._numbers.claim(exp_ref, self._today())  # before anything changes: a number not written
-                    #                                             down is not used
-                self.exp_ref = exp_ref
-            self.status = ExpStatus.INITIALIZED
-            return answer
-        if event is ExpMessage.EXPSTART:
-            answer = protocol.encode(event, data[0] if data else None, returned)
-            if data and data[0]:
-                self.exp_ref = protocol.exp_ref_to_dict(data[0])
-            self.status = ExpStatus.RUNNING
-            return answer
-        answer = protocol.encode(event, returned)
-        if event in (ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT):
-            self.status = ExpStatus.STOPPED
-        return answer
-
-    def _today(self) -> datetime.date:
-        return datetime.date.fromtimestamp(self._clock())

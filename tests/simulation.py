@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from iblnet_sync import core, dialect, protocol
+from iblnet_sync.experiment import RigExperiment
 from iblnet_sync.protocol import ExpMessage, ExpStatus
 from tests.iblutil_models import IblutilMain, IblutilRig
 from tests.naive_peers import NaiveMain, NaiveRig
@@ -261,7 +262,7 @@ class Run:
         # (iblutil's main standing in for ours in a reference run has our caller's pace: the same pause)
         self.main: Any = make_main(self.kind_main, nonce, reference=scenario.main == 'ours')
         self.rig: Any = make_rig(self.kind_rig, nonce)
-        self.status = ExpStatus.CONNECTED
+        self.experiment = RigExperiment('rig', clock=lambda: self.net.now)  # the rig application's, as RigServer's
         self.handlings: list[tuple[float, bytes, list]] = []   # (time, request value, answer)
         self.requests: collections.Counter = collections.Counter()
         self.checked: collections.Counter = collections.Counter()  # handlings that handled_once counts, by value
@@ -392,29 +393,23 @@ class Run:
         self.handlings.append((self.net.now, value, answer_value))
         self.rig_events(self.rig.answer(event.request, answer, self.net.now), 'answer')
 
+    @property
+    def status(self) -> ExpStatus:
+        """ExpStatus: the status of the rig application's experiment."""
+        return self.experiment.status
+
     def answer(self, message: protocol.Message, k: int) -> tuple[list, bytes | None]:
-        """The rig's answer to `message`; data carry the handling number k unless answers
-        are the plain ones iblrig's rigs give (then often the request's very bytes)."""
+        """The rig's answer to `message`, made as RigServer makes it (by :class:`RigExperiment`) with a
+        handler whose data carry the handling number k, unless answers are the plain ones iblrig's rigs
+        give (then often the request's very bytes: a handler that returns nothing)."""
         event, data = message
-        tag = None if self.s.same_bytes else {'k': k}
+        returned: Any = None if self.s.same_bytes else {'k': k}
         if event is ExpMessage.EXPINFO:
-            fields = [int(self.status), {'main_sync': True, 'exp_ref': None, 'k': k}]
-        elif event is ExpMessage.EXPSTATUS:
-            fields = [int(self.status)]
-        elif event is ExpMessage.EXPINIT:
-            self.status = ExpStatus.INITIALIZED
-            fields = [int(self.status), tag]
-        elif event is ExpMessage.EXPSTART:
-            self.status = ExpStatus.RUNNING
-            fields = [data[0] if data else None, tag]
-        elif event in (ExpMessage.EXPEND, ExpMessage.EXPINTERRUPT):
-            self.status = ExpStatus.STOPPED
-            fields = [tag]
+            returned = {'k': k}
         elif event is ExpMessage.ALYX:
-            fields = ['https://alyx.example.org', {'user': {'k': k}}]
-        else:
-            fields = [tag]
-        return fields, protocol.encode(event, *fields)
+            returned = ('https://alyx.example.org', {'user': {'k': k}})
+        answer = self.experiment.answer(event, data, 'main', lambda _: returned)  # (one main: it owns the rig)
+        return ([] if answer is None else protocol.decode(answer).data), answer
 
     # --- the main's caller ---
     def request_for(self, call: str, arg: Any, n: int) -> bytes:
