@@ -1069,7 +1069,3 @@ def _key(datagram: bytes) -> bytes:
     """A short fingerprint of a datagram, so that remembering one costs 16 bytes whatever its size."""
     return hashlib.blake2b(datagram, digest_size=16).digest()
 
-
-def events_of(events: list[Event], kind: type) -> list[Any]:
-    """The events of one kind, e.g. ``events_of(events, Send)``."""
-    return [e for e in events if isinstance(e, kind)]

@@ -29,6 +29,7 @@ from iblutil.io.net.app import Services as IblutilServices
 from iblutil.io.net.base import ExpMessage
 
 from iblnet_sync import core, protocol
+from tests.events import events_of
 from tests.peers import LOOPBACK, LoopThread, Recorder
 from tests.real_programs import POLL, Timeline, VideoProgram
 
@@ -71,7 +72,7 @@ class TimelinePeer(Recorder):
                     with self._changed:
                         self.datagrams.append((data, addr))
                         events = self.model.receive(data, time.monotonic())
-                        for send in core.events_of(events, core.Send):
+                        for send in events_of(events, core.Send):
                             self.sock.sendto(send.datagram, addr)
                         self._changed.notify_all()
 

@@ -69,6 +69,7 @@ from typing import Any, Callable
 from iblnet_sync import core, dialect, protocol
 from iblnet_sync.experiment import RigExperiment
 from iblnet_sync.protocol import ExpMessage, ExpStatus
+from tests.events import events_of
 from tests.iblutil_models import IblutilMain, IblutilRig
 from tests.naive_peers import NaiveMain, NaiveRig
 from tests.real_programs import POLL, IblrigMain, Timeline, VideoProgram, iblrig_stop
@@ -323,7 +324,7 @@ class Run:
         # (taken for the echo of its answer, as iblutil takes what equals the datagram whose echo it awaits)
         self._note_unechoed(self.rig, data, events, answered and self.rig.state == core.DONE)
         if data[:1] == b'{':
-            for e in core.events_of(events, core.Handle):
+            for e in events_of(events, core.Handle):
                 self._request_ids[e.request] = dialect.parse(data).msg_id or ''
         self.rig_events(events)
 
@@ -332,7 +333,7 @@ class Run:
         events = self.main.receive(data, self.net.now)
         if alive and not getattr(self.main, 'alive', True) and self.net.arriving:
             self.fatal = (*self.net.arriving, data)
-        self._note_unechoed(self.main, data, events, bool(core.events_of(events, core.Echoed)))
+        self._note_unechoed(self.main, data, events, bool(events_of(events, core.Echoed)))
         if self.kind_main == 'ours' and core.ROWS['M21'] > cuts:
             self.storm_cut.add(data)  # M21: no longer echoed while its storm lasts
         self.main_events(events)

@@ -7,9 +7,10 @@ import logging
 import pytest
 
 from iblnet_sync import core, dialect, protocol
-from iblnet_sync.core import Answered, Delivered, Echoed, Failed, Handle, Send, events_of
+from iblnet_sync.core import Answered, Delivered, Echoed, Failed, Handle, Send
 from iblnet_sync.options import Options
 from tests import simulation
+from tests.events import events_of
 
 STATUS = b'[32, 20]'  # EXPSTATUS as iblutil's main sends it: a RUNNING rig answers with the very same bytes
 START = protocol.start_message('2026-11-25_1_mouse')

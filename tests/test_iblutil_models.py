@@ -20,7 +20,8 @@ from iblutil.io.net.app import EchoProtocol
 from iblutil.io.net.base import ExpMessage
 
 from iblnet_sync import core, protocol
-from iblnet_sync.core import Send, events_of
+from iblnet_sync.core import Send
+from tests.events import events_of
 from tests.iblutil_models import ECHO_TIMEOUT, IblutilMain, IblutilRig
 from tests.peers import LOOPBACK, LoopThread
 

@@ -17,6 +17,7 @@ import pytest
 
 from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services, core, ping, protocol
 from iblnet_sync.core import Send
+from tests.events import events_of
 from tests.iblutil_models import IblutilMain
 from tests.legacy_task import Task
 from tests.measure_video_loss import count_lost
@@ -29,7 +30,7 @@ REF = f'{TODAY}_2_mouse'
 
 
 def sent(events: list) -> list[bytes]:
-    return [e.datagram for e in core.events_of(events, Send)]
+    return [e.datagram for e in events_of(events, Send)]
 
 
 # --- the models' rules ---
@@ -79,7 +80,7 @@ def test_video_model_loses_a_request_that_comes_before_it_waits_again():
     assert video.receive(b'[32, 0]', 0.002) == []  # the echo of its answer: the handler is done
     assert video.receive(status, 0.002 + REARM / 2) == [Send(status)]  # echoed, never handled
     assert video.lost == [status] and video.alive
-    assert core.events_of(video.receive(status, 0.002 + REARM), core.Handle)  # waiting again
+    assert events_of(video.receive(status, 0.002 + REARM), core.Handle)  # waiting again
 
 
 def test_video_model_answers_cleanup_with_an_interrupt_and_never_answers_alyx():
@@ -98,7 +99,7 @@ def test_iblrig_main_sends_its_own_bytes_one_poll_apart():
     assert main.request(b'[32, 0]', 0.05) == [] and main.wakeup == pytest.approx(0.2)  # the queue's first poll
     assert main.tick(0.2) == [Send(b'[32, 0]')]
     main.receive(b'[32, 0]', 0.201)
-    assert core.events_of(main.receive(b'[32, 20]', 0.202), core.Answered)
+    assert events_of(main.receive(b'[32, 20]', 0.202), core.Answered)
     assert main.request(b'[32, 0]', 0.203) == [] and main.wakeup == pytest.approx(0.402)
     plain = IblutilMain()
     assert plain.request(b'[32, 0]', 0.05) == [Send(b'[32, 0]')]  # iblutil's own main sends at once
