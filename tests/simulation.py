@@ -681,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in INVARIANTS:
         extra = f' (first seed {first[name]})' if name in first else ''
         print(f'  {name:14s} violated in {counts[name]} scenarios{extra}')
+    taken = sorted(core.ROWS.items(), key=lambda item: (item[0][0], int(item[0][1:])))
+    print('  rows taken:', ', '.join(f'{row} {n:,}' for row, n in taken))
     return 1 if counts else 0
 
 
