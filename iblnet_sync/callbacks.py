@@ -151,9 +151,12 @@ class CallbackRegistry:
             entries = self._entries[message.event]
             if not entries:  # the usual case: nobody listens for it
                 return
-            once = [e for e in entries if isinstance(e[0], Future)]
-            if once:
-                entries[:] = [e for e in entries if not isinstance(e[0], Future)]
+            once = _unique([e for e in entries if isinstance(e[0], Future)])
+            if once:  # forgotten for every event it was registered for: each Future is handed on once
+                taken = {id(future) for future, _ in once}
+                for other in self._entries.values():
+                    if other:
+                        other[:] = [e for e in other if id(e[0]) not in taken]
             for callback, compound in once + list(entries):
                 args = (message.data, self._addr, message.event) if compound else (message.data, self._addr)
                 if self._dispatcher.run_callback(self._run, callback, args, message.event, cost=cost):
@@ -178,8 +181,8 @@ class CallbackRegistry:
         with self._lock:
             if self._closed is None:
                 self._closed = why
-            futures = [cb for entries in self._entries.values() for cb, _ in entries if isinstance(cb, Future)]
-            futures += self._queued
+            pending = [cb for entries in self._entries.values() for cb, _ in entries if isinstance(cb, Future)]
+            futures = list({id(future): future for future in [*pending, *self._queued]}.values())  # each once
             self._queued = set()
             for entries in self._entries.values():
                 entries.clear()
@@ -225,6 +228,14 @@ def _event_name(code: Any) -> str:
         return protocol.as_event(code).name
     except (TypeError, ValueError):
         return repr(code)
+
+
+def _unique(entries: list[tuple[Callback, bool]]) -> list[tuple[Callback, bool]]:
+    """`entries` without the repeats of a callback (the first kept), by identity: a callback need not hash."""
+    first: dict[int, tuple[Callback, bool]] = {}
+    for entry in entries:
+        first.setdefault(id(entry[0]), entry)
+    return list(first.values())
 
 
 def _same_callback(registered: Callback, callback: Callback) -> bool:

@@ -82,10 +82,11 @@ def test_the_calls_are_queued_futures_first_then_functions_in_order_each_costing
 def test_a_future_is_resolved_once_then_forgotten(registry, queue):
     future: Future = Future()
     registry.add(START | END, future)
+    registry.add(END, future)  # twice for one event: handed on once all the same
     registry.deliver(message(END, []))
     registry.deliver(message(END, ['again']))
-    assert len(queue.calls) == 1, 'forgotten for its event once a message came'
-    registry.deliver(message(START, 'ref', None))  # (still registered for this one: queued, but too late)
+    registry.deliver(message(START, 'ref', None))
+    assert len(queue.calls) == 1, 'forgotten for every event once a message came'
     queue.run()
     assert future.result(0) == ([[]], ADDR, END)
     assert registry.remove(START | END) == 0
@@ -132,14 +133,36 @@ def test_a_future_the_queue_cannot_take_is_cancelled_with_a_warning(registry, qu
     assert len(queue.calls) == 1, 'the function stays registered; the Future is forgotten'
 
 
+def test_a_future_dropped_for_one_event_is_cancelled_once_and_forgotten_for_the_others(registry, queue, caplog):
+    future: Future = Future()
+    registry.add(START | END, future)
+    registry.add(END, future)
+    queue.full = True
+    with caplog.at_level(logging.WARNING):
+        registry.deliver(message(END, []))
+    assert future.cancelled() and len(caplog.records) == 1, 'one warning, and no complaint from the Future'
+    assert registry.close('closed') == []
+
+
+def test_a_communicator_with_a_future_for_several_events_closes(no_leaked_threads):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        com = Communicator('udp://127.0.0.1:11001', 'cameras', sock=ours)
+        future = com.on_event(ExpMessage.any())
+        com.close()
+        assert future.cancelled() and wait([future], 0).done and ours.fileno() < 0
+    finally:
+        theirs.close()
+
+
 def test_close_returns_the_pending_futures_and_refuses_new_callbacks(registry, queue):
     queued: Future = Future()
     registered: Future = Future()
     registry.add(START, queued)
-    registry.add(END, registered)
+    registry.add(END | ExpMessage.EXPCLEANUP, registered)
     registry.add(END, lambda data, addr: None)
     registry.deliver(message(START, 'ref', None))
-    assert set(registry.close('cameras is closed')) == {queued, registered}
+    assert registry.close('cameras is closed') == [registered, queued], 'each once'
     assert not queued.cancelled(), 'the caller cancels them, once it holds no lock'
     assert registry.close('again') == []
     with pytest.raises(ClosedError, match='^cameras is closed$'):
