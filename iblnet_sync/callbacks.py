@@ -9,9 +9,9 @@ once and then forgotten; one whose message the full queue drops, or that is stil
 the registry closes, is cancelled. A callback that raises is reported to the rig.
 
 Thread-safety: every method may be called from any thread. The registry's lock is a C lock,
-only ever taken by ``with`` around short bodies that never wait, so an interrupted caller cannot
-leave it held, and Futures are cancelled (which runs their done-callbacks) with no lock of the
-registry held.
+only ever taken by ``with`` around short bodies that run no user code (the longest queues the
+calls of one message), so an interrupted caller cannot leave it held; Futures are cancelled
+(which runs their done-callbacks) with no lock of the registry held.
 
 Examples
 --------
