@@ -1,8 +1,8 @@
 """One remote rig, main side: a thin adapter between a UDP socket and the protocol core.
 
 The rules (echoes, resends, duplicates, late answers, storms) are all in :mod:`iblnet_sync.core`;
-this module owns the socket, the dispatcher registration, the callers' Futures and the
-callbacks. Callers to one rig are served one at a time.
+the callbacks are kept and run by :mod:`iblnet_sync.callbacks`; this module owns the socket, the
+dispatcher registration and the callers' Futures. Callers to one rig are served one at a time.
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from typing import Any, Callable
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import core, protocol
+from .callbacks import Callback, CallbackRegistry, cancel
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout, Stage
 from .exchange import Exchange, remaining
-from .logtext import PeerLogLimiter, datagram_text, peer_text
+from .logtext import datagram_text
 from .options import ECHO_TIMEOUT, PAUSE, RESEND_INTERVAL, RESENDS, Options, check_seconds
 from .sockets import REFUSED, close_all, connected_socket
 
@@ -34,8 +35,6 @@ DEFAULT_TIMEOUT = 10.0
 _ERRORS: dict[str, type[RigError]] = {  # the failure's stage -> the error raised (RigError for the others)
     Stage.NO_ECHO: RigTimeout, Stage.NO_RESPONSE: RigTimeout, Stage.ERROR_REPORT: RigErrorReport,
     Stage.REFUSED: RigRefused, Stage.CLOSED: RigClosed}
-
-Callback = Callable[..., Any] | Future
 
 
 class Communicator:
@@ -90,9 +89,6 @@ class Communicator:
         self._lock = threading.Lock()
         self._waiting: list[queue.SimpleQueue] = []  # callers waiting for the rig to be free: woken at its end
         self._exchange: Exchange | None = None
-        self._callbacks: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}
-        self._reports = PeerLogLimiter()  # error reports that fail no call: logged a few a minute
-        self._queued: set[Future] = set()  # on_event Futures handed to the callback thread, not yet settled
         self._cost = 0  # bytes of the datagram being received
         self._closed = False
         held: list = []  # what close() or the finalizer closes, also when this constructor is interrupted
@@ -104,6 +100,8 @@ class Communicator:
             if dispatcher is None:
                 dispatcher = Dispatcher(f'iblnet_sync-{self.name}', held)
             self._dispatcher = dispatcher
+            self._callbacks = CallbackRegistry(dispatcher, weak_call(self._send), name=self.name,
+                                               uri=self.server_uri, addr=self._address, logger=log)
             self._alarm = Alarm(dispatcher, weak_call(self._on_timer))
             self._dispatcher.register(self._sock, self)
         except BaseException:
@@ -303,14 +301,7 @@ class Communicator:
         ClosedError
             The communicator is closed.
         """
-        flags = _flags(event)
-        if not (callable(callback) or isinstance(callback, Future)):
-            raise TypeError('Callback must be callable or a concurrent.futures.Future')
-        compound = len(flags) > 1
-        with self._lock:
-            self._check_open()
-            for flag in flags:
-                self._callbacks[flag].append((callback, compound))
+        self._callbacks.add(event, callback)
 
     def clear_callbacks(self, event: ExpMessage | int | str, callback: Callback | None = None) -> int:
         """Remove `callback` (or every callback) for `event`; pending Futures are cancelled.
@@ -320,17 +311,7 @@ class Communicator:
         int
             How many registrations were removed.
         """
-        removed = []
-        with self._lock:
-            for flag in _flags(event):
-                entries = self._callbacks[flag]
-                keep = [e for e in entries if callback is not None and not _same_callback(e[0], callback)]
-                removed += [e[0] for e in entries if e not in keep]
-                entries[:] = keep
-        for cb in removed:
-            if isinstance(cb, Future):
-                cb.cancel()
-        return len(removed)
+        return self._callbacks.remove(event, callback)
 
     def on_event(self, event: ExpMessage | int | str) -> Future:
         """Return a Future resolved the next time the rig sends `event`.
@@ -352,15 +333,10 @@ class Communicator:
             self._closed = True
             settle = self._apply(self._conversation.abort(Stage.CLOSED, 'the communicator was closed'))
             self._wake_waiting()
-            futures = [cb for entries in self._callbacks.values() for cb, _ in entries if isinstance(cb, Future)]
-            futures += self._queued  # (their messages may never be run: the callback thread stops)
-            self._queued = set()
-            for entries in self._callbacks.values():
-                entries.clear()
+            futures = self._callbacks.close(f'{self!r} is closed')  # (cancelled below, with no lock held)
             self._alarm.cancel()
         self._settle(settle)
-        for future in futures:
-            _cancel(future)
+        cancel(futures)
         try:
             self._dispatcher.unregister(self._sock)
         finally:
@@ -380,7 +356,7 @@ class Communicator:
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug('%s: received %s', self.name, datagram_text(data))
-        self._cost = len(data)  # what a message for the callbacks costs their queue (see _deliver)
+        self._cost = len(data)  # what a message for the callbacks costs their queue (see _apply)
         self._feed(lambda now: self._conversation.receive(data, now))
 
     def error_received(self, error: OSError) -> None:
@@ -432,16 +408,17 @@ class Communicator:
             elif isinstance(event, core.Answered) and exchange is not None:
                 if event.data is not None:  # as in iblutil, an answer also reaches the event's callbacks
                     exchange.response_at = event.at
-                    self._deliver(protocol.Message(exchange.event, event.data))
+                    self._callbacks.deliver(protocol.Message(exchange.event, event.data), self._cost)
                 settle.append((exchange, event.data, None))
                 self._exchange = exchange = None
             elif isinstance(event, core.Failed) and exchange is not None:
                 if event.stage == Stage.ERROR_REPORT:  # raised to the caller, and given to event 0's callbacks
-                    self._deliver(protocol.Message(ExpMessage(0), [event.detail, int(exchange.event)]), log_it=False)
+                    self._callbacks.deliver(protocol.Message(ExpMessage(0), [event.detail, int(exchange.event)]),
+                                            self._cost, log_report=False)
                 settle.append((exchange, None, self._error(exchange, event)))
                 self._exchange = exchange = None
             elif isinstance(event, core.Delivered):
-                self._deliver(event.message)
+                self._callbacks.deliver(event.message, self._cost)
         if self._exchange is None:
             self._wake_waiting()
         self._arm_timer()
@@ -482,70 +459,3 @@ class Communicator:
             detail = f'{said} within {waited:.3g} s'
         error_type = _ERRORS.get(failed.stage, RigError)
         return error_type(self.name, self.server_uri, exchange.event.name, detail, stage=failed.stage)
-
-    def _deliver(self, message: protocol.Message, log_it: bool = True) -> None:
-        """A message of the rig's own (with the lock held): hand it to the callbacks of its event."""
-        addr = self._address
-        if message.event == protocol.ERROR_CODE and log_it:  # (one that fails a call is raised instead)
-            text, event = (list(message.data) + [None, None])[:2]
-            self._reports.log(log, logging.ERROR, self.name, '%s (%s) reported an error for %s: %s', self.name,
-                         self.server_uri, peer_text(_event_name(event), 60), peer_text(text))
-        entries = self._callbacks[message.event]
-        if not entries:  # the usual case: nobody listens for it
-            return
-        once = [e for e in entries if isinstance(e[0], Future)]
-        if once:
-            entries[:] = [e for e in entries if not isinstance(e[0], Future)]
-        for callback, compound in once + list(entries):
-            args = (message.data, addr, message.event) if compound else (message.data, addr)
-            if self._dispatcher.run_callback(self._run_callback, callback, args, message.event, cost=self._cost):
-                if isinstance(callback, Future):
-                    self._queued.add(callback)  # settled when its turn comes, or cancelled by close()
-            elif isinstance(callback, Future):  # (logged first: whoever waits for it may look for the line)
-                log.warning('%s: on_event(%s) cancelled: the callbacks are too slow and its message was dropped',
-                            self.name, message.event.name)
-                _cancel(callback)
-
-    def _run_callback(self, callback: Callback, args: tuple, event: ExpMessage) -> None:
-        """On the callback thread: resolve a Future or call a function; report its failure to the rig."""
-        if isinstance(callback, Future):
-            self._queued.discard(callback)
-            if not callback.done():
-                callback.set_result(args)
-            return
-        try:
-            callback(*args)
-        except Exception as ex:
-            log.error('%s: callback %r for %s raised %r', self.name, callback, event.name, ex)
-            if not self._closed and event != protocol.ERROR_CODE:
-                self._send(protocol.error_report(ex, event))
-
-
-_EVENTS = [ExpMessage(0), *ExpMessage]
-
-
-def _cancel(future: Future) -> None:
-    """Cancel `future` and wake whoever waits for it (``Future.cancel`` alone does not wake
-    ``concurrent.futures.wait``)."""
-    if future.cancel():
-        future.set_running_or_notify_cancel()
-
-
-def _flags(event: ExpMessage | int | str) -> list[ExpMessage]:
-    """The single events of `event` (OR-ed flags allowed); 0 stands for error reports."""
-    if isinstance(event, int) and not isinstance(event, bool) and event == protocol.ERROR_CODE:
-        return [ExpMessage(0)]
-    combined = protocol.as_event(event, allow_compound=True)
-    return [flag for flag in ExpMessage if flag & combined]
-
-
-def _event_name(code: Any) -> str:
-    try:
-        return protocol.as_event(code).name
-    except (TypeError, ValueError):
-        return repr(code)
-
-
-def _same_callback(registered: Callback, callback: Callback) -> bool:
-    """True if `registered` is `callback` or a wrapper of it (``__wrapped__``)."""
-    return registered is callback or getattr(registered, '__wrapped__', None) is callback

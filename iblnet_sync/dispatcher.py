@@ -33,15 +33,15 @@ COMPACT_TIMERS = 256
 _WARN_EVERY = 5.0
 
 
-def weak_call(method: Callable[..., Any], *args: Any) -> Callable[[], None]:
-    """A callable that runs bound ``method(*args)`` if its object still exists (timers must not keep
-    it alive)."""
+def weak_call(method: Callable[..., Any], *args: Any) -> Callable[..., None]:
+    """A callable that runs bound ``method(*args, *more)`` with the arguments it is given (`more`) if
+    its object still exists (timers and helpers must not keep it alive)."""
     ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
 
-    def call() -> None:
+    def call(*more: Any) -> None:
         bound = ref()
         if bound is not None:
-            bound(*args)
+            bound(*args, *more)
     return call
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import iblnet_sync
-from iblnet_sync import Communicator, RigServer, Services
+from iblnet_sync import Communicator, ExpMessage, RigServer, Services
 from tests.resources import open_fds, our_threads, wait_until
 
 STDLIB = str(Path(threading.__file__).parent)
@@ -74,11 +74,24 @@ def rig():
         yield server
 
 
+def _ignore(*args) -> None:
+    pass
+
+
+def _callbacks(rig: Communicator) -> None:
+    """Register a function and a Future, and remove them (the next status answer is delivered to those left)."""
+    rig.assign_callback('EXPSTATUS', _ignore)
+    rig.on_event(ExpMessage.EXPSTATUS | ExpMessage.EXPINFO)
+    rig.clear_callbacks('EXPSTATUS', _ignore)
+    rig.clear_callbacks(ExpMessage.EXPSTATUS | ExpMessage.EXPINFO)
+
+
 CALLS = {
     'start': lambda services: services.start(REF),
     'status': lambda services: services.status('RUNNING'),
     'stop': lambda services: services.stop({'error': 'KeyboardInterrupt'}, immediately=True),
     'request': lambda services: services['cameras'].request(b'[32, 20, {}]'),
+    'callbacks': lambda services: _callbacks(services['cameras']),
 }
 
 
