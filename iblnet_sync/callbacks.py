@@ -206,7 +206,7 @@ def cancel(futures: Iterable[Future]) -> None:
     """Cancel each Future and wake whoever waits for it (``Future.cancel`` alone does not wake
     ``concurrent.futures.wait``)."""
     for future in futures:
-        if future.cancel():
+        if not future.cancelled() and future.cancel():  # (once: a second notification raises)
             future.set_running_or_notify_cancel()
 
 
