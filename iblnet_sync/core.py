@@ -355,6 +355,28 @@ class _Window:
         return msg_id in self._ids
 
 
+class _Owed:
+    """Datagrams whose echo may still come late, the last OWED of them: a list, since the same bytes may be
+    owed twice (once per exchange)."""
+
+    __slots__ = ('_datagrams',)
+
+    def __init__(self) -> None:
+        self._datagrams: list[bytes] = []
+
+    def add(self, datagram: bytes) -> None:
+        """One more echo of `datagram` is owed (the oldest owed is forgotten beyond OWED)."""
+        self._datagrams = (self._datagrams + [datagram])[-OWED:]
+
+    def settle(self, datagram: bytes) -> None:
+        """One echo of `datagram` came (or is no longer owed), if one was."""
+        if datagram in self._datagrams:
+            self._datagrams.remove(datagram)
+
+    def __contains__(self, datagram: bytes) -> bool:
+        return datagram in self._datagrams
+
+
 ROWS: collections.Counter[str] = collections.Counter()
 """How many datagrams each row of the tables took (the simulator reports which rows a sweep visited)."""
 OFF: set[str] = set()
@@ -470,8 +492,7 @@ class MainConversation:
         self._count = 0
         self._exchange: _Exchange | None = None
         self._seen = _Window()
-        self._owed: list[bytes] = []      # plain requests whose echo may still come after their exchange (each
-        #                                   owed once per exchange: the same bytes may be owed twice)
+        self._owed = _Owed()              # plain requests whose echo may still come after their exchange
         self._sent = _Window(16)          # the last plain datagrams we sent: their copies coming back are no news
         self._storm: OrderedDict[bytes, tuple[int, float]] = OrderedDict()  # M21: digest -> (echoes, last copy)
         self._requested = float('-inf')  # when our last request went out (M21)
@@ -579,11 +600,6 @@ class MainConversation:
 
     def _is_late_echo(self, d: _Datagram) -> bool:  # M7
         return dialect.is_resend(d.data) or d.data in self._owed
-
-    def _drop_late_echo(self, d: _Datagram) -> list[Event]:
-        if d.data in self._owed:
-            self._owed.remove(d.data)
-        return []
 
     def _is_junk(self, d: _Datagram) -> bool:  # M17: not a message, or a tag no rig of ours sends
         if d.parsed is None or not d.is_tagged:
@@ -693,8 +709,7 @@ class MainConversation:
             self._sent.add(x.plain)
         x.spellings.add(x.sent)
         self._requested = now
-        if x.plain in self._owed:  # from now on these bytes are this exchange's echo
-            self._owed.remove(x.plain)
+        self._owed.settle(x.plain)  # from now on these bytes are this exchange's echo
         self._schedule(x, now)
         return [Send(x.sent)]
 
@@ -750,7 +765,7 @@ class MainConversation:
         if x.held:
             return
         if not x.tagged and x.echo_seen != x.plain:
-            self._owed = (self._owed + [x.plain])[-OWED:]
+            self._owed.add(x.plain)
 
 
 def _is_about(x: _Exchange, report: Message) -> bool:
@@ -778,11 +793,17 @@ def _drop(conversation: Any, d: _Datagram) -> list[Event]:
     return []
 
 
+def _drop_late_echo(conversation: Any, d: _Datagram) -> list[Event]:
+    """M7, R3: the late echo an owed datagram awaited, or another: dropped."""
+    conversation._owed.settle(d.data)
+    return []
+
+
 _M = MainConversation
 MAIN_ROWS: dict[str, tuple[tuple[Row, ...], tuple[Row, ...]]] = {
     # rows tried before the datagram teaches anything (its bytes, or whether it parses), then the others
     'plain': ((Row('M6', _M._is_echo, _M._take_echo),
-               Row('M7', _M._is_late_echo, _M._drop_late_echo),
+               Row('M7', _M._is_late_echo, _drop_late_echo),
                Row('M17', _M._is_junk, _drop)),
               (Row('M20', _M._is_late_echo_to_a_known_rig, _drop),
                Row('M19', _M._is_late_plain_answer, _M._echo_plain),
@@ -838,7 +859,7 @@ class RigConversation:
         self._echoes: OrderedDict[bytes, tuple[float, int, bool]] = OrderedDict()  # R14: digest -> (last echo,
         #                                                               echoes, handled again at once)
         self._main: str | None = None     # the token of the main that announced itself (R9)
-        self._owed: list[bytes] = []      # plain answers whose echo may still come, though we moved on (R3)
+        self._owed = _Owed()              # plain answers whose echo may still come, though we moved on (R3)
 
     @property
     def wakeup(self) -> float | None:
@@ -873,11 +894,6 @@ class RigConversation:
         # only a rig ends a datagram with a newline: a late echo of ours; or the late echo of an answer we
         # gave up on, or of a superseded request's
         return dialect.is_marked(d.data) or d.data in self._owed
-
-    def _drop_late_echo(self, d: _Datagram) -> list[Event]:
-        if d.data in self._owed:
-            self._owed.remove(d.data)
-        return []
 
     def _is_stranger(self, d: _Datagram) -> bool:
         """A tagged datagram with a tag that no main sends (nor we: ours echoed back)."""
@@ -1031,7 +1047,7 @@ class RigConversation:
     def _owe_echo(self) -> None:
         """We stop waiting for the echo of our plain answer: should it still come, it is no request."""
         if self.state == ANSWERED and self._answer_id is None and not dialect.is_marked(self._answer):
-            self._owed = (self._owed + [self._answer])[-OWED:]  # (a marked answer's echo is told by its newline)
+            self._owed.add(self._answer)  # (a marked answer's echo is told by its newline)
 
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
         self._owe_echo()
@@ -1049,7 +1065,7 @@ class RigConversation:
 _R = RigConversation
 RIG_ROWS: dict[str, tuple[Row, ...]] = {
     'any': (Row('R2', _R._is_echo_of_answer, _R._done),  # rows that need no more than the bytes, or parsing
-            Row('R3', _R._is_late_echo, _R._drop_late_echo),
+            Row('R3', _R._is_late_echo, _drop_late_echo),
             Row('R1', _R._is_junk, _R._take_junk)),
     'tagged': (Row('R2', _R._is_tagged_echo_of_answer, _R._done),
                Row('R3', _R._is_ours, _drop),

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
 from iblutil.io.net.base import LISTEN_PORT, ExpMessage, ExpStatus
 
@@ -37,6 +37,29 @@ MAX_MAIN_RIGS = 64
 """int: main rig addresses remembered at most; the least recently active one is forgotten first."""
 MAX_REFUSED_HOSTS = 256
 """int: hosts outside ``allow`` remembered, so that each is logged once."""
+
+
+T = TypeVar('T')
+
+
+class _OfTheExperiment(Generic[T]):
+    """An attribute of the rig that its :class:`~iblnet_sync.experiment.RigExperiment` holds, read and
+    written through the rig."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, rig: None, owner: type) -> _OfTheExperiment[T]: ...
+
+    @overload
+    def __get__(self, rig: RigServer, owner: type) -> T: ...
+
+    def __get__(self, rig: RigServer | None, owner: type) -> T | _OfTheExperiment[T]:
+        return self if rig is None else getattr(rig._experiment, self._name)
+
+    def __set__(self, rig: RigServer, value: T) -> None:
+        setattr(rig._experiment, self._name, value)
 
 
 class RigServer:
@@ -87,13 +110,17 @@ class RigServer:
 
     Attributes
     ----------
-    status : ExpStatus
-        CONNECTED, then INITIALIZED, RUNNING and STOPPED as the experiment advances.
-    exp_ref : dict, None
-        The current experiment reference.
+    name, status, exp_ref, main_sync, experiment_description
+        The experiment's (:class:`~iblnet_sync.experiment.RigExperiment`), read and written here.
     uri : str
         The bound address, e.g. ``udp://127.0.0.1:53211``.
     """
+
+    name = _OfTheExperiment[str]()
+    status = _OfTheExperiment[ExpStatus]()
+    exp_ref = _OfTheExperiment['dict | None']()
+    main_sync = _OfTheExperiment[bool]()
+    experiment_description = _OfTheExperiment[dict]()
 
     def __init__(self, uri: str = f'udp://127.0.0.1:{LISTEN_PORT}', name: str | None = None,
                  main_sync: bool = False, exp_ref: str | dict | None = None,
@@ -155,52 +182,6 @@ class RigServer:
     def info(self) -> dict:
         """The EXPINFO answer's info: what iblrig's ExpInfo carries."""
         return self._experiment.info()
-
-    # (the experiment's state, read and written through the rig as before it had its own class)
-    @property
-    def name(self) -> str:
-        """str: the rig's name in logs and in its EXPINFO answer."""
-        return self._experiment.name
-
-    @name.setter
-    def name(self, value: str) -> None:
-        self._experiment.name = value
-
-    @property
-    def status(self) -> ExpStatus:
-        """ExpStatus: CONNECTED, then INITIALIZED, RUNNING and STOPPED as the experiment advances."""
-        return self._experiment.status
-
-    @status.setter
-    def status(self, value: ExpStatus) -> None:
-        self._experiment.status = value
-
-    @property
-    def exp_ref(self) -> dict | None:
-        """dict, None: the current experiment reference."""
-        return self._experiment.exp_ref
-
-    @exp_ref.setter
-    def exp_ref(self, value: dict | None) -> None:
-        self._experiment.exp_ref = value
-
-    @property
-    def main_sync(self) -> bool:
-        """bool: whether this rig decides the experiment reference."""
-        return self._experiment.main_sync
-
-    @main_sync.setter
-    def main_sync(self, value: bool) -> None:
-        self._experiment.main_sync = value
-
-    @property
-    def experiment_description(self) -> dict:
-        """dict: reported in EXPINFO."""
-        return self._experiment.experiment_description
-
-    @experiment_description.setter
-    def experiment_description(self, value: dict) -> None:
-        self._experiment.experiment_description = value
 
     @property
     def is_connected(self) -> bool:
