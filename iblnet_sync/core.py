@@ -93,8 +93,9 @@ M15   SENT/ECHOED   a message of the exchange's event (EXPSTART:     echoed; the
                     naming the request's reference)                  done
 M21   any           a message that came 8 times already, each copy   an echo storm (both ends take the same
                     within 1 s of the one before or with no request  bytes for new, one datagram or several
-                    of ours in between, whatever came in between     in turn): no longer echoed until it has
-                                                                     been quiet for 1 s and we asked again
+                    of ours in between, whatever came in between;    in turn): not echoed; after a request of
+                    but for its first copy since a request of ours   ours one copy is (once it has been quiet
+                    (which it may answer)                            for 1 s, the count starts again)
 M16   any           any other message                                echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
 ====  ============  ===============================================  ==========================================
@@ -136,16 +137,19 @@ The storm cut (M21) counts the copies of each datagram in a burst, not in a row 
 request: two or more datagrams bouncing in turn (peers that have not yet found each other, several
 requests duplicated) are a storm as surely as one, and a request of ours does not restart a storm
 whose copies are still in flight (with a peer that echoes everything and answers our echoes too, a
-restart at each request added up to thousands of datagrams in a lifecycle). An answer to the
-exchange in progress (M15) is never cut, and a storm slower than that (a peer that echoes and
-answers everything, with handlers that take seconds) ends when no request of ours came in between.
-Its price: a rig that sends the same message of its own more than 8 times, each within 1 s of the
-one before or with no request of ours in between, loses the echoes of the rest.
-An iblutil rig does so in one case, itself a storm of iblutil's making: it takes our echo of its own
-duplicated echo for a request, answers it with the same bytes, and so on; the answers that come
-after the cut then go unechoed and the rig closes, where iblutil's main, echoing for ever, keeps it
-alive until the network loses a copy. No rule can tell those answers from the bounces they are mixed
-with (same bytes, same order).
+restart at each request added up to thousands of datagrams in a lifecycle): it lets one copy of each
+stormed datagram through, which may be the request's answer (an echo-only request answered by a
+message of the rig's, as iblutil's ``confirmed_send`` with ``on_event`` polls; an answer after the
+caller's deadline; a rig's own message between our requests), and the next copy is cut again. An
+answer to the exchange in progress (M15) is never cut, and a storm slower than 1 s (a peer that
+echoes and answers everything, with handlers that take seconds) ends when no request of ours came in
+between. Its price: a rig that sends the same message of its own more than 8 times in a row with no
+request of ours in between, each within 1 s of the one before (or at any pace while we ask nothing),
+loses the echoes of the rest until we ask again. An iblutil rig does so in one case, itself a storm
+of iblutil's making: it takes our echo of its own duplicated echo for a request, answers it with the
+same bytes, and so on; the answers that come after the cut then go unechoed and the rig closes, where
+iblutil's main, echoing for ever, keeps it alive until the network loses a copy. No rule can tell
+those answers from the bounces they are mixed with (same bytes, same order).
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
@@ -471,7 +475,7 @@ class _Exchange:
 
 
 class MainConversation:
-    """The main rig's conversation with one auxiliary rig (see the module's table, rows M1-M21).
+    """The main rig's conversation with one auxiliary rig (see the module's tables, rows M1-M22).
 
     Parameters
     ----------
@@ -715,9 +719,12 @@ class MainConversation:
 
     def _copies(self, d: _Datagram) -> int:
         """How many times the rig's plain message `d` came in its burst, this copy included: copies each within
-        STORM_QUIET of the one before, or with no request of ours in between (M21)."""
+        STORM_QUIET of the one before, or with no request of ours in between (M21). The first copy since a
+        request of ours may answer it: it never makes a storm (at most STORM_ECHOES), the next copy does."""
         echoes, last = self._storm.get(d.key, (0, d.now))
-        return 1 if d.now - last > STORM_QUIET and self._requested > last else echoes + 1
+        if self._requested > last:
+            return 1 if d.now - last > STORM_QUIET else min(echoes, STORM_ECHOES)
+        return echoes + 1
 
     def _count_copy(self, d: _Datagram) -> int:
         """Count copy `d` of a message in its burst (M21); return the count."""
@@ -828,7 +835,7 @@ IDLE, HANDLING, ANSWERED, DONE = 'IDLE', 'HANDLING', 'ANSWERED', 'DONE'
 
 
 class RigConversation:
-    """An auxiliary rig's conversation with one main rig address (rows R1-R13).
+    """An auxiliary rig's conversation with one main rig address (see the module's tables, rows R1-R14).
 
     Parameters
     ----------

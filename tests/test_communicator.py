@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from iblnet_sync import ClosedError, Communicator, ExpMessage, RigErrorReport, RigTimeout, dialect, protocol
+from iblnet_sync.core import STORM_ECHOES
 
 URI = 'udp://127.0.0.1:11001'  # a label only: the socketpair carries the datagrams
 
@@ -255,3 +256,16 @@ def test_rig_server_answers_plainly_to_a_plain_main_and_tagged_to_an_announced_o
                 else:  # iblutil's bytes plus a newline, never sent again (an iblutil main could choke)
                     assert first.endswith(b'\n') and protocol.decode(first).event == ExpMessage.EXPINFO
                     assert rig.nothing_within(0.1)
+
+
+def test_iblutils_own_poll_keeps_a_real_iblutil_rig_alive(iblutil_rigs):  # M21
+    """``confirmed_send`` of EXPSTATUS, the answer awaited by ``on_event``, over and over: each answer is the
+    same message of the rig's own, coming after its request; our main must echo every one (the storm cut
+    once took the ninth for a storm, and the rig died awaiting its echo)."""
+    rig = iblutil_rigs('cameras')
+    with Communicator(rig.uri, 'cameras', timeout=2) as com:
+        for poll in range(3 * STORM_ECHOES):
+            answer = com.on_event('EXPSTATUS')
+            com.confirmed_send(protocol.status_message('CONNECTED'))
+            assert answer.result(2)[0] == [int(rig.status)], f'poll {poll}'
+    assert rig.errors == [] and rig.is_connected

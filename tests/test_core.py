@@ -105,13 +105,26 @@ def test_an_echo_storm_is_cut_at_8_even_when_datagrams_take_turns(caplog):  # M2
         echoes = [sent(main.receive(data, 0.001 * n)) for n, data in enumerate([STATUS, other] * 10)]
     assert echoes == [[STATUS], [other]] * core.STORM_ECHOES + [[], []] * 2
     assert 'echo storm' in caplog.text
-    request(main, START, 0.021)  # a request of ours does not restart a storm whose copies still fly
-    assert sent(main.receive(STATUS, 0.022)) == []
-    main.give_up(0.023)
-    later = 0.022 + core.STORM_QUIET + 0.001
+    request(main, START, 0.021)  # a request of ours lets one copy through (it may be its answer), no more
+    assert [sent(main.receive(STATUS, 0.022 + n * 0.001)) for n in range(3)] == [[STATUS], [], []]
+    main.give_up(0.03)
+    later = 0.024 + core.STORM_QUIET + 0.001
     assert sent(main.receive(STATUS, later)) == []  # quiet, but we asked nothing since: a slow storm
     request(main, START, later + 0.001)
     assert sent(main.receive(STATUS, later + 2 * core.STORM_QUIET)) == [STATUS]  # quiet and asked again: new
+    assert sent(main.receive(STATUS, later + 2 * core.STORM_QUIET + 0.001)) == [STATUS]  # (counted from 1)
+
+
+@pytest.mark.parametrize('pace', [0.2, 0.9])
+def test_a_rig_answering_each_echo_only_request_with_the_same_message_is_never_cut(pace):  # M21
+    """iblutil's poll (``confirmed_send`` of EXPSTATUS, the answer awaited by ``on_event``): each answer
+    comes after its request's echo, as a message of the rig's own; the same bytes every time."""
+    main = core.MainConversation('a1')
+    for n in range(4 * core.STORM_ECHOES):
+        now = n * pace
+        (datagram,) = sent(main.request(STATUS, now, expect_answer=False, deadline=now + 0.1))
+        assert events_of(main.receive(datagram, now + 0.001), Answered)  # echoed: the exchange ends
+        assert sent(main.receive(b'[32, 0]', now + 0.002)) == [b'[32, 0]'], f'poll {n} not echoed'
 
 
 def test_a_known_rig_sends_plain_only_echoes_and_answers():  # M19, M20
