@@ -2,11 +2,12 @@
 
 A :class:`CallbackRegistry` keeps, for each event, the callbacks registered for it in order. Its
 owner (a :class:`~iblnet_sync.communicator.Communicator`) hands it each message of the rig's own
-(:meth:`CallbackRegistry.deliver`, on the network thread); the registry never runs user code
-there: it queues each call on the dispatcher's callback thread
-(:meth:`~iblnet_sync.dispatcher.Dispatcher.run_callback`). A Future (``on_event``) is resolved
-once and then forgotten; one whose message the full queue drops, or that is still pending when
-the registry closes, is cancelled. A callback that raises is reported to the rig.
+(:meth:`CallbackRegistry.deliver`, on the network thread); the registry queues each call on the
+dispatcher's callback thread (:meth:`~iblnet_sync.dispatcher.Dispatcher.run_callback`). A Future
+(``on_event``) is resolved once and then forgotten; one whose message the full queue drops is
+cancelled by :meth:`CallbackRegistry.cancel_dropped`, which its owner calls once it holds no lock
+(the Future's own done-callbacks, if any, run there), and one still pending when the registry
+closes is cancelled by its owner. A callback that raises is reported to the rig.
 
 Thread-safety: every method may be called from any thread. The registry's lock is a C lock,
 only ever taken by ``with`` around short bodies that run no user code (the longest queues the
@@ -74,6 +75,7 @@ class CallbackRegistry:
         self._lock = threading.Lock()  # guards the three below
         self._entries: dict[ExpMessage, list[tuple[Callback, bool]]] = {e: [] for e in _EVENTS}  # (callback, compound)
         self._queued: set[Future] = set()  # Futures handed to the callback thread, not yet resolved
+        self._dropped: list[Future] = []  # Futures whose message was dropped, to cancel with no lock held
         self._closed: str | None = None  # why add() refuses, once closed
         self._reports = PeerLogLimiter()  # error reports that fail no call: logged a few a minute
 
@@ -129,7 +131,7 @@ class CallbackRegistry:
 
         An error report (event 0) is logged first, a few lines a minute, unless `log_report` is
         False (the report fails a call, which raises it instead). A Future whose call the queue
-        cannot take is cancelled, with a warning.
+        cannot take is logged (a warning) and cancelled by :meth:`cancel_dropped`.
 
         Parameters
         ----------
@@ -162,10 +164,17 @@ class CallbackRegistry:
                         self._queued.add(callback)  # resolved when its turn comes, or cancelled by close()
                 elif isinstance(callback, Future):
                     dropped.append(callback)
+            self._dropped += dropped  # (cancelled by cancel_dropped(), once no lock is held)
         for future in dropped:  # (logged first: whoever waits for it may look for the line)
             self._log.warning('%s: on_event(%s) cancelled: the callbacks are too slow and its message was dropped',
                               self.name, message.event.name)
-            cancel([future])
+
+    def cancel_dropped(self) -> None:
+        """Cancel the Futures whose message the queue could not take (see :meth:`deliver`); call it with no lock
+        held, since their done-callbacks run here."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        cancel(dropped)
 
     def close(self, why: str) -> list[Future]:
         """Forget every callback and refuse new ones with ``ClosedError(why)``; idempotent.
@@ -180,8 +189,8 @@ class CallbackRegistry:
             if self._closed is None:
                 self._closed = why
             pending = [cb for entries in self._entries.values() for cb, _ in entries if isinstance(cb, Future)]
-            futures = list({id(future): future for future in [*pending, *self._queued]}.values())  # each once
-            self._queued = set()
+            futures = list({id(f): f for f in [*pending, *self._queued, *self._dropped]}.values())  # each once
+            self._queued, self._dropped = set(), []
             for entries in self._entries.values():
                 entries.clear()
         return futures

@@ -317,7 +317,9 @@ class Communicator:
         """Return a Future resolved the next time the rig sends `event`.
 
         Its result is ``(data, addr)``, or ``(data, addr, event)`` when `event` is several
-        flags OR-ed together.
+        flags OR-ed together. It is cancelled (with a warning) if its message finds the callback queue
+        full, and by :meth:`close`; done-callbacks added to it then run on the thread that
+        cancels it (the network thread for a dropped message, with no lock held): keep them short.
         """
         future: Future = Future()
         self.assign_callback(event, future)
@@ -430,10 +432,12 @@ class Communicator:
             ticket.put(None)
         self._waiting.clear()
 
-    @staticmethod
-    def _settle(settle: list[tuple[Exchange, Any, BaseException | None]]) -> None:
+    def _settle(self, settle: list[tuple[Exchange, Any, BaseException | None]]) -> None:
+        """Settle the exchanges that ended, and cancel the on_event Futures whose message was dropped (no lock
+        may be held: their done-callbacks run here)."""
         for exchange, result, error in settle:
             exchange.settle(result, error)
+        self._callbacks.cancel_dropped()
 
     def _send(self, datagram: bytes) -> str | None:
         """Send; return why if the rig refused it."""

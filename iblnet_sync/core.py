@@ -384,12 +384,14 @@ class _Owed:
 ROWS: collections.Counter[str] = collections.Counter()
 """How many datagrams each row of the tables took (the simulator reports which rows a sweep visited)."""
 OFF: set[str] = set()
-"""Rows switched off by name: a test shows that the simulator notices any of them missing. Empty in use."""
+"""Rows switched off by name: a test shows that the simulator notices any of them missing. Empty in use.
+The junk rows (M17, R1) stay on: the rows after them read the message that junk lacks."""
+_ALWAYS_ON = frozenset({'M17', 'R1'})
 
 
 def _row(name: str) -> bool:
     """Take row `name` for the datagram at hand (False when it is switched off: the next row is tried)."""
-    if name in OFF:
+    if name in OFF and name not in _ALWAYS_ON:
         return False
     ROWS[name] += 1
     return True
@@ -414,6 +416,12 @@ def _classify(rows: tuple[Row, ...], conversation: Any, d: _Datagram) -> Row | N
         if row.applies(conversation, d) and _row(row.name):
             return row
     return None
+
+
+def _checked(options: Options) -> Options:
+    if not isinstance(options, Options):
+        raise TypeError(f'options must be an Options, not {type(options).__name__}')
+    return options
 
 
 class _Datagram:
@@ -490,7 +498,7 @@ class MainConversation:
     """
 
     def __init__(self, nonce: str, options: Options = Options(), tagged: bool = False):
-        self.options, self.tagged = options, tagged
+        self.options, self.tagged = _checked(options), tagged
         self._ended: float | None = None  # when the last exchange ended (M22)
         self._prefix = f'm{nonce}.'
         self._count = 0
@@ -847,7 +855,7 @@ class RigConversation:
     """
 
     def __init__(self, nonce: str, options: Options = Options(resends=ANSWER_RESENDS)):
-        self.options = options
+        self.options = _checked(options)
         self.tagged = False               # the main runs iblnet_sync
         self.state = IDLE
         self._prefix = f'r{nonce}.'

@@ -1,8 +1,10 @@
 """An auxiliary rig's experiment, apart from the network: status, reference, owner and answers.
 
-:class:`RigExperiment` is pure: no socket, no thread, and no clock of its own (the clock is
-passed in). :class:`~iblnet_sync.rig_server.RigServer` gives it each request a main rig makes and
-sends what it returns; the simulator (``tests/simulation.py``) builds its rig's answers with it.
+:class:`RigExperiment` has no socket, no thread and no clock of its own (the clock is passed
+in); its only input and output besides the calls is a main-sync rig's file of session numbers
+(a :class:`~iblnet_sync.session_numbers.SessionNumbers`, which may be given).
+:class:`~iblnet_sync.rig_server.RigServer` gives it each request a main rig makes and sends what
+it returns; the simulator (``tests/simulation.py``) builds its rig's answers with it.
 
 Examples
 --------

@@ -126,6 +126,8 @@ def test_a_future_the_queue_cannot_take_is_cancelled_with_a_warning(registry, qu
     queue.full = True
     with caplog.at_level(logging.WARNING, logger='iblnet_sync'):
         registry.deliver(message(END, []))
+    assert not future.done(), 'cancelled only by cancel_dropped(), once its owner holds no lock'
+    registry.cancel_dropped()
     assert future.cancelled() and wait([future], 0).done, 'cancelled, and its waiters woken'
     assert [r.getMessage() for r in caplog.records] == [
         'cameras: on_event(EXPEND) cancelled: the callbacks are too slow and its message was dropped']
@@ -141,6 +143,7 @@ def test_a_future_dropped_for_one_event_is_cancelled_once_and_forgotten_for_the_
     queue.full = True
     with caplog.at_level(logging.WARNING):
         registry.deliver(message(END, []))
+        registry.cancel_dropped()
     assert future.cancelled() and len(caplog.records) == 1, 'one warning, and no complaint from the Future'
     assert registry.close('closed') == []
 

@@ -161,11 +161,14 @@ def test_an_on_event_future_is_cancelled_when_its_message_is_dropped_or_the_comm
             theirs.send(protocol.encode(64, n, 'z' * 60000))
             theirs.recv(65535)
         dropped = com.on_event('EXPEND')
+        locked: list[bool] = []
+        dropped.add_done_callback(lambda future: locked.append(com._lock.locked()))
         with caplog.at_level(logging.WARNING, logger='iblnet_sync'):
             theirs.send(protocol.encode(4, 'z' * 60000))
             theirs.recv(65535)
             wait([dropped], DEADLINE)  # (the echo goes out before the message is handed on)
         assert dropped.cancelled() and 'on_event(EXPEND) cancelled' in caplog.text
+        assert locked == [False], 'its done-callbacks run with no lock of the communicator held'
         assert not queued.done()
         with ThreadPoolExecutor(1) as pool:
             closing = pool.submit(com.close)  # (it waits for the slow callback to return)
