@@ -16,10 +16,15 @@ calls of one message), so an interrupted caller cannot leave it held; Futures ar
 
 Examples
 --------
->>> registry = CallbackRegistry(dispatcher, send, name='cameras', uri='udp://10.0.0.2:11001',
+>>> from iblnet_sync.dispatcher import Dispatcher
+>>> dispatcher, called = Dispatcher('example'), threading.Event()
+>>> registry = CallbackRegistry(dispatcher, print, name='cameras', uri='udp://10.0.0.2:11001',
 ...                             addr=('10.0.0.2', 11001))
->>> registry.add(ExpMessage.EXPSTART | ExpMessage.EXPEND, on_either)  # on_either(data, addr, event)
->>> registry.deliver(protocol.Message(ExpMessage.EXPEND, [[]]))       # queued on the callback thread
+>>> registry.add(ExpMessage.EXPSTART | ExpMessage.EXPEND, lambda data, addr, event: called.set())
+>>> registry.deliver(protocol.Message(ExpMessage.EXPEND, [[]]))  # queued on the callback thread
+>>> called.wait(5)
+True
+>>> dispatcher.close()
 """
 from __future__ import annotations
 

@@ -92,8 +92,8 @@ def datagram_text(datagram: bytes, limit: int = PEER_TEXT_LIMIT) -> str:
 
     Examples
     --------
-    >>> datagram_text(b'[128, "https://alyx.example.org", {"technician": "c2VjcmV0"}]')
-    'ALYX [\'https://alyx.example.org\', {\'technician\': \'***\'}]'
+    >>> print(datagram_text(b'[128, "https://alyx.example.org", {"technician": "c2VjcmV0"}]'))
+    ALYX ['https://alyx.example.org', {'technician': '***'}]
     """
     if b'128' in datagram:  # only then can it be an ALYX message, plain or tagged
         try:

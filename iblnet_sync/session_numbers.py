@@ -47,9 +47,13 @@ class SessionNumbers:
 
     Examples
     --------
-    >>> numbers = SessionNumbers(tmp_path / 'numbers.json')
-    >>> ref = numbers.offer('mouse', datetime.date(2026, 11, 30))   # sequence 1, asked again: the same
-    >>> numbers.claim(ref)                                          # written down: the next offer is 2
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     numbers = SessionNumbers(Path(folder) / 'numbers.json')
+    ...     ref = numbers.offer('mouse', datetime.date(2026, 11, 30))  # asked again: the same offer
+    ...     numbers.claim(ref, datetime.date(2026, 11, 30))             # written down
+    ...     print(ref['sequence'], numbers.offer('mouse', datetime.date(2026, 11, 30))['sequence'])
+    1 2
     """
 
     def __init__(self, path: str | os.PathLike):

@@ -3,8 +3,12 @@
 ``python -m tests.test_docs``, from the repository root, rewrites the tables in docs/protocol.md from this
 checkout's iblnet_sync/core.py.
 """
+import doctest
+import importlib
 import sys
 from pathlib import Path
+
+import pytest
 
 from iblnet_sync import core
 
@@ -26,6 +30,18 @@ def test_docs_show_the_core_state_tables():
     doc = DOC.read_text()
     assert block() in doc, 'docs/protocol.md is behind iblnet_sync/core.py: run python -m tests.test_docs'
     assert 'M1 ' in tables() and 'R1 ' in tables()
+
+
+EXAMPLES = ['allow', 'callbacks', 'dialect', 'errors', 'experiment', 'logtext', 'options', 'protocol', 'rig',
+            'rig_config', 'session_numbers', 'verbs']
+"""Modules whose docstring examples run as they stand (the others show calls to live rigs)."""
+
+
+@pytest.mark.parametrize('name', EXAMPLES)
+def test_the_examples_in_a_modules_docstrings_run_as_shown(name):
+    module = importlib.import_module(f'iblnet_sync.{name}')
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, report=False)
+    assert result.attempted and not result.failed, f'{result.failed} of the examples of {name} fail'
 
 
 def test_readme_stands_on_its_own():
