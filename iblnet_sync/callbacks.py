@@ -41,7 +41,7 @@ from .dispatcher import Dispatcher
 from .errors import ClosedError
 from .logtext import PeerLogLimiter, peer_text
 
-__all__ = ['Callback', 'CallbackRegistry', 'cancel']
+__all__ = ['Abandoned', 'Callback', 'CallbackRegistry', 'cancel']
 log = logging.getLogger(__name__)
 
 Callback = Callable[..., Any] | Future
@@ -221,7 +221,21 @@ def cancel(futures: Iterable[Future]) -> None:
     ``concurrent.futures.wait``)."""
     for future in futures:
         if not future.cancelled() and future.cancel():  # (once: a second notification raises)
-            future.set_running_or_notify_cancel()
+            try:
+                future.set_running_or_notify_cancel()
+            except RuntimeError:  # (another thread cancelled it at the same moment, and woke its waiters)
+                pass
+
+
+class Abandoned:
+    """A registry whose owner is gone without closing it: its ``close()`` (the owner's finalizer calls it)
+    cancels the Futures nobody will resolve."""
+
+    def __init__(self, registry: CallbackRegistry):
+        self._registry = registry
+
+    def close(self) -> None:
+        cancel(self._registry.close('its communicator was dropped without close()'))
 
 
 _EVENTS = [ExpMessage(0), *ExpMessage]

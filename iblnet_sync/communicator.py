@@ -19,7 +19,7 @@ from typing import Any, Callable
 from iblutil.io.net.base import ExpMessage, ExpStatus
 
 from . import core, protocol
-from .callbacks import Callback, CallbackRegistry, cancel
+from .callbacks import Abandoned, Callback, CallbackRegistry, cancel
 from .dispatcher import Alarm, Dispatcher, weak_call
 from .errors import ClosedError, RigClosed, RigError, RigErrorReport, RigRefused, RigTimeout, Stage
 from .exchange import Exchange, remaining
@@ -102,6 +102,7 @@ class Communicator:
             self._dispatcher = dispatcher
             self._callbacks = CallbackRegistry(dispatcher, weak_call(self._send), name=self.name,
                                                uri=self.server_uri, addr=self._address, logger=log)
+            held.append(Abandoned(self._callbacks))  # (dropped without close(): its Futures are cancelled)
             self._alarm = Alarm(dispatcher, weak_call(self._on_timer))
             self._dispatcher.register(self._sock, self)
         except BaseException:
@@ -191,7 +192,8 @@ class Communicator:
                         events = self._conversation.abort(Stage.INTERRUPTED, 'interrupted while sending')
                         if not events and self._exchange is exchange:  # interrupted before the core heard of it
                             events = [core.Failed(0, Stage.INTERRUPTED, 'interrupted before sending')]
-                        self._settle(self._apply(events))
+                        for ended, result, error in self._apply(events):  # (the lock is held: dropped
+                            ended.settle(result, error)                   # Futures wait for the next _settle)
                         raise
                     break
                 ticket: queue.SimpleQueue = queue.SimpleQueue()
@@ -337,12 +339,14 @@ class Communicator:
             self._wake_waiting()
             futures = self._callbacks.close(f'{self!r} is closed')  # (cancelled below, with no lock held)
             self._alarm.cancel()
-        self._settle(settle)
-        cancel(futures)
         try:
-            self._dispatcher.unregister(self._sock)
+            self._settle(settle)
         finally:
-            self._finalizer()
+            cancel(futures)
+            try:
+                self._dispatcher.unregister(self._sock)
+            finally:
+                self._finalizer()
 
     def __enter__(self) -> Communicator:
         return self

@@ -91,11 +91,12 @@ M14   ECHOED        equal to the request, the event never answered   duplicate e
                     with the same bytes (EXPINFO)                    would carry the rig's own info)
 M15   SENT/ECHOED   a message of the exchange's event (EXPSTART:     echoed; the answer (it implies the echo):
                     naming the request's reference)                  done
-M21   any           a message that came 8 times already, each copy   an echo storm (both ends take the same
-                    within 1 s of the one before or with no request  bytes for new, one datagram or several
-                    of ours in between, whatever came in between;    in turn): not echoed; after a request of
-                    but for its first copy since a request of ours   ours one copy is (once it has been quiet
-                    (which it may answer)                            for 1 s, the count starts again)
+M21   any           a message whose copies in a burst (each within   an echo storm (both ends take the same
+                    1 s of the one before, or with no request of     bytes for new, one datagram or several
+                    ours in between) are more than 8, counting all   in turn): not echoed; the first copy after
+                    but the first copy after each request of ours    a request of ours is (the count starts
+                    (which may answer it); or a new message while    again after 1 s of quiet and a request);
+                    64 bursts, all live, fill the table              one line logged a burst
 M16   any           any other message                                echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
 ====  ============  ===============================================  ==========================================
@@ -137,19 +138,28 @@ The storm cut (M21) counts the copies of each datagram in a burst, not in a row 
 request: two or more datagrams bouncing in turn (peers that have not yet found each other, several
 requests duplicated) are a storm as surely as one, and a request of ours does not restart a storm
 whose copies are still in flight (with a peer that echoes everything and answers our echoes too, a
-restart at each request added up to thousands of datagrams in a lifecycle): it lets one copy of each
-stormed datagram through, which may be the request's answer (an echo-only request answered by a
-message of the rig's, as iblutil's ``confirmed_send`` with ``on_event`` polls; an answer after the
-caller's deadline; a rig's own message between our requests), and the next copy is cut again. An
-answer to the exchange in progress (M15) is never cut, and a storm slower than 1 s (a peer that
-echoes and answers everything, with handlers that take seconds) ends when no request of ours came in
-between. Its price: a rig that sends the same message of its own more than 8 times in a row with no
-request of ours in between, each within 1 s of the one before (or at any pace while we ask nothing),
-loses the echoes of the rest until we ask again. An iblutil rig does so in one case, itself a storm
-of iblutil's making: it takes our echo of its own duplicated echo for a request, answers it with the
-same bytes, and so on; the answers that come after the cut then go unechoed and the rig closes, where
-iblutil's main, echoing for ever, keeps it alive until the network loses a copy. No rule can tell
-those answers from the bounces they are mixed with (same bytes, same order).
+restart at each request added up to thousands of datagrams in a lifecycle). But the first copy after
+each request of ours is echoed and not counted: it may be that request's answer (an echo-only
+request answered by a message of the rig's own, as iblutil's ``confirmed_send`` with ``on_event``
+polls; an answer after the caller's deadline). Requests are counted, not timed: a clock that ticks
+every 15.6 ms (Windows before Python 3.13) puts a poll and the last answer at the same time. An
+answer to the exchange in progress (M15) is never counted; a storm slower than 1 s (a peer that
+echoes and answers everything, with handlers that take seconds) ends when no request of ours came
+in between; the table remembers 64 bursts, and forgets one only after 1 s without a copy (so that
+more datagrams bouncing than it holds cannot each start again at 1). So whatever the peer, each of
+our requests lets at most one echo through per stormed datagram.
+
+Its price: a rig that sends the same message of its own more than 8 times, with at most one of
+those copies after each request of ours, and each within 1 s of the one before (or at any pace while
+we ask nothing: a status pushed every few minutes through a run in which the main sends nothing),
+loses the echoes of the rest, and an iblutil rig closes when an echo it awaits does not come; a rig
+that sends more than 64 different messages of its own within 1 s, none answering a request of
+ours, loses the echoes of the newest. No program we know of does either (iblutil has no heartbeat,
+Timeline and iblrig's programs speak when spoken to) but in one case, itself a storm of iblutil's
+making: an iblutil rig takes our echo of its own duplicated echo for a request, answers it with the
+same bytes, and so on; the answers that come after the cut then go unechoed and the rig closes,
+where iblutil's main, echoing for ever, keeps it alive until the network loses a copy. No rule can
+tell those answers from the bounces they are mixed with (same bytes, same order).
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
@@ -239,7 +249,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, NamedTuple, Union
 
 from iblutil.io.net.base import ExpMessage
 
@@ -357,6 +367,15 @@ class _Window:
 
     def __contains__(self, msg_id: str | bytes) -> bool:
         return msg_id in self._ids
+
+
+class _Burst(NamedTuple):
+    """The copies of one plain message of the rig's in a burst (M21)."""
+
+    copies: int
+    last: float   # when the last copy came
+    asked: int    # how many requests we had sent by then
+    logged: bool  # the storm was logged
 
 
 class _Owed:
@@ -506,8 +525,8 @@ class MainConversation:
         self._seen = _Window()
         self._owed = _Owed()              # plain requests whose echo may still come after their exchange
         self._sent = _Window(16)          # the last plain datagrams we sent: their copies coming back are no news
-        self._storm: OrderedDict[bytes, tuple[int, float]] = OrderedDict()  # M21: digest -> (echoes, last copy)
-        self._requested = float('-inf')  # when our last request went out (M21)
+        self._storm: OrderedDict[bytes, _Burst] = OrderedDict()  # M21: digest -> its burst, the latest last
+        self._asked = 0                   # our requests sent so far (M21)
 
     @property
     def wakeup(self) -> float | None:
@@ -664,7 +683,7 @@ class MainConversation:
         return self._copies(d) > STORM_ECHOES
 
     def _drop_storm(self, d: _Datagram) -> list[Event]:
-        if self._count_copy(d) == STORM_ECHOES + 1:
+        if self._count_copy(d):  # (once a burst)
             log.warning('echo storm: %r came %d times in a burst; no longer echoed', d.data[:60], STORM_ECHOES + 1)
         return []
 
@@ -720,7 +739,7 @@ class MainConversation:
         if not x.tagged:
             self._sent.add(x.plain)
         x.spellings.add(x.sent)
-        self._requested = now
+        self._asked += 1
         self._owed.settle(x.plain)  # from now on these bytes are this exchange's echo
         self._schedule(x, now)
         return [Send(x.sent)]
@@ -728,20 +747,32 @@ class MainConversation:
     def _copies(self, d: _Datagram) -> int:
         """How many times the rig's plain message `d` came in its burst, this copy included: copies each within
         STORM_QUIET of the one before, or with no request of ours in between (M21). The first copy since a
-        request of ours may answer it: it never makes a storm (at most STORM_ECHOES), the next copy does."""
-        echoes, last = self._storm.get(d.key, (0, d.now))
-        if self._requested > last:
-            return 1 if d.now - last > STORM_QUIET else min(echoes, STORM_ECHOES)
-        return echoes + 1
+        request of ours may answer it: it never makes a storm (at most STORM_ECHOES), the next copy does. A new
+        message while the table holds SEEN_IDS bursts, all live, is a storm too (more datagrams bouncing than
+        the table remembers)."""
+        burst = self._storm.get(d.key)
+        if burst is None:
+            return STORM_ECHOES + 1 if self._storm_full(d.now) else 1
+        if self._asked > burst.asked:
+            return 1 if d.now - burst.last > STORM_QUIET else min(burst.copies, STORM_ECHOES)
+        return burst.copies + 1
 
-    def _count_copy(self, d: _Datagram) -> int:
-        """Count copy `d` of a message in its burst (M21); return the count."""
-        echoes = self._copies(d)
-        self._storm.pop(d.key, None)
-        self._storm[d.key] = (echoes, d.now)
-        if len(self._storm) > SEEN_IDS:  # (a bound: a storm is a few datagrams bouncing)
+    def _storm_full(self, now: float) -> bool:
+        """The table of bursts is full, and its oldest burst is still live (a copy less than STORM_QUIET ago)."""
+        return len(self._storm) >= SEEN_IDS and now - next(iter(self._storm.values())).last <= STORM_QUIET
+
+    def _count_copy(self, d: _Datagram) -> bool:
+        """Count copy `d` of a message in its burst (M21); True if it starts a storm not yet logged."""
+        copies = self._copies(d)
+        burst = self._storm.pop(d.key, None)
+        if burst is None and len(self._storm) >= SEEN_IDS:
+            if self._storm_full(d.now):
+                return False  # (no room: the table's bursts are all live)
             self._storm.popitem(last=False)
-        return echoes
+        logged = burst is not None and burst.logged and copies > 1
+        storm = copies > STORM_ECHOES
+        self._storm[d.key] = _Burst(copies, d.now, self._asked, logged or storm)
+        return storm and not logged
 
     def _schedule(self, x: _Exchange, now: float) -> None:
         x.next_send = now + self.options.resend_interval if x.resends_left > 0 else None

@@ -274,6 +274,7 @@ def test_the_registry_keeps_its_communicator_alive_no_longer_than_its_last_refer
     try:
         com = Communicator('udp://127.0.0.1:11001', 'cameras', sock=ours)
         com.assign_callback('EXPSTART', print)
+        future = com.on_event('EXPEND')
         reference = weakref.ref(com)
         gc.disable()  # reclaimed by its reference count: no cycle through the registry
         try:
@@ -281,5 +282,6 @@ def test_the_registry_keeps_its_communicator_alive_no_longer_than_its_last_refer
             assert reference() is None
         finally:
             gc.enable()
+        assert future.cancelled() and wait([future], 0).done, 'nobody will resolve it: cancelled, waiters woken'
     finally:
         theirs.close()

@@ -115,6 +115,28 @@ def test_an_echo_storm_is_cut_at_8_even_when_datagrams_take_turns(caplog):  # M2
     assert sent(main.receive(STATUS, later + 2 * core.STORM_QUIET + 0.001)) == [STATUS]  # (counted from 1)
 
 
+def test_a_poll_answered_within_the_clocks_tick_is_still_the_answer_to_a_new_request():  # M21
+    """On Windows before Python 3.13 time.monotonic() ticks every 15.6 ms: a poll sent in the tick of the last
+    answer is a request in between all the same (requests are counted, not timed)."""
+    main = core.MainConversation('a1', Options(pause=0.0))
+    for n in range(4 * core.STORM_ECHOES):
+        tick = 0.0156 * (n // 2)  # two polls, their echoes and their answers in each tick of the clock
+        (datagram,) = sent(main.request(STATUS, tick, expect_answer=False, deadline=tick + 1))
+        main.receive(datagram, tick)
+        assert sent(main.receive(b'[32, 0]', tick)) == [b'[32, 0]'], f'poll {n} not echoed'
+
+
+def test_more_datagrams_bouncing_than_the_table_holds_is_a_storm_too(caplog):  # M21
+    """A peer that echoes everything, with more of its own datagrams in turn than the table of bursts holds:
+    no entry may be forgotten while it is live (it would start again at 1 and be echoed for ever)."""
+    main = core.MainConversation('a1')
+    datagrams = [b'[32, %d]' % n for n in range(core.SEEN_IDS + 1)]
+    with caplog.at_level(logging.WARNING, logger='iblnet_sync.core'):
+        echoed = sum(len(sent(main.receive(data, 0.0001 * n))) for n, data in enumerate(datagrams * 20))
+    assert echoed <= len(datagrams) * core.STORM_ECHOES
+    assert caplog.text.count('echo storm') <= len(datagrams), 'one line a burst'
+
+
 @pytest.mark.parametrize('pace', [0.2, 0.9])
 def test_a_rig_answering_each_echo_only_request_with_the_same_message_is_never_cut(pace):  # M21
     """iblutil's poll (``confirmed_send`` of EXPSTATUS, the answer awaited by ``on_event``): each answer

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import pytest
 
 from iblnet_sync import Communicator, RigServer, Services, dialect, protocol, session_numbers
+from iblnet_sync.core import SEEN_IDS
 from iblnet_sync.dispatcher import CALLBACK_BYTES, COMPACT_TIMERS
 from iblnet_sync.rig_server import MAX_MAIN_RIGS
 
@@ -134,8 +135,8 @@ def test_large_messages_behind_a_slow_callback_are_bounded_in_bytes():
         theirs.send(b'[64, 0, {"n": -1}]')
         assert started.wait(DEADLINE)
         try:
-            for n in range(100):  # (each different: the same bytes again and again would be a storm, M21)
-                theirs.send(protocol.encode(64, n, [{}] * 15000))
+            for n in range(SEEN_IDS):  # 3.8 MB, each different (the same bytes again and again, or more
+                theirs.send(protocol.encode(64, n, [{}] * 15000))  # different ones a second, are a storm: M21)
                 theirs.recv(65535)  # the echo
             waiting = com._dispatcher._callbacks._bytes
         finally:
