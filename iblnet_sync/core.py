@@ -358,10 +358,6 @@ class _Window:
             self._ids.popitem(last=False)
         return True
 
-    def discard(self, msg_id: str | bytes) -> None:
-        """Forget `msg_id` if it is remembered."""
-        self._ids.pop(msg_id, None)
-
     def clear(self) -> None:
         self._ids.clear()
 
@@ -633,9 +629,9 @@ class MainConversation:
         return dialect.is_resend(d.data) or d.data in self._owed
 
     def _is_junk(self, d: _Datagram) -> bool:  # M17: not a message, or a tag no rig of ours sends
-        if d.parsed is None or not d.is_tagged:
-            return d.parsed is None
-        return not (d.msg_id.startswith(self._prefix) or d.msg_id[:1] == 'r')
+        if d.parsed is None:
+            return True
+        return d.is_tagged and not (d.msg_id.startswith(self._prefix) or d.msg_id[:1] == 'r')
 
     def _learn(self, d: _Datagram) -> None:
         """What any message of the rig tells: that it runs iblnet_sync (tagged, or marked), that it sent

@@ -28,7 +28,7 @@ from .errors import ClosedError
 from .experiment import Handler, RigExperiment
 from .logtext import PeerLogLimiter, datagram_text, peer_text
 from .options import ANSWER_RESENDS, ECHO_TIMEOUT, RESEND_INTERVAL, Options
-from .session_numbers import SessionNumbers, default_path
+from .session_numbers import SessionNumbers
 from .sockets import bound_socket, close_all
 
 __all__ = ['RigServer', 'MAX_MAIN_RIGS']
@@ -130,8 +130,9 @@ class RigServer:
                  allow: Iterable[str] | None = None):
         self._options = Options(echo_timeout, resend_interval, resends)  # (pause: the main side's only)
         host, port = protocol.rig_address(uri, allow_any_port=True)
+        numbers = SessionNumbers(session_numbers) if session_numbers else None  # (None: the default file)
         self._experiment = RigExperiment(name or f'udp://{host}:{port}', main_sync, exp_ref, experiment_description,
-                                         clock=clock, numbers=SessionNumbers(session_numbers or default_path()))
+                                         clock=clock, numbers=numbers)
         self._handlers: dict[ExpMessage, Handler] = {}
         self._peers: OrderedDict[Any, core.RigConversation] = OrderedDict()  # least recently active first
         self._alarms: dict[Any, Alarm] = {}  # one timer per main rig address, for its conversation
