@@ -198,8 +198,10 @@ or a plain one:
 R8    DONE          the last request in another spelling; once the   a late copy: dropped
                     main is tagged, any of the last 8
 R6    HANDLING/     the current request again                        asked again, a duplicate or a bounce of our
-      ANSWERED                                                       echo: echoed (at most 8 times: a bounce
-                                                                     loop ends there), never handled again
+      ANSWERED                                                       echo: echoed (8 times; after that only a
+                                                                     copy that follows one left unechoed: a
+                                                                     bounce loop ends there), never handled
+                                                                     again
 R7    HANDLING/     the current request in another spelling (our     a resend: as R6, and the answer is sent
       ANSWERED      main's resend adds a tab)                        again (that main lacks it)
 R14   not working   the very bytes of a request we echoed less than  a bounce of our echo (an iblutil main takes
@@ -236,6 +238,14 @@ not. Its price: a plain main that sends the very same request a third time in a 
 0.2 s of our echo of the one before, gets the echo but no answer to the third (its call times out;
 the main's socket lives on). No program we know of repeats a request that fast; iblrig's main sends
 one request every 0.2 s at most.
+
+The same bounce while the handler runs (R6) ends at the 9th copy, which is left unechoed: with no
+echo of ours out, nothing comes back. A copy after one left unechoed is echoed again, since it can
+only be the main asking again or a network duplicate (iblrig's main, whose earlier call took a
+duplicate of our echo for its answer, bounced our echoes 8 times, then asked the same EXPSTATUS once
+more; left unechoed, it closed); a duplicate's bounce ends at the next copy. Its price: a plain main
+that asks the very same request more than 8 times while the rig works on it (or awaits the echo of
+its answer) gets no echo for every other ask after the 8th, and an iblutil main closes then.
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -897,6 +907,7 @@ class RigConversation:
         self._deadline: float | None = None
         self._seen = _Window()
         self._repeats = 0                 # copies of the current plain request received (R6, R7)
+        self._unechoed = False            # the last of them was left unechoed (R6, R7)
         self._plains = _Window(8)         # digests of the last plain requests (R8)
         self._echoes: OrderedDict[bytes, tuple[float, int, bool]] = OrderedDict()  # R14: digest -> (last echo,
         #                                                               echoes, handled again at once)
@@ -993,11 +1004,15 @@ class RigConversation:
         return self._is_open(d) and d.data != d.canonical
 
     def _echo_again(self, d: _Datagram) -> list[Event]:
-        """R6, R7: echoed (at most STORM_ECHOES times: a bounce loop ends there), never handled again; the
-        answer again to our main's resend only (another spelling: that main lacks it)."""
+        """R6, R7: echoed STORM_ECHOES times, then only a copy that follows one left unechoed (a bounce
+        loop ends there: no echo of ours is out to come back; the next copy is the main asking again or a
+        network duplicate), never handled again; the answer again to our main's resend only (another
+        spelling: that main lacks it)."""
         self._repeats += 1
-        if self._repeats > STORM_ECHOES:
+        if self._repeats > STORM_ECHOES and not self._unechoed:
+            self._unechoed = True
             return []
+        self._unechoed = False
         events: list[Event] = [self._echo(d.data, d.now, self._repeats)]
         if self.state == ANSWERED and d.data != d.canonical:
             events.append(Send(self._answer))
@@ -1094,7 +1109,7 @@ class RigConversation:
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
         self._owe_echo()
         self._request += 1
-        self._repeats = 0
+        self._repeats, self._unechoed = 0, False
         if plain:
             self._plain = plain  # the last plain request: its copies may still arrive
             self._plains.add(_key(plain))

@@ -2,6 +2,7 @@
 simulator's seeds that once broke a rule, replayed."""
 from __future__ import annotations
 
+import collections
 import logging
 
 import pytest
@@ -189,6 +190,25 @@ def test_a_plain_copy_of_the_request_is_echoed_and_the_answer_goes_only_to_a_res
     assert rig.receive(resend, 0.004) == [Send(resend), Send(answer)]  # our main's resend lacks the answer
 
 
+def test_a_bounce_of_the_current_request_ends_and_the_main_asking_again_after_it_is_echoed():  # R6
+    rig = core.RigConversation('b2')
+    (handle,) = events_of(rig.receive(STATUS, 0.0), Handle)
+    bounce = [rig.receive(STATUS, 0.001 * n) for n in range(1, 2 * core.STORM_ECHOES)]  # a plain main echoes ours
+    assert bounce[:core.STORM_ECHOES] == [[Send(STATUS)]] * core.STORM_ECHOES
+    assert bounce[core.STORM_ECHOES] == []  # the 9th copy is left unechoed: nothing of ours comes back
+    assert rig.receive(STATUS, 0.2) == [Send(STATUS)]  # so the next is the main asking again: its echo
+    assert rig.receive(STATUS, 0.201) == []  # and should that be bounced, the bounce ends at once
+    assert not events_of(bounce, Handle) and rig.is_current(handle.request)  # never handled again
+
+
+@pytest.mark.parametrize('seed', [3126625])
+def test_simulated_seed_of_iblrigs_main_asking_again_after_a_bounce_keeps_every_invariant(seed):
+    """iblrig's main took a duplicate of our echo for its status answer, bounced our echoes of it (8), then asked
+    the same EXPSTATUS again while our rig's handler ran: it used to get no echo and close (R6's cap)."""
+    scenario, violations, run = simulation.simulate(seed, pairing='iblrig')
+    assert not violations, f'{scenario}\n{run.results}'
+
+
 def test_answers_and_error_reports_are_marked_but_for_an_answer_with_the_requests_bytes():  # R10
     rig = core.RigConversation('b2')
     (handle,) = events_of(rig.receive(STATUS, 0.0), Handle)
@@ -301,7 +321,9 @@ def test_a_late_copy_of_our_echo_bounced_by_a_plain_main_is_no_new_request():  #
     (handle,) = events_of(rig.receive(init, 0.0), Handle)
     answer = sent(rig.answer(handle.request, protocol.encode(1, 10, None), 0.001))[0]
     rig.receive(answer, 0.002)  # its echo: done
-    echoes = [rig.receive(init, 0.05 + n * 0.001) for n in range(20)]  # the main echoes our late copy, and so on
+    echoes = [rig.receive(init, 0.05)]  # a late copy of our echo; the main echoes each echo of ours, and so on
+    while sent(echoes[-1]) and len(echoes) < 100:
+        echoes.append(rig.receive(init, 0.05 + len(echoes) * 0.001))
     again = [n for n, e in enumerate(echoes) if events_of(e, Handle)]
     assert again == [0], 'the first copy may be the main asking again; the copies of our echo of it are not'
     assert sum(len(sent(e)) for e in echoes) <= core.STORM_ECHOES + 1  # then silent: the bounce ends
@@ -314,12 +336,14 @@ def test_two_requests_bounced_in_turn_by_a_peer_that_echoes_everything_end():  #
     rig = core.RigConversation('b2')
     status, info = protocol.status_message(0), protocol.info_message(0, {'subject': 'mouse'})
     handled, echoed, now = 0, 0, 0.0
-    for n in range(200):  # the naive peer echoes each of our echoes back, the two requests in turn
+    in_flight = collections.deque([info, status])
+    while in_flight and echoed < 1000:  # the naive peer echoes each of our echoes back, the two in turn
         now += 0.0005
-        events = rig.receive(status if n % 2 else info, now)
+        events = rig.receive(in_flight.popleft(), now)
         handled += len(events_of(events, Handle))
         echoed += len(sent(events))
-    assert handled <= 4 and echoed <= 2 * (core.STORM_ECHOES + 2)
+        in_flight.extend(sent(events))
+    assert not in_flight and handled <= 4 and echoed <= 2 * (core.STORM_ECHOES + 2)
 
 
 def _documented_rows(after: str, before: str) -> list[str]:
