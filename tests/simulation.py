@@ -268,6 +268,8 @@ class Run:
         self.requests: collections.Counter = collections.Counter()
         self.checked: collections.Counter = collections.Counter()  # handlings that handled_once counts, by value
         self._request_ids: dict[int, str] = {}  # our rig's Handle token -> the ID of the tagged request
+        self._request_data: dict[int, bytes] = {}  # a program rig's Handle token -> the datagram it took
+        self.crashed_on: bytes | None = None  # the datagram whose handler crashed the program rig
         self._handled_ids: set[str] = set()
         self._given: collections.Counter = collections.Counter()  # requests given to the handler, by value
         self._fails: dict[int, bool] = {}  # Handle token -> whether that handler raises
@@ -326,6 +328,9 @@ class Run:
         if data[:1] == b'{':
             for e in events_of(events, core.Handle):
                 self._request_ids[e.request] = dialect.parse(data).msg_id or ''
+        if isinstance(self.rig, VideoProgram):
+            for e in events_of(events, core.Handle):
+                self._request_data[e.request] = data
         self.rig_events(events)
 
     def to_main(self, data: bytes) -> None:
@@ -382,6 +387,9 @@ class Run:
         if isinstance(self.rig, VideoProgram):  # a real program makes its own answer, and never raises
             self._fails.pop(event.request)
             answer = self.rig.respond(message, self.net.now)
+            took = self._request_data.pop(event.request, None)
+            if not self.rig.alive and self.crashed_on is None:
+                self.crashed_on = took
             answer_value = [] if answer is None else protocol.decode(answer).data
         elif self._fails.pop(event.request):
             answer_value: list = ['error', k]
@@ -547,7 +555,10 @@ class Run:
         - the wrong datagram it received while it awaited an echo was a resend, or a marked answer that
           unmarked would have been the awaited echo (an iblutil rig's answer equal to the request);
         - an iblutil rig answered twice at once (a second confirmed send replaces the first wait), having
-          taken a resend of ours for a request.
+          taken a resend of ours for a request;
+        - a program's handler crashed on a resend of ours (the one datagram of ours that iblutil's main never
+          sends a plain rig); a crash on anything else (a request, an echo, a network copy of either: the
+          video program takes a copy of our echo of its answer for a request) is no counterpart's doing.
 
         But a death awaiting the echo of bytes that our main stopped echoing as a storm (M21: echoed
         8 times in a burst) is excused: the price that the core's docstring states, which a
@@ -570,6 +581,8 @@ class Run:
                 return any(data == awaited and when >= since for _, data, when in self.net.lost)
             if why == 'replaced':
                 return isinstance(peer, IblutilRig) and not peer.took_resend
+            if why == 'crashed':
+                return self.crashed_on is not None and not dialect.is_resend(self.crashed_on)
             if why == 'wrong echo' and self.fatal is not None:
                 kind, copy, data = self.fatal
                 marked = kind == 'answer' and data.endswith(dialect.PEER_SUFFIX) and data[:-1] == awaited

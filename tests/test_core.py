@@ -209,6 +209,16 @@ def test_simulated_seed_of_iblrigs_main_asking_again_after_a_bounce_keeps_every_
     assert not violations, f'{scenario}\n{run.results}'
 
 
+def test_a_program_crashed_by_a_network_copy_is_excused_and_by_a_resend_of_ours_is_not():
+    """Seed 3011247: the network duplicates our echo of the video program's EXPINIT answer; the program takes
+    the copy for a request and its handler crashes on it (iblutil's main sends that echo just the same)."""
+    scenario, violations, run = simulation.simulate(3011247, pairing='video')
+    assert not violations and run.iblutil_dead and run.rig.cause[0] == 'crashed', f'{scenario}\n{run.results}'
+    assert run.death_excused and not dialect.is_resend(run.crashed_on)
+    run.crashed_on += dialect.RESEND_SUFFIX  # had it crashed on a resend of ours, the death would be ours
+    assert not run.death_excused
+
+
 def test_answers_and_error_reports_are_marked_but_for_an_answer_with_the_requests_bytes():  # R10
     rig = core.RigConversation('b2')
     (handle,) = events_of(rig.receive(STATUS, 0.0), Handle)
