@@ -23,13 +23,13 @@ from .protocol import MAX_DATAGRAM
 __all__ = ['Alarm', 'Dispatcher', 'Endpoint', 'Timer', 'weak_call', 'CALLBACK_QUEUE', 'CALLBACK_BYTES']
 log = logging.getLogger(__name__)
 CALLBACK_QUEUE = 1000
+"""int: user callbacks waiting to run at most; more are dropped (with a warning at most every 5 s)."""
 CALLBACK_BYTES = 2 ** 21
 """int: bytes of datagrams (2 MiB) that callbacks waiting in the queue may carry at most."""
 THREAD_START = 1.0
 """float: seconds a constructor interrupted in ``Thread.start()`` waits to learn if the thread runs."""
 COMPACT_TIMERS = 256
 """int: timers in the heap past which the cancelled ones are dropped (then twice the live ones)."""
-"""int: user callbacks waiting to run at most; more are dropped (with a warning at most every 5 s)."""
 _WARN_EVERY = 5.0
 
 
