@@ -198,12 +198,13 @@ or a plain one:
 R8    DONE          the last request in another spelling; once the   a late copy: dropped
                     main is tagged, any of the last 8
 R6    HANDLING/     the current request again                        asked again, a duplicate or a bounce of our
-      ANSWERED                                                       echo: echoed (8 times; after that only a
-                                                                     copy that follows one left unechoed: a
-                                                                     bounce loop ends there), never handled
-                                                                     again
+      ANSWERED                                                       echo: echoed (8 times; then only a copy
+                                                                     that follows one left unechoed, 8 more
+                                                                     at most: a bounce loop ends there),
+                                                                     never handled again
 R7    HANDLING/     the current request in another spelling (our     a resend: as R6, and the answer is sent
-      ANSWERED      main's resend adds a tab)                        again (that main lacks it)
+      ANSWERED      main's resend adds a tab)                        again (that main lacks it; to the first
+                                                                     8 copies only)
 R14   not working   the very bytes of a request we echoed less than  a bounce of our echo (an iblutil main takes
       on it         0.2 s ago and handled again at once already      a late copy of our echo for new, and echoes
                     (R9), from a main not known to be iblnet_sync    it): echoed, 8 times at most since it was
@@ -240,12 +241,17 @@ the main's socket lives on). No program we know of repeats a request that fast; 
 one request every 0.2 s at most.
 
 The same bounce while the handler runs (R6) ends at the 9th copy, which is left unechoed: with no
-echo of ours out, nothing comes back. A copy after one left unechoed is echoed again, since it can
-only be the main asking again or a network duplicate (iblrig's main, whose earlier call took a
-duplicate of our echo for its answer, bounced our echoes 8 times, then asked the same EXPSTATUS once
-more; left unechoed, it closed); a duplicate's bounce ends at the next copy. Its price: a plain main
-that asks the very same request more than 8 times while the rig works on it (or awaits the echo of
-its answer) gets no echo for every other ask after the 8th, and an iblutil main closes then.
+echo of ours out, nothing comes back. A copy that follows one left unechoed is echoed, since it is
+the main asking again or a network duplicate (iblrig's main, whose earlier call took a duplicate of
+our echo for its answer, bounced our echoes 8 times, then asked the same EXPSTATUS again; left
+unechoed, it closed). A bounce that the network keeps alive by duplicating (two copies come back for
+each echo, one of them then follows one left unechoed) ends at 16 echoes in all, and a resend past
+the 8th copy gets no answer again (the echo only), so no copy sent at the rig draws more than its own
+bytes back. Its price: every copy counts, the main's asks, network duplicates and bounces alike; the
+9th is left unechoed whatever it is, as is every copy after 16 echoes, and a plain main whose ask
+that copy is gets no echo (an iblutil main closes then). A main that asks one request at a time
+(iblutil's, iblrig's) asks again while the rig still works on it only after a call ended without the
+answer (a timeout, or a copy taken for it).
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -906,8 +912,8 @@ class RigConversation:
         self._next_send: float | None = None
         self._deadline: float | None = None
         self._seen = _Window()
-        self._repeats = 0                 # copies of the current plain request received (R6, R7)
-        self._unechoed = False            # the last of them was left unechoed (R6, R7)
+        self._echoed = 0                  # copies of the current plain request echoed (R6, R7)
+        self._unechoed = False            # the last copy of it was left unechoed (R6, R7)
         self._plains = _Window(8)         # digests of the last plain requests (R8)
         self._echoes: OrderedDict[bytes, tuple[float, int, bool]] = OrderedDict()  # R14: digest -> (last echo,
         #                                                               echoes, handled again at once)
@@ -1004,17 +1010,17 @@ class RigConversation:
         return self._is_open(d) and d.data != d.canonical
 
     def _echo_again(self, d: _Datagram) -> list[Event]:
-        """R6, R7: echoed STORM_ECHOES times, then only a copy that follows one left unechoed (a bounce
-        loop ends there: no echo of ours is out to come back; the next copy is the main asking again or a
-        network duplicate), never handled again; the answer again to our main's resend only (another
-        spelling: that main lacks it)."""
-        self._repeats += 1
-        if self._repeats > STORM_ECHOES and not self._unechoed:
-            self._unechoed = True
+        """R6, R7: never handled again. The first STORM_ECHOES copies are echoed, and our main's resend
+        (another spelling) gets the answer again: that main lacks it. After that, a copy is echoed only when
+        the one before it was left unechoed (then no echo of ours is out to bounce back: it is the main asking
+        again, or a network duplicate), STORM_ECHOES more at most, and without the answer."""
+        echo = self._echoed < STORM_ECHOES or (self._unechoed and self._echoed < 2 * STORM_ECHOES)
+        self._unechoed = not echo
+        if not echo:
             return []
-        self._unechoed = False
-        events: list[Event] = [self._echo(d.data, d.now, self._repeats)]
-        if self.state == ANSWERED and d.data != d.canonical:
+        self._echoed += 1
+        events: list[Event] = [self._echo(d.data, d.now, self._echoed)]
+        if self.state == ANSWERED and d.data != d.canonical and self._echoed <= STORM_ECHOES:
             events.append(Send(self._answer))
         return events
 
@@ -1109,7 +1115,7 @@ class RigConversation:
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
         self._owe_echo()
         self._request += 1
-        self._repeats, self._unechoed = 0, False
+        self._echoed, self._unechoed = 0, False
         if plain:
             self._plain = plain  # the last plain request: its copies may still arrive
             self._plains.add(_key(plain))

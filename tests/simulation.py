@@ -268,8 +268,10 @@ class Run:
         self.requests: collections.Counter = collections.Counter()
         self.checked: collections.Counter = collections.Counter()  # handlings that handled_once counts, by value
         self._request_ids: dict[int, str] = {}  # our rig's Handle token -> the ID of the tagged request
-        self._request_data: dict[int, bytes] = {}  # a program rig's Handle token -> the datagram it took
-        self.crashed_on: bytes | None = None  # the datagram whose handler crashed the program rig
+        self._request_data: dict[int, tuple[bytes, int]] = {}  # a program rig's Handle token -> (the datagram
+        #                                                        it took, which copy of it the network delivered)
+        self.crashed_on: tuple[bytes, int] | None = None  # the same, of the handler that crashed the program
+        self.rig_sent: set[bytes] = set()  # what a program rig sent (its echoes and answers)
         self._handled_ids: set[str] = set()
         self._given: collections.Counter = collections.Counter()  # requests given to the handler, by value
         self._fails: dict[int, bool] = {}  # Handle token -> whether that handler raises
@@ -299,6 +301,8 @@ class Run:
     def rig_events(self, events: list, kind: str = 'echo') -> None:
         for e in events:
             if isinstance(e, core.Send):
+                if isinstance(self.rig, VideoProgram):
+                    self.rig_sent.add(e.datagram)
                 self.net.transmit(1, e.datagram, self.to_main, kind)
             elif isinstance(e, core.Handle):
                 delay, self._fails[e.request] = self.handler_fate(e.message)
@@ -330,7 +334,7 @@ class Run:
                 self._request_ids[e.request] = dialect.parse(data).msg_id or ''
         if isinstance(self.rig, VideoProgram):
             for e in events_of(events, core.Handle):
-                self._request_data[e.request] = data
+                self._request_data[e.request] = (data, self.net.arriving[1] if self.net.arriving else 0)
         self.rig_events(events)
 
     def to_main(self, data: bytes) -> None:
@@ -556,9 +560,9 @@ class Run:
           unmarked would have been the awaited echo (an iblutil rig's answer equal to the request);
         - an iblutil rig answered twice at once (a second confirmed send replaces the first wait), having
           taken a resend of ours for a request;
-        - a program's handler crashed on a resend of ours (the one datagram of ours that iblutil's main never
-          sends a plain rig); a crash on anything else (a request, an echo, a network copy of either: the
-          video program takes a copy of our echo of its answer for a request) is no counterpart's doing.
+        - a program's handler crashed on a datagram of ours that was neither a network copy nor an echo of
+          the program's own bytes (which iblutil's main sends just the same: the video program takes a copy
+          of our echo of its answer for a request, and its handler fails on it).
 
         But a death awaiting the echo of bytes that our main stopped echoing as a storm (M21: echoed
         8 times in a burst) is excused: the price that the core's docstring states, which a
@@ -582,7 +586,7 @@ class Run:
             if why == 'replaced':
                 return isinstance(peer, IblutilRig) and not peer.took_resend
             if why == 'crashed':
-                return self.crashed_on is not None and not dialect.is_resend(self.crashed_on)
+                return self.crashed_on is not None and (self.crashed_on[1] > 0 or self.crashed_on[0] in self.rig_sent)
             if why == 'wrong echo' and self.fatal is not None:
                 kind, copy, data = self.fatal
                 marked = kind == 'answer' and data.endswith(dialect.PEER_SUFFIX) and data[:-1] == awaited

@@ -190,15 +190,38 @@ def test_a_plain_copy_of_the_request_is_echoed_and_the_answer_goes_only_to_a_res
     assert rig.receive(resend, 0.004) == [Send(resend), Send(answer)]  # our main's resend lacks the answer
 
 
+def _bounce(rig: core.RigConversation, datagram: bytes, now: float, copies_per_echo: int = 1,
+            limit: int = 1000) -> list[list[core.Event]]:
+    """A plain main that echoes every echo of ours (`copies_per_echo` copies of each come back: a network
+    that duplicates) bounces `datagram` off `rig` until nothing is in flight; what each copy drew."""
+    in_flight, drawn = collections.deque([datagram]), []
+    while in_flight and len(drawn) < limit:
+        now += 0.0005
+        drawn.append(rig.receive(in_flight.popleft(), now))
+        in_flight.extend(d for d in sent(drawn[-1]) for _ in range(copies_per_echo))
+    return drawn
+
+
 def test_a_bounce_of_the_current_request_ends_and_the_main_asking_again_after_it_is_echoed():  # R6
     rig = core.RigConversation('b2')
     (handle,) = events_of(rig.receive(STATUS, 0.0), Handle)
-    bounce = [rig.receive(STATUS, 0.001 * n) for n in range(1, 2 * core.STORM_ECHOES)]  # a plain main echoes ours
-    assert bounce[:core.STORM_ECHOES] == [[Send(STATUS)]] * core.STORM_ECHOES
-    assert bounce[core.STORM_ECHOES] == []  # the 9th copy is left unechoed: nothing of ours comes back
-    assert rig.receive(STATUS, 0.2) == [Send(STATUS)]  # so the next is the main asking again: its echo
-    assert rig.receive(STATUS, 0.201) == []  # and should that be bounced, the bounce ends at once
-    assert not events_of(bounce, Handle) and rig.is_current(handle.request)  # never handled again
+    bounce = _bounce(rig, STATUS, 0.0)  # a plain main takes a late copy of our echo for new: it echoes it
+    assert [len(sent(e)) for e in bounce] == [1] * core.STORM_ECHOES + [0]  # the 9th copy is left unechoed
+    assert rig.receive(STATUS, 0.2) == [Send(STATUS)]  # so the next one is the main asking again: its echo
+    assert rig.receive(STATUS, 0.201) == []  # and should that be bounced, the bounce ends there
+    assert not [e for events in bounce for e in events if isinstance(e, Handle)]  # never handled again
+    assert rig.is_current(handle.request)
+
+
+def test_a_bounce_that_the_network_keeps_alive_by_duplicating_ends_and_a_resend_draws_no_more_than_its_bytes():
+    rig = core.RigConversation('b2')
+    (handle,) = events_of(rig.receive(START, 0.0), Handle)
+    bounce = _bounce(rig, START, 0.0, copies_per_echo=2)  # each echo of ours comes back twice
+    assert len(bounce) < 1000 and sum(len(sent(e)) for e in bounce) <= 2 * core.STORM_ECHOES  # it ends
+    (answer,) = sent(rig.answer(handle.request, b'[2, "2026-11-25_1_mouse", {"ok": 1}]', 0.1))
+    resend = START + dialect.RESEND_SUFFIX  # a hostile host sends resends and never echoes the answer
+    drawn = [sent(rig.receive(resend, 0.2 + n * 0.001)) for n in range(100)]
+    assert all(d == [resend] or d == [] for d in drawn)  # past the 8th copy: the echo only, never the answer
 
 
 @pytest.mark.parametrize('seed', [3126625])
@@ -209,14 +232,15 @@ def test_simulated_seed_of_iblrigs_main_asking_again_after_a_bounce_keeps_every_
     assert not violations, f'{scenario}\n{run.results}'
 
 
-def test_a_program_crashed_by_a_network_copy_is_excused_and_by_a_resend_of_ours_is_not():
+def test_a_program_crashed_by_a_copy_of_its_own_bytes_is_excused_and_by_anything_else_of_ours_is_not():
     """Seed 3011247: the network duplicates our echo of the video program's EXPINIT answer; the program takes
     the copy for a request and its handler crashes on it (iblutil's main sends that echo just the same)."""
     scenario, violations, run = simulation.simulate(3011247, pairing='video')
     assert not violations and run.iblutil_dead and run.rig.cause[0] == 'crashed', f'{scenario}\n{run.results}'
-    assert run.death_excused and not dialect.is_resend(run.crashed_on)
-    run.crashed_on += dialect.RESEND_SUFFIX  # had it crashed on a resend of ours, the death would be ours
-    assert not run.death_excused
+    data, copy = run.crashed_on
+    assert run.death_excused and (copy > 0 or data in run.rig_sent)
+    run.crashed_on = (data + dialect.RESEND_SUFFIX, 0)  # had it crashed on a resend or a request of ours,
+    assert not run.death_excused                       # the death would be ours
 
 
 def test_answers_and_error_reports_are_marked_but_for_an_answer_with_the_requests_bytes():  # R10
@@ -325,18 +349,19 @@ def test_messages_that_leave_no_room_for_the_tag_are_refused_or_reported():
     assert protocol.decode(sent.datagram).event == 0 and b'TooLarge' in sent.datagram
 
 
-def test_a_late_copy_of_our_echo_bounced_by_a_plain_main_is_no_new_request():  # R14
+def test_a_late_copy_of_our_echo_bounced_by_a_plain_main_is_no_new_request():  # R14, R6
     rig = core.RigConversation('b2')
     init = protocol.init_message({'exp_ref': '2026-11-25_1_mouse'})
     (handle,) = events_of(rig.receive(init, 0.0), Handle)
     answer = sent(rig.answer(handle.request, protocol.encode(1, 10, None), 0.001))[0]
     rig.receive(answer, 0.002)  # its echo: done
-    echoes = [rig.receive(init, 0.05)]  # a late copy of our echo; the main echoes each echo of ours, and so on
-    while sent(echoes[-1]) and len(echoes) < 100:
-        echoes.append(rig.receive(init, 0.05 + len(echoes) * 0.001))
+    echoes = _bounce(rig, init, 0.05)  # a late copy of our echo; the main echoes each echo of ours, and so on
     again = [n for n, e in enumerate(echoes) if events_of(e, Handle)]
     assert again == [0], 'the first copy may be the main asking again; the copies of our echo of it are not'
     assert sum(len(sent(e)) for e in echoes) <= core.STORM_ECHOES + 1  # then silent: the bounce ends
+    more = [rig.receive(init, 0.06 + n * 0.001) for n in range(40)]  # copies that keep coming, echoed or not
+    assert not [n for n, e in enumerate(more) if events_of(e, Handle)]
+    assert sum(len(sent(e)) for e in echoes + more) <= 2 * core.STORM_ECHOES + 1  # bounded, whatever comes
     (handle,) = events_of(echoes[0], Handle)
     rig.receive(sent(rig.answer(handle.request, protocol.encode(1, 10, None), 0.1))[0], 0.1)  # answered, echoed
     assert events_of(rig.receive(init, 0.1 + core.REPEAT_WINDOW), Handle)  # later: the main asks again
