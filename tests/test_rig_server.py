@@ -1,14 +1,18 @@
 """RigServer driven through the whole lifecycle by our Services and by iblutil's asyncio Services."""
+import collections
 import datetime
 import logging
 import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services
+from tests.peers import IblutilMain
+from tests.relay import LossyRelay
 
 TODAY = datetime.date.today()
 
@@ -49,7 +53,6 @@ def test_lifecycle_driven_by_our_services(servers):
 
 
 def test_lifecycle_driven_by_iblutil_services(servers):
-    from tests.peers import IblutilMain
     cameras = servers('cameras', exp_ref='2026-11-24_2_mouse', main_sync=True)
     main = IblutilMain({'cameras': cameras.uri})
     try:
@@ -200,52 +203,98 @@ def test_an_experiment_belongs_to_the_host_that_initialised_it(servers):
         assert intruder.init({'exp_ref': f'{TODAY}_9_other'}) == [10, None]  # free once it ended
 
 
-def test_a_late_copy_of_an_echo_starts_no_storm_with_an_iblutil_main(servers):
-    """iblutil's main takes a late copy of our echo for a new message and echoes it: without R14 the rig took
-    that for the request asked again, handled it, echoed it, and the two bounced it for ever."""
-    import time
+class LateCopy(LossyRelay):
+    """A relay that sends the rig's datagram `late` to the main once more, 50 ms later; it tells when any
+    datagram went through (`activity`), when the copy went (`released`), and counts what the rig sent."""
 
-    from tests.peers import IblutilMain
-    from tests.relay import LossyRelay
+    def __init__(self, rig_address, late):
+        self.late, self.released, self.activity = late, threading.Event(), threading.Event()
+        self.from_rig: collections.Counter = collections.Counter()
+        self.from_rig_changed = threading.Condition()
+        super().__init__(rig_address)
 
-    class LateCopy(LossyRelay):  # the rig's echo of EXPINIT reaches the main once more, 50 ms late
-        def __init__(self, rig_address, late):
-            self.late, self.released, self.activity = late, threading.Event(), threading.Event()
-            super().__init__(rig_address)
-
-        def _forward(self, send, data):
-            send(data)
-            self.counts['forwarded'] += 1
-            self.activity.set()
-            if send == self._to_main and data == self.late:
+    def _forward(self, send, data):
+        send(data)
+        self.counts['forwarded'] += 1
+        self.activity.set()
+        if send == self._to_main:
+            with self.from_rig_changed:
+                self.from_rig[data] += 1
+                self.from_rig_changed.notify_all()
+            if data == self.late:
                 self.late = None
                 self._held.append((time.monotonic() + 0.05, send, data))
 
-        def _release_held(self, everything=False):
-            held = bool(self._held)
-            super()._release_held(everything)
-            if held and not self._held:
-                self.released.set()
+    def _release_held(self, everything=False):
+        held = bool(self._held)
+        super()._release_held(everything)
+        if held and not self._held:
+            self.released.set()
 
+    def wait_quiet(self, quiet=0.2, deadline=5.0) -> bool:
+        """Wait until nothing went through for `quiet` seconds (False: still busy after `deadline`)."""
+        give_up = time.monotonic() + deadline
+        while time.monotonic() < give_up:
+            self.activity.clear()
+            if not self.activity.wait(quiet):
+                return True
+        return False
+
+
+def _relay_to(rig, late: bytes) -> LateCopy:
+    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    return LateCopy((host, int(port)), late=late)
+
+
+def test_a_late_copy_of_an_echo_starts_no_storm_with_an_iblutil_main(servers):
+    """iblutil's main takes a late copy of our echo for a new message and echoes it: without R14 the rig took
+    that for the request asked again, handled it, echoed it, and the two bounced it for ever."""
     rig = servers('cameras')
     handled = []
     rig.assign_handler('EXPINIT', handled.append)
     init = {'exp_ref': f'{TODAY}_1_mouse'}
-    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
-    relay = LateCopy((host, int(port)), late=b'[1, {"exp_ref": "%s_1_mouse"}]' % str(TODAY).encode())
+    relay = _relay_to(rig, late=b'[1, {"exp_ref": "%s_1_mouse"}]' % str(TODAY).encode())
     main = IblutilMain({'cameras': relay.uri})
     try:
         assert main.call('init', init) == {'cameras': [10, None]}
         assert relay.released.wait(5)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # until nothing went through the relay for 0.2 s
-            relay.activity.clear()
-            if not relay.activity.wait(0.2):
-                break
-        else:
-            pytest.fail(f'still bouncing after 5 s: {relay.counts}, handled {len(handled)} times')
+        assert relay.wait_quiet(), f'still bouncing after 5 s: {relay.counts}, handled {len(handled)} times'
         assert relay.counts['forwarded'] <= 6 + 2 * 9 + 4 and len(handled) <= 2  # (+4: handled once more)
         assert main.call('status', ExpStatus.INITIALIZED) == {'cameras': [10]}  # the main lives on
     finally:
+        main.close()
+        relay.close()
+
+
+def test_an_iblutil_main_that_asks_again_after_a_bounce_gets_its_echo(servers):
+    """While the rig's EXPSTART handler runs, a late copy of our echo reaches iblutil's main, which takes it for
+    the answer and echoes it; the two bounce it until the rig leaves the 9th copy unechoed. When the main then
+    asks the same again, the rig echoes it (it used to stay silent for good: iblutil's main closed, as iblrig's
+    main did in the simulator) and answers once its one handler run ends."""
+    rig = servers('cameras')
+    release, handled = threading.Event(), []
+    rig.assign_handler('EXPSTART', lambda data: handled.append(data) or release.wait(10) and {'frames': 0})
+    ref = f'{TODAY}_1_mouse'
+    request = b'[2, "%s", null]' % ref.encode()
+    relay = _relay_to(rig, late=request)
+    main = IblutilMain({'cameras': relay.uri})
+    asked_again: dict = {}
+    try:
+        assert main.call('init', {'exp_ref': ref}) == {'cameras': [10, None]}
+        assert main.call('start', ref) == {'cameras': [ref, None]}  # (iblutil's main took the late copy for it)
+        assert relay.released.wait(5) and relay.wait_quiet(), f'still bouncing: {relay.counts}'
+        echoes = relay.from_rig[request]
+        assert echoes == 1 + 8, relay.counts  # our echo of the request, then 8 echoes of the bounce, the 9th not
+
+        thread = threading.Thread(target=lambda: asked_again.update(main.call('start', ref)))
+        thread.start()  # the main asks the same again, while the rig's one handler still runs
+        with relay.from_rig_changed:
+            assert relay.from_rig_changed.wait_for(lambda: relay.from_rig[request] > echoes, 5), 'no echo'
+        release.set()
+        thread.join(10)
+        assert asked_again == {'cameras': [ref, {'frames': 0}]} and len(handled) == 1
+        assert main.call('status', ExpStatus.RUNNING) == {'cameras': [20]}  # the main lives on
+    finally:
+        release.set()
         main.close()
         relay.close()
