@@ -246,8 +246,8 @@ the main asking again or a network duplicate (iblrig's main, whose earlier call 
 our echo for its answer, bounced our echoes 8 times, then asked the same EXPSTATUS again; left
 unechoed, it closed). A bounce that the network keeps alive by duplicating (two copies come back for
 each echo, one of them then follows one left unechoed) ends at 16 echoes in all, and a resend past
-the 8th copy gets no answer again (the echo only), so no copy sent at the rig draws more than its own
-bytes back. Its price: every copy counts, the main's asks, network duplicates and bounces alike; the
+the 8th copy gets no answer again (the echo only): past the 8th, no copy sent at the rig draws more
+than its own bytes back. Its price: every copy counts, the main's asks, network duplicates and bounces alike; the
 9th is left unechoed whatever it is, as is every copy after 16 echoes, and a plain main whose ask
 that copy is gets no echo (an iblutil main closes then). A main that asks one request at a time
 (iblutil's, iblrig's) asks again while the rig still works on it only after a call ended without the
