@@ -113,7 +113,8 @@ then, once it taught that the rig runs iblnet_sync,
 ====  ============  ===============================================  ==========================================
 M8    any           with our ID                                      the echo if it is the current exchange's
                                                                      (M6), else a late echo: dropped
-M9    any           with the rig's ID seen before                    duplicate or resend: echoed, not delivered
+M9    any           with the rig's ID seen before                    duplicate or resend: echoed (a bounce cap:
+                                                                     as R6), not delivered
 M12   any           a message without REF                            echoed; the rig's message: delivered
 M11   any           an answer with another REF than the exchange's   late answer: echoed, dropped
                     (or with no exchange in progress)
@@ -186,8 +187,9 @@ last one's), a tagged datagram:
 ====  ============  ===============================================  ==========================================
 R2    ANSWERED      with our answer's ID                             the echo: -> DONE, resends stop
 R3    any           with our ID, not awaited                         late echo of one of our answers: dropped
-R4    any           a request with an ID seen before                 echoed; not handled again; the answer is
-                                                                     sent again if it awaits its echo
+R4    any           a request with an ID seen before                 echoed (a bounce cap: as R6); not handled
+                                                                     again; the answer is sent again if it
+                                                                     awaits its echo (to the first 8 copies)
 R5    any           a request with a new ID                          echoed; the current request is superseded
                                                                      (its answer is not sent); -> HANDLING
 ====  ============  ===============================================  ==========================================
@@ -240,18 +242,23 @@ not. Its price: a plain main that sends the very same request a third time in a 
 the main's socket lives on). No program we know of repeats a request that fast; iblrig's main sends
 one request every 0.2 s at most.
 
-The same bounce while the handler runs (R6) ends at the 9th copy, which is left unechoed: with no
-echo of ours out, nothing comes back. A copy that follows one left unechoed is echoed, since it is
-the main asking again or a network duplicate (iblrig's main, whose earlier call took a duplicate of
-our echo for its answer, bounced our echoes 8 times, then asked the same EXPSTATUS again; left
-unechoed, it closed). A bounce that the network keeps alive by duplicating (two copies come back for
-each echo, one of them then follows one left unechoed) ends at 16 echoes in all, and a resend past
-the 8th copy gets no answer again (the echo only): past the 8th, no copy sent at the rig draws more
-than its own bytes back. Its price: every copy counts, the main's asks, network duplicates and bounces alike; the
-9th is left unechoed whatever it is, as is every copy after 16 echoes, and a plain main whose ask
-that copy is gets no echo (an iblutil main closes then). A main that asks one request at a time
-(iblutil's, iblrig's) asks again while the rig still works on it only after a call ended without the
-answer (a timeout, or a copy taken for it).
+The bounce cap (R4, R6, R7, M9): a peer that echoes what it does not await bounces our echo of a
+copy back, and that is the same message again. So the copies of one message (the current plain
+request for R6 and R7, counted anew for each handler run; a tagged ID seen before for R4 and M9) are
+echoed 8 times, then only a copy that follows one left unechoed, 8 more at most. A bounce ends at
+the first copy left unechoed: with no echo of ours out, nothing comes back. A copy that follows it
+is the peer asking again or a network duplicate, and is echoed (iblrig's main, whose earlier call
+took a duplicate of our echo for its answer, bounced our echoes 8 times, then asked the same
+EXPSTATUS again: left unechoed, it closed). A bounce that the network keeps alive by duplicating
+(two copies come back for each echo) ends at 16 echoes. Past the 8th copy a request draws its echo
+only, not the answer again: no copy then draws more than its own bytes back. Its price: every copy
+counts, asks, resends, network duplicates and bounces alike; the 9th is left unechoed whatever it is,
+and so is, after it, each copy that follows an echoed one and every copy after 16 echoes. A plain
+main whose ask is such a copy gets no echo (an iblutil main closes then); a main that asks one
+request at a time (iblutil's, iblrig's) asks again while the rig still works on it only after a call
+ended without the answer (a timeout, or a copy taken for it). Our main's resends past the 8th copy
+get the echo but not the answer; a tagged request whose 17 echoes were all lost is echoed no more
+(with 40% loss each way: once in millions of requests).
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -356,23 +363,46 @@ class GaveUp:
 Event = Union[Send, Echoed, Answered, Failed, Delivered, Handle, GaveUp]
 
 
+class _Copies:
+    """The bounce cap on echoing the copies of one message (R4, R6, R7, M9): the first STORM_ECHOES copies are
+    echoed; then only a copy that follows one left unechoed (no echo of ours is out to come back: it is the
+    peer asking again, or a network duplicate), STORM_ECHOES more at most."""
+
+    __slots__ = ('echoed', 'unechoed')
+
+    def __init__(self) -> None:
+        self.echoed, self.unechoed = 0, False
+
+    def echo(self) -> bool:
+        """One more copy came: whether to echo it."""
+        echo = self.echoed < STORM_ECHOES or (self.unechoed and self.echoed < 2 * STORM_ECHOES)
+        self.unechoed = not echo
+        self.echoed += echo
+        return echo
+
+
 class _Window:
-    """The last `size` message IDs, datagrams or digests: an ordered set with a bound (the oldest goes first)."""
+    """The last `size` message IDs, datagrams or digests, each with its copies (:class:`_Copies`): an ordered
+    map with a bound (the oldest goes first)."""
 
     __slots__ = ('_ids', '_size')
 
     def __init__(self, size: int = SEEN_IDS):
-        self._ids: OrderedDict[str | bytes, None] = OrderedDict()
+        self._ids: OrderedDict[str | bytes, _Copies] = OrderedDict()
         self._size = size
 
     def add(self, msg_id: str | bytes) -> bool:
         """Remember `msg_id`; False if it was seen already."""
         if msg_id in self._ids:
             return False
-        self._ids[msg_id] = None
+        self._ids[msg_id] = _Copies()
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
         return True
+
+    def copies(self, msg_id: str | bytes) -> _Copies:
+        """The copies of `msg_id`, which was seen."""
+        return self._ids[msg_id]
 
     def clear(self) -> None:
         self._ids.clear()
@@ -717,9 +747,12 @@ class MainConversation:
         return d.msg_id in self._seen
 
     def _echo_tagged(self, d: _Datagram) -> list[Event]:
-        """Echo a tagged datagram of the rig's (always: our echoes are never echoed back) and remember its ID."""
+        """Echo a tagged datagram of the rig's (our rig never echoes our echoes back) and remember its ID."""
         self._seen.add(d.msg_id)
         return [Send(d.data)]
+
+    def _echo_copy(self, d: _Datagram) -> list[Event]:  # M9: a peer that echoes everything would bounce it
+        return [Send(d.data)] if self._seen.copies(d.msg_id).echo() else []
 
     def _is_unasked(self, d: _Datagram) -> bool:  # M12
         return d.parsed is not None and d.parsed.reply_to is None
@@ -872,7 +905,7 @@ MAIN_ROWS: dict[str, tuple[tuple[Row, ...], tuple[Row, ...]]] = {
                Row('M16', _always, _M._take_message))),
     'tagged': ((Row('M17', _M._is_junk, _drop),),
                (Row('M8', _M._is_ours, _M._take_ours),
-                Row('M9', _M._is_seen, _M._echo_tagged),
+                Row('M9', _M._is_seen, _M._echo_copy),
                 Row('M12', _M._is_unasked, _M._take_unasked),
                 Row('M11', _M._is_late_answer, _M._drop_late_answer),
                 Row('M10', _always, _M._take_tagged_answer))),
@@ -912,8 +945,7 @@ class RigConversation:
         self._next_send: float | None = None
         self._deadline: float | None = None
         self._seen = _Window()
-        self._echoed = 0                  # copies of the current plain request echoed (R6, R7)
-        self._unechoed = False            # the last copy of it was left unechoed (R6, R7)
+        self._copies = _Copies()          # of the current plain request (R6, R7)
         self._plains = _Window(8)         # digests of the last plain requests (R8)
         self._echoes: OrderedDict[bytes, tuple[float, int, bool]] = OrderedDict()  # R14: digest -> (last echo,
         #                                                               echoes, handled again at once)
@@ -989,7 +1021,11 @@ class RigConversation:
         return d.msg_id in self._seen
 
     def _echo_seen(self, d: _Datagram) -> list[Event]:
-        return [Send(d.data), Send(self._answer)] if self.state == ANSWERED else [Send(d.data)]
+        copies = self._seen.copies(d.msg_id)
+        if not copies.echo():
+            return []
+        again = self.state == ANSWERED and copies.echoed <= STORM_ECHOES  # (past the cap: the echo only)
+        return [Send(d.data), Send(self._answer)] if again else [Send(d.data)]
 
     def _take_tagged_request(self, d: _Datagram) -> list[Event]:  # R5
         self._seen.add(d.msg_id)
@@ -1010,17 +1046,12 @@ class RigConversation:
         return self._is_open(d) and d.data != d.canonical
 
     def _echo_again(self, d: _Datagram) -> list[Event]:
-        """R6, R7: never handled again. The first STORM_ECHOES copies are echoed, and our main's resend
-        (another spelling) gets the answer again: that main lacks it. After that, a copy is echoed only when
-        the one before it was left unechoed (then no echo of ours is out to bounce back: it is the main asking
-        again, or a network duplicate), STORM_ECHOES more at most, and without the answer."""
-        echo = self._echoed < STORM_ECHOES or (self._unechoed and self._echoed < 2 * STORM_ECHOES)
-        self._unechoed = not echo
-        if not echo:
+        """R6, R7: never handled again; echoed under the bounce cap (:class:`_Copies`); our main's resend
+        (another spelling) gets the answer again, to the first STORM_ECHOES copies: that main lacks it."""
+        if not self._copies.echo():
             return []
-        self._echoed += 1
-        events: list[Event] = [self._echo(d.data, d.now, self._echoed)]
-        if self.state == ANSWERED and d.data != d.canonical and self._echoed <= STORM_ECHOES:
+        events: list[Event] = [self._echo(d.data, d.now, self._copies.echoed)]
+        if self.state == ANSWERED and d.data != d.canonical and self._copies.echoed <= STORM_ECHOES:
             events.append(Send(self._answer))
         return events
 
@@ -1115,7 +1146,7 @@ class RigConversation:
     def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
         self._owe_echo()
         self._request += 1
-        self._echoed, self._unechoed = 0, False
+        self._copies = _Copies()
         if plain:
             self._plain = plain  # the last plain request: its copies may still arrive
             self._plains.add(_key(plain))

@@ -190,14 +190,14 @@ def test_a_plain_copy_of_the_request_is_echoed_and_the_answer_goes_only_to_a_res
     assert rig.receive(resend, 0.004) == [Send(resend), Send(answer)]  # our main's resend lacks the answer
 
 
-def _bounce(rig: core.RigConversation, datagram: bytes, now: float, copies_per_echo: int = 1,
-            limit: int = 1000) -> list[list[core.Event]]:
-    """A plain main that echoes every echo of ours (`copies_per_echo` copies of each come back: a network
-    that duplicates) bounces `datagram` off `rig` until nothing is in flight; what each copy drew."""
+def _bounce(peer: core.RigConversation | core.MainConversation, datagram: bytes, now: float,
+            copies_per_echo: int = 1, limit: int = 1000) -> list[list[core.Event]]:
+    """A peer that echoes everything of ours (`copies_per_echo` copies of each come back: a network that
+    duplicates) bounces `datagram` off `peer` until nothing is in flight; what each copy drew."""
     in_flight, drawn = collections.deque([datagram]), []
     while in_flight and len(drawn) < limit:
         now += 0.0005
-        drawn.append(rig.receive(in_flight.popleft(), now))
+        drawn.append(peer.receive(in_flight.popleft(), now))
         in_flight.extend(d for d in sent(drawn[-1]) for _ in range(copies_per_echo))
     return drawn
 
@@ -222,6 +222,21 @@ def test_a_bounce_that_the_network_keeps_alive_by_duplicating_ends_and_a_resend_
     resend = START + dialect.RESEND_SUFFIX  # a hostile host sends resends and never echoes the answer
     drawn = [sent(rig.receive(resend, 0.2 + n * 0.001)) for n in range(100)]
     assert all(d == [resend] or d == [] for d in drawn)  # past the 8th copy: the echo only, never the answer
+
+
+def test_tagged_copies_bounced_by_a_peer_that_echoes_everything_end_and_draw_the_answer_8_times_at_most():
+    rig = core.RigConversation('b2')  # R4: a hostile main that echoes everything, on a network that duplicates
+    request = dialect.tag(START, 'mx.1')
+    (handle,) = events_of(rig.receive(request, 0.0), Handle)
+    (answer,) = sent(rig.answer(handle.request, b'[2, "2026-11-25_1_mouse", null]', 0.001))
+    drawn = [d for events in _bounce(rig, request, 0.002, copies_per_echo=2) for d in sent(events)]
+    assert len(drawn) < 1000 and drawn.count(request) <= 2 * core.STORM_ECHOES
+    assert drawn.count(answer) <= core.STORM_ECHOES
+    main = core.MainConversation('n', tagged=True)  # M9: a message of the rig's own (M12), then its copies
+    message = dialect.tag(b'[32, 20]', 'r9.1')
+    assert sent(main.receive(message, 0.0)) == [message]
+    drawn = [d for events in _bounce(main, message, 0.001, copies_per_echo=2) for d in sent(events)]
+    assert len(drawn) <= 2 * core.STORM_ECHOES and set(drawn) == {message}
 
 
 @pytest.mark.parametrize('seed', [3126625])
