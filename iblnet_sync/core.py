@@ -240,7 +240,10 @@ a new connection from the port of the last one), the copies that follow within 0
 not. Its price: a plain main that sends the very same request a third time in a row, each within
 0.2 s of our echo of the one before, gets the echo but no answer to the third (its call times out;
 the main's socket lives on). No program we know of repeats a request that fast; iblrig's main sends
-one request every 0.2 s at most.
+one request every 0.2 s at most. Its limit: a bounce slower than that (a peer that echoes everything,
+0.2 s or more away) is, byte for byte and in pace, a main polling the same request, and the rig
+handles each copy as it would each poll: one handler run per round trip, for as long as the peer
+keeps bouncing (on a lab's network a round trip takes a millisecond).
 
 The bounce cap (R4, R6, R7, M9): a peer that echoes what it does not await bounces our echo of a
 copy back, and that is the same message again. So the copies of one message (the current plain
