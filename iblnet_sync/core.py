@@ -201,9 +201,9 @@ R8    DONE          the last request in another spelling; once the   a late copy
                     main is tagged, any of the last 8
 R6    HANDLING/     the current request again                        asked again, a duplicate or a bounce of our
       ANSWERED                                                       echo: echoed (8 times; then only a copy
-                                                                     that follows one left unechoed, 8 more
-                                                                     at most: a bounce loop ends there),
-                                                                     never handled again
+                                                                     0.2 s or more after our last echo, or
+                                                                     one that follows a copy left unechoed, 8
+                                                                     more: a bounce ends), never handled again
 R7    HANDLING/     the current request in another spelling (our     a resend: as R6, and the answer is sent
       ANSWERED      main's resend adds a tab)                        again (that main lacks it; to the first
                                                                      8 copies only)
@@ -248,20 +248,23 @@ keeps bouncing (on a lab's network a round trip takes a millisecond).
 The bounce cap (R4, R6, R7, M9): a peer that echoes what it does not await bounces our echo of a
 copy back, and that is the same message again. So the copies of one message (the current plain
 request for R6 and R7, counted anew for each handler run; a tagged ID seen before for R4 and M9) are
-echoed 8 times, then only a copy that follows one left unechoed, 8 more at most. A bounce ends at
-the first copy left unechoed: with no echo of ours out, nothing comes back. A copy that follows it
-is the peer asking again or a network duplicate, and is echoed (iblrig's main, whose earlier call
-took a duplicate of our echo for its answer, bounced our echoes 8 times, then asked the same
-EXPSTATUS again: left unechoed, it closed). A bounce that the network keeps alive by duplicating
-(two copies come back for each echo) ends at 16 echoes. Past the 8th copy a request draws its echo
-only, not the answer again: no copy then draws more than its own bytes back. Its price: every copy
-counts, asks, resends, network duplicates and bounces alike; the 9th is left unechoed whatever it is,
-and so is, after it, each copy that follows an echoed one and every copy after 16 echoes. A plain
-main whose ask is such a copy gets no echo (an iblutil main closes then); a main that asks one
-request at a time (iblutil's, iblrig's) asks again while the rig still works on it only after a call
-ended without the answer (a timeout, or a copy taken for it). Our main's resends past the 8th copy
-get the echo but not the answer; a tagged request whose 17 echoes were all lost is echoed no more
-(with 40% loss each way: once in millions of requests).
+echoed 8 times; after that, only a copy that comes 0.2 s or more after our last echo of the message
+(a bounce of our echo comes back within a round trip: this is the peer asking again), or one that
+follows a copy left unechoed (no echo of ours is out to come back: the peer asking again, or a
+network duplicate), 8 more of these at most. A bounce ends at the first copy left unechoed. A bounce
+that the network keeps alive by duplicating (two copies come back for each echo) ends at 16 echoes;
+one slower than 0.2 s a round trip is a poll, byte for byte and in pace, and gets one echo per round
+trip while the message is current (never a handler run). iblrig's main, whose earlier call took a
+duplicate of our echo for its answer, bounced our echoes 8 times, then asked the same EXPSTATUS again,
+every 0.25 s while our handler ran: left unechoed, it closed; now each ask is echoed. Past the 8th
+copy a request draws its echo only, not the answer again: no copy then draws more than its own bytes
+back. Its price: every copy counts, asks, resends, network duplicates and bounces alike; a copy
+within 0.2 s of our last echo of it is left unechoed from the 9th on, unless it follows one left
+unechoed (and then from the 16th echo on). A plain main that asks the same request again that fast,
+while the rig still works on it, gets no echo for such an ask (an iblutil main closes then); a main
+that asks one request at a time (iblutil's, iblrig's) asks again only after a call ended without the
+answer (a timeout, or a copy taken for it). Our main's resends past the 8th copy get the echo but not
+the answer.
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -367,20 +370,24 @@ Event = Union[Send, Echoed, Answered, Failed, Delivered, Handle, GaveUp]
 
 
 class _Copies:
-    """The bounce cap on echoing the copies of one message (R4, R6, R7, M9): the first STORM_ECHOES copies are
-    echoed; then only a copy that follows one left unechoed (no echo of ours is out to come back: it is the
-    peer asking again, or a network duplicate), STORM_ECHOES more at most."""
+    """The bounce cap on echoing the copies of one message (R4, R6, R7, M9). The first STORM_ECHOES copies
+    are echoed; after that, a copy that comes REPEAT_WINDOW or more after our last echo of the message (no
+    bounce of that echo comes so late: it is the peer asking again), and one that follows a copy left
+    unechoed (no echo of ours is out to come back: the peer asking again, or a network duplicate),
+    STORM_ECHOES more of the latter at most."""
 
-    __slots__ = ('echoed', 'unechoed')
+    __slots__ = ('echoed', 'unechoed', 'last')
 
-    def __init__(self) -> None:
-        self.echoed, self.unechoed = 0, False
+    def __init__(self, now: float = float('-inf')) -> None:
+        self.echoed, self.unechoed, self.last = 0, False, now  # (`now`: when the message itself was echoed)
 
-    def echo(self) -> bool:
-        """One more copy came: whether to echo it."""
-        echo = self.echoed < STORM_ECHOES or (self.unechoed and self.echoed < 2 * STORM_ECHOES)
+    def echo(self, now: float) -> bool:
+        """One more copy came at `now`: whether to echo it."""
+        echo = (self.echoed < STORM_ECHOES or now - self.last >= REPEAT_WINDOW
+                or (self.unechoed and self.echoed < 2 * STORM_ECHOES))
         self.unechoed = not echo
-        self.echoed += echo
+        if echo:
+            self.echoed, self.last = self.echoed + 1, now
         return echo
 
 
@@ -394,11 +401,11 @@ class _Window:
         self._ids: OrderedDict[str | bytes, _Copies] = OrderedDict()
         self._size = size
 
-    def add(self, msg_id: str | bytes) -> bool:
-        """Remember `msg_id`; False if it was seen already."""
+    def add(self, msg_id: str | bytes, now: float = float('-inf')) -> bool:
+        """Remember `msg_id` (echoed at `now`); False if it was seen already."""
         if msg_id in self._ids:
             return False
-        self._ids[msg_id] = _Copies()
+        self._ids[msg_id] = _Copies(now)
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
         return True
@@ -751,11 +758,11 @@ class MainConversation:
 
     def _echo_tagged(self, d: _Datagram) -> list[Event]:
         """Echo a tagged datagram of the rig's (our rig never echoes our echoes back) and remember its ID."""
-        self._seen.add(d.msg_id)
+        self._seen.add(d.msg_id, d.now)
         return [Send(d.data)]
 
     def _echo_copy(self, d: _Datagram) -> list[Event]:  # M9: a peer that echoes everything would bounce it
-        return [Send(d.data)] if self._seen.copies(d.msg_id).echo() else []
+        return [Send(d.data)] if self._seen.copies(d.msg_id).echo(d.now) else []
 
     def _is_unasked(self, d: _Datagram) -> bool:  # M12
         return d.parsed is not None and d.parsed.reply_to is None
@@ -1025,14 +1032,14 @@ class RigConversation:
 
     def _echo_seen(self, d: _Datagram) -> list[Event]:
         copies = self._seen.copies(d.msg_id)
-        if not copies.echo():
+        if not copies.echo(d.now):
             return []
         again = self.state == ANSWERED and copies.echoed <= STORM_ECHOES  # (past the cap: the echo only)
         return [Send(d.data), Send(self._answer)] if again else [Send(d.data)]
 
     def _take_tagged_request(self, d: _Datagram) -> list[Event]:  # R5
-        self._seen.add(d.msg_id)
-        return [Send(d.data)] + self._new_request(b'', d.msg_id, d.message)
+        self._seen.add(d.msg_id, d.now)
+        return [Send(d.data)] + self._new_request(b'', d.msg_id, d.message, d.now)
 
     def _is_open(self, d: _Datagram) -> bool:
         """`d` is the current plain request (in any spelling), while we work on it or await our answer's echo."""
@@ -1051,7 +1058,7 @@ class RigConversation:
     def _echo_again(self, d: _Datagram) -> list[Event]:
         """R6, R7: never handled again; echoed under the bounce cap (:class:`_Copies`); our main's resend
         (another spelling) gets the answer again, to the first STORM_ECHOES copies: that main lacks it."""
-        if not self._copies.echo():
+        if not self._copies.echo(d.now):
             return []
         events: list[Event] = [self._echo(d.data, d.now, self._copies.echoed)]
         if self.state == ANSWERED and d.data != d.canonical and self._copies.echoed <= STORM_ECHOES:
@@ -1080,7 +1087,7 @@ class RigConversation:
         if dialect.announces_peer(d.message):  # (asked again at once: once, then R14)
             self.tagged = True
         echo = self._echo(d.data, d.now, echoes if recent else 0, again=recent)
-        return [echo] + self._new_request(d.canonical, dialect.digest(d.canonical), d.message)
+        return [echo] + self._new_request(d.canonical, dialect.digest(d.canonical), d.message, d.now)
 
     def answer(self, request: int, answer: bytes | None, now: float) -> list[Event]:
         """The handler of `request` finished (R10, R13): `answer` is a plain datagram or None."""
@@ -1146,10 +1153,10 @@ class RigConversation:
         if self.state == ANSWERED and self._answer_id is None and not dialect.is_marked(self._answer):
             self._owed.add(self._answer)  # (a marked answer's echo is told by its newline)
 
-    def _new_request(self, plain: bytes, ref: str, message: Message) -> list[Event]:
+    def _new_request(self, plain: bytes, ref: str, message: Message, now: float) -> list[Event]:
         self._owe_echo()
         self._request += 1
-        self._copies = _Copies()
+        self._copies = _Copies(now)
         if plain:
             self._plain = plain  # the last plain request: its copies may still arrive
             self._plains.add(_key(plain))
