@@ -200,10 +200,10 @@ or a plain one:
 R8    DONE          the last request in another spelling; once the   a late copy: dropped
                     main is tagged, any of the last 8
 R6    HANDLING/     the current request again                        asked again, a duplicate or a bounce of our
-      ANSWERED                                                       echo: echoed (8 times; then only a copy
-                                                                     0.2 s or more after our last echo, or
-                                                                     one that follows a copy left unechoed, 8
-                                                                     more: a bounce ends), never handled again
+      ANSWERED                                                       echo: echoed (8 times; then a copy 0.1 s
+                                                                     or more after our last echo, and one
+                                                                     that follows a copy left unechoed, up to
+                                                                     16: a bounce ends), never handled again
 R7    HANDLING/     the current request in another spelling (our     a resend: as R6, and the answer is sent
       ANSWERED      main's resend adds a tab)                        again (that main lacks it; to the first
                                                                      8 copies only)
@@ -247,24 +247,23 @@ keeps bouncing (on a lab's network a round trip takes a millisecond).
 
 The bounce cap (R4, R6, R7, M9): a peer that echoes what it does not await bounces our echo of a
 copy back, and that is the same message again. So the copies of one message (the current plain
-request for R6 and R7, counted anew for each handler run; a tagged ID seen before for R4 and M9) are
-echoed 8 times; after that, only a copy that comes 0.2 s or more after our last echo of the message
-(a bounce of our echo comes back within a round trip: this is the peer asking again), or one that
-follows a copy left unechoed (no echo of ours is out to come back: the peer asking again, or a
-network duplicate), 8 more of these at most. A bounce ends at the first copy left unechoed. A bounce
-that the network keeps alive by duplicating (two copies come back for each echo) ends at 16 echoes;
-one slower than 0.2 s a round trip is a poll, byte for byte and in pace, and gets one echo per round
-trip while the message is current (never a handler run). iblrig's main, whose earlier call took a
-duplicate of our echo for its answer, bounced our echoes 8 times, then asked the same EXPSTATUS again,
-every 0.25 s while our handler ran: left unechoed, it closed; now each ask is echoed. Past the 8th
-copy a request draws its echo only, not the answer again: no copy then draws more than its own bytes
-back. Its price: every copy counts, asks, resends, network duplicates and bounces alike; a copy
-within 0.2 s of our last echo of it is left unechoed from the 9th on, unless it follows one left
-unechoed (and then from the 16th echo on). A plain main that asks the same request again that fast,
-while the rig still works on it, gets no echo for such an ask (an iblutil main closes then); a main
-that asks one request at a time (iblutil's, iblrig's) asks again only after a call ended without the
-answer (a timeout, or a copy taken for it). Our main's resends past the 8th copy get the echo but not
-the answer.
+request for R6 and R7, counted anew for each handler run; a tagged ID among the last 64 seen for R4
+and M9) are echoed 8 times; after that, a copy that comes 0.1 s or more after our last echo of the
+message (a bounce of our echo comes back within a round trip: this is the peer asking again), and
+one that follows a copy left unechoed (no echo of ours is out to come back: the peer asking again, or
+a network duplicate) until 16 echoes in all, spaced ones included. A bounce ends at the first copy
+left unechoed; one that the network keeps alive by duplicating (two copies come back for each echo)
+ends at 16 echoes; one slower than 0.1 s a round trip is a poll, byte for byte and in pace, and gets
+at most one echo per 0.1 s (never a handler run) while the message is current (a plain request done
+is R14's). iblrig's main, whose earlier call took a duplicate of our echo for its answer, bounced our
+echoes 8 times, then asked the same EXPSTATUS again every 0.25 s while our handler ran: left
+unechoed, it closed; now each ask is echoed. Past the 8th copy a request draws its echo only, not the
+answer again: no copy then draws more than its own bytes back. Its price: every copy counts, asks,
+resends, network duplicates and bounces alike; from the 9th on, a copy within 0.1 s of our last echo
+of it is left unechoed, unless it follows one left unechoed and 16 echoes did not go yet. A plain
+main that asks the same request again that fast, while the rig still works on it, gets no echo for
+such an ask (an iblutil main closes then); iblrig's main asks 0.2 s apart at the least, and our main
+resends 0.2 s apart, each resend past the 8th copy getting the echo but not the answer.
 
 A rig never resends a plain answer unasked (R11 is for tagged ones), nor to a plain copy of the
 request (R7): an iblutil main that asks again or got a copy awaits its echo, and would take the
@@ -299,6 +298,10 @@ TAG_ROOM = 128
 REPEAT_WINDOW = 0.2
 """float: seconds after our echo of a plain request within which the same bytes again are a bounce of
 that echo, not the main asking again (R14)."""
+BOUNCE_WINDOW = 0.1
+"""float: seconds after our last echo of a message within which a copy of it may be a bounce of that echo
+(the bounce cap: R4, R6, R7, M9); a later copy is the peer asking again (a round trip on a lab's network
+takes a millisecond; iblrig's main asks 0.2 s apart at the least, our main resends 0.2 s apart)."""
 OWED = 4
 """int: echoes owed at most (of plain requests or answers whose echo may still come late)."""
 STORM_ECHOES = 8
@@ -371,10 +374,9 @@ Event = Union[Send, Echoed, Answered, Failed, Delivered, Handle, GaveUp]
 
 class _Copies:
     """The bounce cap on echoing the copies of one message (R4, R6, R7, M9). The first STORM_ECHOES copies
-    are echoed; after that, a copy that comes REPEAT_WINDOW or more after our last echo of the message (no
-    bounce of that echo comes so late: it is the peer asking again), and one that follows a copy left
-    unechoed (no echo of ours is out to come back: the peer asking again, or a network duplicate),
-    STORM_ECHOES more of the latter at most."""
+    are echoed; after that, a copy that comes BOUNCE_WINDOW or more after our last echo of the message (the
+    peer asking again), and one that follows a copy left unechoed (no echo of ours is out to come back: the
+    peer asking again, or a network duplicate) until 2 * STORM_ECHOES echoes in all."""
 
     __slots__ = ('echoed', 'unechoed', 'last')
 
@@ -383,7 +385,7 @@ class _Copies:
 
     def echo(self, now: float) -> bool:
         """One more copy came at `now`: whether to echo it."""
-        echo = (self.echoed < STORM_ECHOES or now - self.last >= REPEAT_WINDOW
+        echo = (self.echoed < STORM_ECHOES or now - self.last >= BOUNCE_WINDOW
                 or (self.unechoed and self.echoed < 2 * STORM_ECHOES))
         self.unechoed = not echo
         if echo:

@@ -211,8 +211,17 @@ def test_a_bounce_of_the_current_request_ends_and_the_main_asking_again_after_it
     assert rig.receive(STATUS, 0.201) == []  # and should that be bounced, the bounce ends there
     assert not [e for events in bounce for e in events if isinstance(e, Handle)]  # never handled again
     assert rig.is_current(handle.request)
-    poll = core.REPEAT_WINDOW + 0.01  # a main polling it, slower than a bounce of our echo comes back
+    poll = core.BOUNCE_WINDOW + 0.01  # a main polling it, slower than a bounce of our echo comes back
     assert [rig.receive(STATUS, 0.2 + n * poll) for n in range(1, 40)] == [[Send(STATUS)]] * 39  # each echoed
+
+
+def test_a_bounce_that_the_network_ended_leaves_the_next_ask_echoed():  # R6
+    """iblrig's main takes a copy of our echo for its answer and bounces it; the network loses our 8th echo, so
+    no copy is left unechoed; the main's next ask (its queue polls every 0.2 s) still gets its echo."""
+    rig = core.RigConversation('b2')
+    events_of(rig.receive(STATUS, 0.0), Handle)
+    assert [rig.receive(STATUS, 0.001 * n) for n in range(1, 9)] == [[Send(STATUS)]] * 8  # the 8th is lost
+    assert rig.receive(STATUS, 0.01 + core.BOUNCE_WINDOW) == [Send(STATUS)]
 
 
 def test_a_bounce_that_the_network_keeps_alive_by_duplicating_ends_and_a_resend_draws_no_more_than_its_bytes():
