@@ -392,6 +392,12 @@ class _Copies:
             self.echoed, self.last = self.echoed + 1, now
         return echo
 
+    @property
+    def may_answer(self) -> bool:
+        """bool: the copy just echoed is among the first STORM_ECHOES, so it may draw the answer again (past
+        them, a copy draws its echo only: no more than its own bytes)."""
+        return self.echoed <= STORM_ECHOES
+
 
 class _Window:
     """The last `size` message IDs, datagrams or digests, each with its copies (:class:`_Copies`): an ordered
@@ -1036,7 +1042,7 @@ class RigConversation:
         copies = self._seen.copies(d.msg_id)
         if not copies.echo(d.now):
             return []
-        again = self.state == ANSWERED and copies.echoed <= STORM_ECHOES  # (past the cap: the echo only)
+        again = self.state == ANSWERED and copies.may_answer
         return [Send(d.data), Send(self._answer)] if again else [Send(d.data)]
 
     def _take_tagged_request(self, d: _Datagram) -> list[Event]:  # R5
@@ -1063,7 +1069,7 @@ class RigConversation:
         if not self._copies.echo(d.now):
             return []
         events: list[Event] = [self._echo(d.data, d.now, self._copies.echoed)]
-        if self.state == ANSWERED and d.data != d.canonical and self._copies.echoed <= STORM_ECHOES:
+        if self.state == ANSWERED and d.data != d.canonical and self._copies.may_answer:
             events.append(Send(self._answer))
         return events
 

@@ -190,11 +190,13 @@ def test_a_plain_copy_of_the_request_is_echoed_and_the_answer_goes_only_to_a_res
     assert rig.receive(resend, 0.004) == [Send(resend), Send(answer)]  # our main's resend lacks the answer
 
 
-def _bounce(peer: core.RigConversation | core.MainConversation, datagram: bytes, now: float,
+def _bounce(peer: core.RigConversation | core.MainConversation, datagrams: bytes | list[bytes], now: float,
             copies_per_echo: int = 1, limit: int = 1000) -> list[list[core.Event]]:
     """A peer that echoes everything of ours (`copies_per_echo` copies of each come back: a network that
-    duplicates) bounces `datagram` off `peer` until nothing is in flight; what each copy drew."""
-    in_flight, drawn = collections.deque([datagram]), []
+    duplicates) bounces `datagrams` (in turn) off `peer` until nothing is in flight, or `limit` copies came;
+    what each copy drew."""
+    in_flight = collections.deque([datagrams] if isinstance(datagrams, bytes) else datagrams)
+    drawn: list[list[core.Event]] = []
     while in_flight and len(drawn) < limit:
         now += 0.0005
         drawn.append(peer.receive(in_flight.popleft(), now))
@@ -397,15 +399,10 @@ def test_a_late_copy_of_our_echo_bounced_by_a_plain_main_is_no_new_request():  #
 def test_two_requests_bounced_in_turn_by_a_peer_that_echoes_everything_end():  # R14
     rig = core.RigConversation('b2')
     status, info = protocol.status_message(0), protocol.info_message(0, {'subject': 'mouse'})
-    handled, echoed, now = 0, 0, 0.0
-    in_flight = collections.deque([info, status])
-    while in_flight and echoed < 1000:  # the naive peer echoes each of our echoes back, the two in turn
-        now += 0.0005
-        events = rig.receive(in_flight.popleft(), now)
-        handled += len(events_of(events, Handle))
-        echoed += len(sent(events))
-        in_flight.extend(sent(events))
-    assert not in_flight and handled <= 4 and echoed <= 2 * (core.STORM_ECHOES + 2)
+    drawn = _bounce(rig, [info, status], 0.0)  # the naive peer echoes each of our echoes back, the two in turn
+    handled = sum(len(events_of(events, Handle)) for events in drawn)
+    echoed = sum(len(sent(events)) for events in drawn)
+    assert len(drawn) < 1000 and handled <= 4 and echoed <= 2 * (core.STORM_ECHOES + 2)
 
 
 def _documented_rows(after: str, before: str) -> list[str]:
