@@ -740,11 +740,13 @@ class MainConversation:
         return [Send(d.data)] + self._answered(d.x, d.message.data, d.now)
 
     def _is_storm(self, d: _Datagram) -> bool:  # M21
-        return self._copies(d) > STORM_ECHOES
+        return self._copies(d) > STORM_ECHOES or self._is_bounce(d)
 
     def _drop_storm(self, d: _Datagram) -> list[Event]:
         if self._count_copy(d):  # (once a burst)
             log.warning('echo storm: %r came %d times in a burst; no longer echoed', d.data[:60], STORM_ECHOES + 1)
+        else:
+            log.debug('%r dropped: a bounce of our echo, or a storm already logged', d.data[:60])
         return []
 
     def _take_message(self, d: _Datagram) -> list[Event]:  # M16
@@ -820,22 +822,28 @@ class MainConversation:
             return 1 if d.now - burst.last > STORM_QUIET else min(burst.copies, STORM_ECHOES)
         return burst.copies + 1
 
+    def _is_bounce(self, d: _Datagram) -> bool:
+        """The rig's plain message `d` came again less than BOUNCE_WINDOW after the copy before it, with no
+        request of ours in between: the rig's echo of our echo, which it does not await (M21)."""
+        burst = self._storm.get(d.key)
+        return burst is not None and burst.asked == self._asked and d.now - burst.last < BOUNCE_WINDOW
+
     def _storm_full(self, now: float) -> bool:
         """The table of bursts is full, and its oldest burst is still live (a copy less than STORM_QUIET ago)."""
         return len(self._storm) >= SEEN_IDS and now - next(iter(self._storm.values())).last <= STORM_QUIET
 
     def _count_copy(self, d: _Datagram) -> bool:
         """Count copy `d` of a message in its burst (M21); True if it starts a storm not yet logged."""
-        copies = self._copies(d)
+        copies, bounce = self._copies(d), self._is_bounce(d)
         burst = self._storm.pop(d.key, None)
         if burst is None and len(self._storm) >= SEEN_IDS:
             if self._storm_full(d.now):
                 return False  # (no room: the table's bursts are all live)
             self._storm.popitem(last=False)
         logged = burst is not None and burst.logged and copies > 1
-        storm = copies > STORM_ECHOES
-        self._storm[d.key] = _Burst(copies, d.now, self._asked, logged or storm)
-        return storm and not logged
+        log_now = copies > STORM_ECHOES and not logged and not bounce  # (a bounce alone is no storm to log)
+        self._storm[d.key] = _Burst(copies, d.now, self._asked, logged or log_now)
+        return log_now
 
     def _schedule(self, x: _Exchange, now: float) -> None:
         x.next_send = now + self.options.resend_interval if x.resends_left > 0 else None

@@ -99,21 +99,35 @@ def test_an_error_report_of_an_overtaken_tagged_request_does_not_fail_the_next_o
     assert events_of(main.receive(report2, 10.3), Failed) == [Failed(second, 'error report', 'RuntimeError: no')]
 
 
-def test_an_echo_storm_is_cut_at_8_even_when_datagrams_take_turns(caplog):  # M21
+def test_a_bounce_of_our_echo_is_not_echoed():  # M21
+    """A peer that echoes what it takes for new sends our echo straight back, with no request of ours in between:
+    that copy is not echoed. A copy slower than a bounce, or after a request of ours, is."""
     main = core.MainConversation('a1')
-    other = b'[1, 10, null]'
+    assert sent(main.receive(STATUS, 0.0)) == [STATUS]
+    assert sent(main.receive(STATUS, 0.001)) == []  # its echo of ours: the bounce ends here
+    assert sent(main.receive(STATUS, 0.002)) == []  # (and a network copy of it)
+    assert sent(main.receive(STATUS, 0.002 + core.BOUNCE_WINDOW)) == [STATUS]  # slower than a bounce
+    request(main, START, 0.2)
+    assert sent(main.receive(STATUS, 0.201)) == [STATUS]  # after a request of ours: it may answer it
+
+
+def test_an_echo_storm_is_cut_at_8_even_when_datagrams_take_turns(caplog):  # M21
+    """Datagrams bouncing in turn, each slower than a bounce of our echo comes back on a lab's network."""
+    main = core.MainConversation('a1')
+    other, pace = b'[1, 10, null]', core.BOUNCE_WINDOW * 0.6
     with caplog.at_level(logging.WARNING, logger='iblnet_sync.core'):
-        echoes = [sent(main.receive(data, 0.001 * n)) for n, data in enumerate([STATUS, other] * 10)]
+        echoes = [sent(main.receive(data, pace * n)) for n, data in enumerate([STATUS, other] * 10)]
     assert echoes == [[STATUS], [other]] * core.STORM_ECHOES + [[], []] * 2
     assert 'echo storm' in caplog.text
-    request(main, START, 0.021)  # a request of ours lets one copy through (it may be its answer), no more
-    assert [sent(main.receive(STATUS, 0.022 + n * 0.001)) for n in range(3)] == [[STATUS], [], []]
-    main.give_up(0.03)
-    later = 0.024 + core.STORM_QUIET + 0.001
+    now = 20 * pace
+    request(main, START, now)  # a request of ours lets one copy through (it may be its answer), no more
+    assert [sent(main.receive(STATUS, now + 2 * n * pace)) for n in range(1, 4)] == [[STATUS], [], []]
+    main.give_up(now + 7 * pace)
+    later = now + 6 * pace + core.STORM_QUIET + 0.001
     assert sent(main.receive(STATUS, later)) == []  # quiet, but we asked nothing since: a slow storm
     request(main, START, later + 0.001)
     assert sent(main.receive(STATUS, later + 2 * core.STORM_QUIET)) == [STATUS]  # quiet and asked again: new
-    assert sent(main.receive(STATUS, later + 2 * core.STORM_QUIET + 0.001)) == [STATUS]  # (counted from 1)
+    assert sent(main.receive(STATUS, later + 2 * core.STORM_QUIET + 2 * pace)) == [STATUS]  # (counted from 1)
 
 
 def test_a_poll_answered_within_the_clocks_tick_is_still_the_answer_to_a_new_request():  # M21
@@ -347,7 +361,10 @@ def test_simulated_seed_keeps_every_invariant(seed):
 
 
 # seeds of one pairing: a storm restarted at each request of ours (M21 counted per request, not per burst)
-PAIRED_SEEDS = [(2007124, 'ours-naive'), (2058378, 'ours-iblutil'), (2003692, 'video')]
+PAIRED_SEEDS = [(2007124, 'ours-naive'), (2058378, 'ours-iblutil'), (2003692, 'video'),
+                # an iblutil rig handling network copies of our echo of its answers; we echoed each bounce 8 times
+                (3016223, 'ours-iblutil'), (3371436, 'ours-iblutil'), (3511162, 'ours-iblutil'),
+                (3787623, 'ours-iblutil')]
 
 
 @pytest.mark.parametrize('seed, pairing', PAIRED_SEEDS)
@@ -356,7 +373,7 @@ def test_simulated_seed_of_a_pairing_keeps_every_invariant(seed, pairing):
     assert not violations, f'{scenario}\n{run.results}'
 
 
-@pytest.mark.parametrize('seed', [300, 379])
+@pytest.mark.parametrize('seed', [300])
 def test_simulated_seed_of_the_storm_cuts_price(seed):
     """The price of the storm cut (M21), documented in the core: an iblutil rig that answers the bounces of its
     own storm with the same bytes loses the echoes after the cut and closes. The simulator excuses exactly
