@@ -9,6 +9,7 @@ From the repository root (a module of the ``tests`` package, on this checkout's 
 """
 from __future__ import annotations
 
+import collections
 import random
 import selectors
 import socket
@@ -102,6 +103,47 @@ class LossyRelay:
         self._thread.join(5)
         for sock in (self.front, self.back, self._stop_reader, self._stop_writer):
             sock.close()
+
+
+class CopyOnce(LossyRelay):
+    """A relay that loses nothing and sends one datagram, `copied`, once more, `after` seconds later (a network
+    duplicate, or a late copy): toward the rig if `to_rig`, else toward the main. It tells when any datagram
+    went through (`activity`) and when the copy went (`released`), and counts what the rig sent (`from_rig`)."""
+
+    def __init__(self, rig_address, copied: bytes, to_rig: bool, after: float = 0.0):
+        self.copied, self.to_rig, self.after = copied, to_rig, after
+        self.released, self.activity = threading.Event(), threading.Event()
+        self.from_rig: collections.Counter = collections.Counter()
+        self.from_rig_changed = threading.Condition()
+        super().__init__(rig_address)
+
+    def _forward(self, send, data):
+        send(data)
+        self.counts['forwarded'] += 1
+        self.activity.set()
+        if send == self._to_main:
+            with self.from_rig_changed:
+                self.from_rig[data] += 1
+                self.from_rig_changed.notify_all()
+        if data == self.copied and (send == self._to_main) != self.to_rig:
+            self.copied = None
+            self._held.append((time.monotonic() + self.after, send, data))
+            self._release_held()
+
+    def _release_held(self, everything=False):
+        held = bool(self._held)
+        super()._release_held(everything)
+        if held and not self._held:
+            self.released.set()
+
+    def wait_quiet(self, quiet=0.2, deadline=5.0) -> bool:
+        """Wait until nothing went through for `quiet` seconds (False: still busy after `deadline`)."""
+        give_up = time.monotonic() + deadline
+        while time.monotonic() < give_up:
+            self.activity.clear()
+            if not self.activity.wait(quiet):
+                return True
+        return False
 
 
 def handshake(services) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from iblnet_sync import BroadcastError, ClosedError, Communicator, ExpMessage, RigRefused, RigServer, Services, protocol
 from iblnet_sync.core import STORM_ECHOES
-from tests.relay import soak
+from tests.relay import CopyOnce, soak
 from tests.resources import open_fds, our_threads
 
 
@@ -43,6 +43,25 @@ def test_echo_storm_dies_out(no_leaked_threads):
             pass
     naive.close()
     assert 1 <= bounces <= STORM_ECHOES + 1, f'{bounces} bounces'  # cut after 8 echoes in a row
+
+
+def test_a_network_copy_of_our_echo_to_an_iblutil_rig_bounces_no_further(iblutil_rigs, no_leaked_threads):
+    """iblutil's rig takes a network duplicate of our echo of its answer for a request: it echoes it and
+    handles it once more, which no main can prevent. We leave that echo of our echo unechoed: the bounce ends
+    there (we used to echo it 8 times, each one handled again, and the rig closed at the end)."""
+    rig = iblutil_rigs('rig')
+    answer = b'[1, 10, null]'
+    host, port = rig.uri[len('udp://'):].rsplit(':', 1)
+    relay = CopyOnce((host, int(port)), answer, to_rig=True)  # our echo of the answer, twice
+    try:
+        with Services({'rig': relay.uri}, timeout=3) as services:
+            assert services['rig'].init({'exp_ref': '2026-11-30_1_mouse'}) == [10, None]
+            assert relay.released.wait(5) and relay.wait_quiet(), f'still bouncing: {relay.counts}'
+            assert rig.wait_for(lambda r: len(r.answered) == 2), f'answers not echoed: {rig.errors}'
+            assert [event for event, _ in rig.received] == [ExpMessage.EXPINIT] * 2 and not rig.errors
+            assert relay.from_rig[answer] == 3  # its answer, its echo of the copy, its answer to the copy
+    finally:
+        relay.close()
 
 
 def test_rig_that_dies_mid_session_is_refused_then_answers_again(no_leaked_threads):

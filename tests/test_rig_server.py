@@ -1,18 +1,16 @@
 """RigServer driven through the whole lifecycle by our Services and by iblutil's asyncio Services."""
-import collections
 import datetime
 import logging
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from iblnet_sync import BroadcastError, ExpMessage, ExpStatus, RigServer, Services
 from tests.peers import IblutilMain
-from tests.relay import LossyRelay
+from tests.relay import CopyOnce
 
 TODAY = datetime.date.today()
 
@@ -203,47 +201,10 @@ def test_an_experiment_belongs_to_the_host_that_initialised_it(servers):
         assert intruder.init({'exp_ref': f'{TODAY}_9_other'}) == [10, None]  # free once it ended
 
 
-class LateCopy(LossyRelay):
-    """A relay that sends the rig's datagram `late` to the main once more, 50 ms later; it tells when any
-    datagram went through (`activity`), when the copy went (`released`), and counts what the rig sent."""
-
-    def __init__(self, rig_address, late):
-        self.late, self.released, self.activity = late, threading.Event(), threading.Event()
-        self.from_rig: collections.Counter = collections.Counter()
-        self.from_rig_changed = threading.Condition()
-        super().__init__(rig_address)
-
-    def _forward(self, send, data):
-        send(data)
-        self.counts['forwarded'] += 1
-        self.activity.set()
-        if send == self._to_main:
-            with self.from_rig_changed:
-                self.from_rig[data] += 1
-                self.from_rig_changed.notify_all()
-            if data == self.late:
-                self.late = None
-                self._held.append((time.monotonic() + 0.05, send, data))
-
-    def _release_held(self, everything=False):
-        held = bool(self._held)
-        super()._release_held(everything)
-        if held and not self._held:
-            self.released.set()
-
-    def wait_quiet(self, quiet=0.2, deadline=5.0) -> bool:
-        """Wait until nothing went through for `quiet` seconds (False: still busy after `deadline`)."""
-        give_up = time.monotonic() + deadline
-        while time.monotonic() < give_up:
-            self.activity.clear()
-            if not self.activity.wait(quiet):
-                return True
-        return False
-
-
-def _relay_to(rig, late: bytes) -> LateCopy:
+def _relay_to(rig, late: bytes) -> CopyOnce:
+    """A relay to `rig` that sends its datagram `late` to the main once more, 50 ms later."""
     host, port = rig.uri[len('udp://'):].rsplit(':', 1)
-    return LateCopy((host, int(port)), late=late)
+    return CopyOnce((host, int(port)), late, to_rig=False, after=0.05)
 
 
 def test_a_late_copy_of_an_echo_starts_no_storm_with_an_iblutil_main(servers):
