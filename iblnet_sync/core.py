@@ -95,8 +95,10 @@ M21   any           a message whose copies in a burst (each within   an echo sto
                     1 s of the one before, or with no request of     bytes for new, one datagram or several
                     ours in between) are more than 8, counting all   in turn): not echoed; the first copy after
                     but the first copy after each request of ours    a request of ours is (the count starts
-                    (which may answer it); or a new message while    again after 1 s of quiet and a request);
-                    64 bursts, all live, fill the table              one line logged a burst
+                    (which may answer it); or a copy less than       again after 1 s of quiet and a request);
+                    0.1 s after the one before, with no request of   one line logged a burst (a bounce: the
+                    ours in between; or a new message while 64       rig's echo of our echo, which it does not
+                    bursts, all live, fill the table                 await; not logged)
 M16   any           any other message                                echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
 ====  ============  ===============================================  ==========================================
@@ -150,17 +152,32 @@ in between; the table remembers 64 bursts, and forgets one only after 1 s withou
 more datagrams bouncing than it holds cannot each start again at 1). So whatever the peer, each of
 our requests lets at most one echo through per stormed datagram.
 
-Its price: a rig that sends the same message of its own more than 8 times, with at most one of
-those copies after each request of ours, and each within 1 s of the one before (or at any pace while
-we ask nothing: a status pushed every few minutes through a run in which the main sends nothing),
-loses the echoes of the rest, and an iblutil rig closes when an echo it awaits does not come; a rig
-that sends more than 64 different messages of its own within 1 s, none answering a request of
-ours, loses the echoes of the newest. No program we know of does either (iblutil has no heartbeat,
-Timeline and iblrig's programs speak when spoken to) but in one case, itself a storm of iblutil's
-making: an iblutil rig takes our echo of its own duplicated echo for a request, answers it with the
-same bytes, and so on; the answers that come after the cut then go unechoed and the rig closes,
-where iblutil's main, echoing for ever, keeps it alive until the network loses a copy. No rule can
-tell those answers from the bounces they are mixed with (same bytes, same order).
+A bounce is cut at once: a peer that echoes what it takes for new (iblutil's rig, iblrig's video
+program, a peer that echoes everything) sends our echo straight back, within a round trip, and awaits
+no echo of that. So a copy that comes less than 0.1 s (``BOUNCE_WINDOW``) after the copy before it,
+with no request of ours in between, is not echoed. An iblutil rig that gets a network duplicate of our
+echo of its answer takes it for a request, echoes it and handles it again. Were that bounce echoed up
+to the storm cut, each echo would be one more handler run with an answer of its own (one more echo for
+the network to duplicate: on a network that duplicates a tenth of the datagrams, close to one new
+bounce per bounce), and the rig would close at the cut, awaiting an echo past it. As it is, the rig
+runs its handler once per network duplicate (iblutil's own rule, which no main can change) and the
+bounce ends there.
+An answer (M15) is not counted, so the first bounce of our echo of an answer is still echoed: a rig
+that answers the copy with the same bytes (an iblutil rig answers any EXPINIT with ``[1, 10, null]``, a
+copy of that answer included) takes that echo for the one its answer awaits, and lives on.
+
+Its price: a rig that sends the same message of its own twice less than 0.1 s apart, with no request
+of ours in between, loses the echo of the second; a rig that sends the same message of its own more
+than 8 times, with at most one of those copies after each request of ours, and each within 1 s of the
+one before (or at any pace while we ask nothing: a status pushed every few minutes through a run in
+which the main sends nothing), loses the echoes of the rest; an iblutil rig closes when an echo it
+awaits does not come. A rig that sends more than 64 different messages of its own within 1 s, none
+answering a request of ours, loses the echoes of the newest. No program we know of does any of these
+(iblutil has no heartbeat, Timeline and iblrig's programs speak when spoken to) but in one case,
+itself a storm of iblutil's making: an iblutil rig takes our echo of its own duplicated echo for a
+request, answers it with the same bytes, and so on; the answers that come after the cut then go
+unechoed and the rig closes, where iblutil's main, echoing for ever, keeps it alive until the network
+loses a copy. No rule can tell those answers from the bounces they are mixed with (same bytes, same order).
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
@@ -300,8 +317,9 @@ REPEAT_WINDOW = 0.2
 that echo, not the main asking again (R14)."""
 BOUNCE_WINDOW = 0.1
 """float: seconds after our last echo of a message within which a copy of it may be a bounce of that echo
-(the bounce cap: R4, R6, R7, M9); a later copy is the peer asking again (a round trip on a lab's network
-takes a millisecond; iblrig's main asks 0.2 s apart at the least, our main resends 0.2 s apart)."""
+(the bounce cap: R4, R6, R7, M9; the main's bounce cut: M21); a later copy is the peer asking again (a
+round trip on a lab's network takes a millisecond; iblrig's main asks 0.2 s apart at the least, our main
+resends 0.2 s apart)."""
 OWED = 4
 """int: echoes owed at most (of plain requests or answers whose echo may still come late)."""
 STORM_ECHOES = 8
