@@ -454,6 +454,7 @@ class _Burst(NamedTuple):
     last: float   # when the last copy came
     asked: int    # how many requests we had sent by then
     logged: bool  # the storm was logged
+    echoed: bool  # the last copy was echoed
 
 
 class _Owed:
@@ -605,6 +606,7 @@ class MainConversation:
         self._sent = _Window(16)          # the last plain datagrams we sent: their copies coming back are no news
         self._storm: OrderedDict[bytes, _Burst] = OrderedDict()  # M21: digest -> its burst, the latest last
         self._asked = 0                   # our requests sent so far (M21)
+        self._answer: tuple[bytes, float, int] | None = None  # the last answer echoed (M15): digest, when, asked
 
     @property
     def wakeup(self) -> float | None:
@@ -755,20 +757,21 @@ class MainConversation:
     def _take_answer(self, d: _Datagram) -> list[Event]:
         assert d.x is not None
         self._sent.add(d.data)
+        self._answer = (d.key, d.now, self._asked)  # (not a burst: answers fill no table, but they bounce too)
         return [Send(d.data)] + self._answered(d.x, d.message.data, d.now)
 
     def _is_storm(self, d: _Datagram) -> bool:  # M21
         return self._copies(d) > STORM_ECHOES or self._is_bounce(d)
 
     def _drop_storm(self, d: _Datagram) -> list[Event]:
-        if self._count_copy(d):  # (once a burst)
+        if self._count_copy(d, echoed=False):  # (once a burst)
             log.warning('echo storm: %r came %d times in a burst; no longer echoed', d.data[:60], STORM_ECHOES + 1)
         else:
-            log.debug('%r dropped: a bounce of our echo, or a storm already logged', d.data[:60])
+            log.debug('not echoed (a storm, a bounce of our echo, or a full table): %r', d.data[:60])
         return []
 
     def _take_message(self, d: _Datagram) -> list[Event]:  # M16
-        self._count_copy(d)
+        self._count_copy(d, echoed=True)
         self._sent.add(d.data)
         return [Send(d.data), Delivered(d.message)]
 
@@ -841,26 +844,33 @@ class MainConversation:
         return burst.copies + 1
 
     def _is_bounce(self, d: _Datagram) -> bool:
-        """The rig's plain message `d` came again less than BOUNCE_WINDOW after the copy before it, with no
-        request of ours in between: the rig's echo of our echo, which it does not await (M21)."""
-        burst = self._storm.get(d.key)
-        return burst is not None and burst.asked == self._asked and d.now - burst.last < BOUNCE_WINDOW
+        """The rig's plain message `d` came again less than BOUNCE_WINDOW after the copy before it, which we
+        echoed, with no request of ours in between: the rig's echo of our echo, which it does not await (M21).
+        A copy that follows one left unechoed is no bounce (no echo of ours is out to come back)."""
+        copies = [(b.last, b.echoed, b.asked) for b in [self._storm.get(d.key)] if b is not None]
+        if self._answer is not None and self._answer[0] == d.key:
+            copies.append((self._answer[1], True, self._answer[2]))
+        if not copies:
+            return False
+        last, echoed, asked = max(copies)  # (the latest copy)
+        return echoed and asked == self._asked and d.now - last < BOUNCE_WINDOW
 
     def _storm_full(self, now: float) -> bool:
         """The table of bursts is full, and its oldest burst is still live (a copy less than STORM_QUIET ago)."""
         return len(self._storm) >= SEEN_IDS and now - next(iter(self._storm.values())).last <= STORM_QUIET
 
-    def _count_copy(self, d: _Datagram) -> bool:
-        """Count copy `d` of a message in its burst (M21); True if it starts a storm not yet logged."""
-        copies, bounce = self._copies(d), self._is_bounce(d)
+    def _count_copy(self, d: _Datagram, echoed: bool) -> bool:
+        """Count copy `d` of a message in its burst (M21), `echoed` or not; True if it starts a storm not yet
+        logged."""
+        copies = self._copies(d)
         burst = self._storm.pop(d.key, None)
         if burst is None and len(self._storm) >= SEEN_IDS:
             if self._storm_full(d.now):
                 return False  # (no room: the table's bursts are all live)
             self._storm.popitem(last=False)
         logged = burst is not None and burst.logged and copies > 1
-        log_now = copies > STORM_ECHOES and not logged and not bounce  # (a bounce alone is no storm to log)
-        self._storm[d.key] = _Burst(copies, d.now, self._asked, logged or log_now)
+        log_now = copies > STORM_ECHOES and not logged
+        self._storm[d.key] = _Burst(copies, d.now, self._asked, logged or log_now, echoed)
         return log_now
 
     def _schedule(self, x: _Exchange, now: float) -> None:
