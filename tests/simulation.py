@@ -344,7 +344,7 @@ class Run:
             self.fatal = (*self.net.arriving, data)
         self._note_unechoed(self.main, data, events, bool(events_of(events, core.Echoed)))
         if self.kind_main == 'ours' and core.ROWS['M21'] > cuts:
-            self.storm_cut.add(data)  # M21: no longer echoed while its storm lasts
+            self.storm_cut.add(data)  # M21: not echoed (a storm, or a bounce of our echo)
         self.main_events(events)
 
     def _note_unechoed(self, peer: Any, data: bytes, events: list, awaited: bool) -> None:
@@ -565,7 +565,7 @@ class Run:
           of our echo of its answer for a request, and its handler fails on it).
 
         But a death awaiting the echo of bytes that our main stopped echoing as a storm (M21: echoed
-        8 times in a burst) is excused: the price that the core's docstring states, which a
+        8 times in a burst, or a bounce of our echo) is excused: the price that the core's docstring states, which a
         reference run usually shows as iblutil's own storm, but not always with the video program, whose
         late re-arm makes the storm's start depend on micro-timing.
 
