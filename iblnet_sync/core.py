@@ -849,13 +849,12 @@ class MainConversation:
         """The rig's plain message `d` came again less than BOUNCE_WINDOW after the copy before it, which we
         echoed, with no request of ours in between: the rig's echo of our echo, which it does not await (M21).
         A copy that follows one left unechoed is no bounce (no echo of ours is out to come back)."""
-        copies = [(b.last, b.echoed, b.asked) for b in [self._storm.get(d.key)] if b is not None]
-        if self._answer is not None and self._answer[0] == d.key:
-            copies.append((self._answer[1], True, self._answer[2]))
-        if not copies:
-            return False
-        last, echoed, asked = max(copies)  # (the latest copy)
-        return echoed and asked == self._asked and d.now - last < BOUNCE_WINDOW
+        burst, answer = self._storm.get(d.key), self._answer
+        if burst is not None and burst.asked == self._asked:
+            # (a copy with the bytes of the answer to our last request came after it: before, it was the answer)
+            return burst.echoed and d.now - burst.last < BOUNCE_WINDOW
+        return (answer is not None and answer[0] == d.key and answer[2] == self._asked
+                and d.now - answer[1] < BOUNCE_WINDOW)
 
     def _storm_full(self, now: float) -> bool:
         """The table of bursts is full, and its oldest burst is still live (a copy less than STORM_QUIET ago)."""

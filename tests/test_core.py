@@ -127,6 +127,16 @@ def test_what_an_iblutil_rig_awaits_after_a_duplicated_echo_is_echoed():  # M15,
     assert sent(main.receive(answer, 0.005)) == [answer]  # its answer to that copy, awaited
 
 
+def test_a_bounce_is_told_by_order_not_by_time_on_a_coarse_clock():  # M15, M21
+    """On Windows before Python 3.13 time.monotonic() ticks every 15.6 ms: the answer, the rig's echo of a copy of
+    our echo and its answer to that copy come in the same tick. The one after the copy left unechoed is echoed."""
+    main = core.MainConversation('a1')
+    init, answer = protocol.init_message({'exp_ref': '2026-11-30_1_mouse'}), b'[1, 10, null]'
+    request(main, init)
+    main.receive(init, 0.0156)
+    assert [sent(main.receive(answer, 0.0156)) for _ in range(3)] == [[answer], [], [answer]]
+
+
 def test_an_echo_storm_is_cut_at_8_even_when_datagrams_take_turns(caplog):  # M21
     """Datagrams bouncing in turn, each slower than a bounce of our echo comes back on a lab's network."""
     main = core.MainConversation('a1')
