@@ -96,9 +96,10 @@ M21   any           a message whose copies in a burst (each within   an echo sto
                     ours in between) are more than 8, counting all   in turn): not echoed; the first copy after
                     but the first copy after each request of ours    a request of ours is (the count starts
                     (which may answer it); or a copy less than       again after 1 s of quiet and a request);
-                    0.1 s after one we echoed (an answer too), with  one line logged a burst (a bounce: the
-                    no request of ours in between; or a new message  rig's echo of our echo, which it does not
-                    while 64 bursts, all live, fill the table        await; not logged)
+                    0.1 s after the copy before it, which we echoed  one line logged a burst (a bounce: the
+                    (the answer too), with no request of ours in     rig's echo of our echo, which it does not
+                    between; or a new message while 64 bursts, all   await; not logged)
+                    live, fill the table
 M16   any           any other message                                echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
 ====  ============  ===============================================  ==========================================
@@ -154,32 +155,35 @@ our requests lets at most one echo through per stormed datagram.
 
 A bounce is cut at once: a peer that echoes what it takes for new (iblutil's rig, iblrig's video
 program, a peer that echoes everything) sends our echo straight back, within a round trip, and awaits
-no echo of that. So a copy that comes less than 0.1 s (``BOUNCE_WINDOW``) after a copy we echoed (an
-answer, M15, included; it is not counted in a burst), with no request of ours in between, is not
-echoed; nor is a network duplicate of a message we echoed. An iblutil rig that gets a network
-duplicate of our echo of its answer takes it for a request, echoes it and handles it again. Were that
-bounce echoed up to the storm cut, each echo would be one more handler run with an answer of its own
-(one more echo for the network to duplicate: on a network that duplicates a tenth of the datagrams,
-close to one new bounce per bounce), and the rig would close at the cut, awaiting an echo past it. As
-it is, the rig runs its handler once per network duplicate (iblutil's own rule, which no main can
-change) and the bounce ends there. A copy that follows one left unechoed is no bounce (no echo of
-ours is out to come back): the rig's answer to the copy, which it awaits, is echoed even when it has
-the very bytes of the bounce before it (an iblutil rig answers any EXPINIT with ``[1, 10, null]``, a
-copy of that answer included).
+no echo of that. So a copy that comes less than 0.1 s (``BOUNCE_WINDOW``) after the copy before it,
+when we echoed that one (the exchange's answer, M15, included: it is not counted in a burst, but
+remembered), with no request of ours in between, is not echoed: a bounce, or a network duplicate. A
+copy that follows one left unechoed is no bounce (no echo of ours is out to come back), and "before" is
+the order of arrival, not the clock's (a clock that ticks every 15.6 ms gives a burst one time). An
+iblutil rig that gets a network duplicate of our echo of its answer takes it for a request, echoes it
+and handles it again. Were that bounce echoed up to the storm cut, each echo would be one more handler
+run with an answer of its own (one more echo for the network to duplicate: on a network that duplicates
+a tenth of the datagrams, close to one new bounce per bounce), and the rig would close at the cut,
+awaiting an echo past it. As it is, the rig runs its handler once per network duplicate (iblutil's own
+rule, which no main can change), its bounce is cut, and its answer to the copy, which it awaits,
+follows the cut bounce and is echoed, even with the very bytes of the bounce (an iblutil rig answers
+any EXPINIT with ``[1, 10, null]``, a copy of that answer included).
 
 Its price: a rig that sends the same bytes twice less than 0.1 s apart (an answer, then a message of
 its own; or two messages), with no request of ours in between, loses the echo of the second; a rig that
 sends the same message of its own more than 8 times, with at most one of those copies after each
 request of ours, and each within 1 s of the one before (or at any pace while we ask nothing: a status
 pushed every few minutes through a run in which the main sends nothing), loses the echoes of the rest;
-an iblutil rig closes when an echo it awaits does not come. A rig that sends more than 64 different
-messages of its own within 1 s, none answering a request of ours, loses the echoes of the newest. No
+a rig that sends more than 64 different messages of its own within 1 s, none answering a request of
+ours, loses the echoes of the newest. An iblutil rig closes when an echo it awaits does not come. No
 program we know of does any of these (iblutil has no heartbeat, Timeline and iblrig's programs speak
-when spoken to) but in one case, itself a storm of iblutil's making: an iblutil rig takes our echo of
-its own duplicated echo for a request, answers it with the same bytes, and so on; the answers that come
-after the cut then go unechoed and the rig closes, where iblutil's main, echoing for ever, keeps it
-alive until the network loses a copy. No rule can tell those answers from the bounces they are mixed
-with (same bytes, same order).
+when spoken to) but in two cases of iblutil's making, where no rule can tell the answers from the
+bounces they are mixed with (same bytes, same order): the iblutil rig above, when the network also
+loses its echo of the copy (or delivers it after the answer), so that its answer to the copy comes
+right after our echo, as a bounce would; and an iblutil rig that takes our echo of its own duplicated
+echo for a request, answers it with the same bytes, and so on, whose answers after the cut go unechoed.
+Either rig then closes; iblutil's main, which echoes everything, keeps the first alive, and storms with
+the second until the network loses a copy.
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
