@@ -460,7 +460,7 @@ class _Burst(NamedTuple):
     last: float   # when the last copy came
     asked: int    # how many requests we had sent by then
     logged: bool  # the storm was logged
-    echoed: bool  # the last copy was echoed
+    in_a_row: int  # the last copy's place in its run of quick copies (see MainConversation._in_a_row)
 
 
 class _Owed:
@@ -770,14 +770,14 @@ class MainConversation:
         return self._copies(d) > STORM_ECHOES or self._is_bounce(d)
 
     def _drop_storm(self, d: _Datagram) -> list[Event]:
-        if self._count_copy(d, echoed=False):  # (once a burst)
+        if self._count_copy(d):  # (once a burst)
             log.warning('echo storm: %r came %d times in a burst; no longer echoed', d.data[:60], STORM_ECHOES + 1)
         else:
             log.debug('not echoed (a storm, a bounce of our echo, or a full table): %r', d.data[:60])
         return []
 
     def _take_message(self, d: _Datagram) -> list[Event]:  # M16
-        self._count_copy(d, echoed=True)
+        self._count_copy(d)
         self._sent.add(d.data)
         return [Send(d.data), Delivered(d.message)]
 
@@ -850,24 +850,33 @@ class MainConversation:
         return burst.copies + 1
 
     def _is_bounce(self, d: _Datagram) -> bool:
-        """The rig's plain message `d` came again less than BOUNCE_WINDOW after the copy before it, which we
-        echoed, with no request of ours in between: the rig's echo of our echo, which it does not await (M21).
-        A copy that follows one left unechoed is no bounce (no echo of ours is out to come back)."""
+        """The rig's plain message `d` is a bounce of our echo or a network duplicate (M21): in a run of quick
+        copies, the first is the message (or the answer, M15) and the third may be the rig's answer to a copy of
+        our echo, which it took for a request (the same bytes, from a handler that answers any such request
+        alike) and whose echo it awaits; the second and any after the third are the rig's echoes of ours, or
+        network duplicates, which nobody awaits."""
+        place = self._in_a_row(d)
+        return place == 2 or place > 3
+
+    def _in_a_row(self, d: _Datagram) -> int:
+        """The place of the rig's plain message `d` in its run of copies, each less than BOUNCE_WINDOW after the
+        one before and with no request of ours in between (1: the first). The order is that of arrival, not
+        the clock's: a clock that ticks every 15.6 ms gives a whole run one time."""
         burst, answer = self._storm.get(d.key), self._answer
         if burst is not None and burst.asked == self._asked:
             # (a copy with the bytes of the answer to our last request came after it: before, it was the answer)
-            return burst.echoed and d.now - burst.last < BOUNCE_WINDOW
-        return (answer is not None and answer[0] == d.key and answer[2] == self._asked
-                and d.now - answer[1] < BOUNCE_WINDOW)
+            return burst.in_a_row + 1 if d.now - burst.last < BOUNCE_WINDOW else 1
+        if answer is not None and answer[0] == d.key and answer[2] == self._asked:
+            return 2 if d.now - answer[1] < BOUNCE_WINDOW else 1
+        return 1
 
     def _storm_full(self, now: float) -> bool:
         """The table of bursts is full, and its oldest burst is still live (a copy less than STORM_QUIET ago)."""
         return len(self._storm) >= SEEN_IDS and now - next(iter(self._storm.values())).last <= STORM_QUIET
 
-    def _count_copy(self, d: _Datagram, echoed: bool) -> bool:
-        """Count copy `d` of a message in its burst (M21), `echoed` or not; True if it starts a storm not yet
-        logged."""
-        copies = self._copies(d)
+    def _count_copy(self, d: _Datagram) -> bool:
+        """Count copy `d` of a message in its burst (M21); True if it starts a storm not yet logged."""
+        copies, in_a_row = self._copies(d), self._in_a_row(d)
         burst = self._storm.pop(d.key, None)
         if burst is None and len(self._storm) >= SEEN_IDS:
             if self._storm_full(d.now):
@@ -875,7 +884,7 @@ class MainConversation:
             self._storm.popitem(last=False)
         logged = burst is not None and burst.logged and copies > 1
         log_now = copies > STORM_ECHOES and not logged
-        self._storm[d.key] = _Burst(copies, d.now, self._asked, logged or log_now, echoed)
+        self._storm[d.key] = _Burst(copies, d.now, self._asked, logged or log_now, in_a_row)
         return log_now
 
     def _schedule(self, x: _Exchange, now: float) -> None:
