@@ -95,11 +95,12 @@ M21   any           a message whose copies in a burst (each within   an echo sto
                     1 s of the one before, or with no request of     bytes for new, one datagram or several
                     ours in between) are more than 8, counting all   in turn): not echoed; the first copy after
                     but the first copy after each request of ours    a request of ours is (the count starts
-                    (which may answer it); or a copy less than       again after 1 s of quiet and a request);
-                    0.1 s after the copy before it, which we echoed  one line logged a burst (a bounce: the
-                    (the answer too), with no request of ours in     rig's echo of our echo, which it does not
-                    between; or a new message while 64 bursts, all   await; not logged)
-                    live, fill the table
+                    (which may answer it); or the 2nd or 4th or      again after 1 s of quiet and a request);
+                    later copy in a run, each less than 0.1 s after  one line logged a burst (a bounce: the
+                    the one before (the first: the message or the    rig's echo of our echo, or a network
+                    answer), no request of ours in between; or a     duplicate, which nobody awaits; not
+                    new message while 64 bursts, all live, fill the  logged)
+                    table
 M16   any           any other message                                echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
 ====  ============  ===============================================  ==========================================
@@ -155,19 +156,20 @@ our requests lets at most one echo through per stormed datagram.
 
 A bounce is cut at once: a peer that echoes what it takes for new (iblutil's rig, iblrig's video
 program, a peer that echoes everything) sends our echo straight back, within a round trip, and awaits
-no echo of that. So a copy that comes less than 0.1 s (``BOUNCE_WINDOW``) after the copy before it,
-when we echoed that one (the exchange's answer, M15, included: it is not counted in a burst, but
-remembered), with no request of ours in between, is not echoed: a bounce, or a network duplicate. A
-copy that follows one left unechoed is no bounce (no echo of ours is out to come back), and "before" is
-the order of arrival, not the clock's (a clock that ticks every 15.6 ms gives a burst one time). An
-iblutil rig that gets a network duplicate of our echo of its answer takes it for a request, echoes it
-and handles it again. Were that bounce echoed up to the storm cut, each echo would be one more handler
-run with an answer of its own (one more echo for the network to duplicate: on a network that duplicates
-a tenth of the datagrams, close to one new bounce per bounce), and the rig would close at the cut,
-awaiting an echo past it. As it is, the rig runs its handler once per network duplicate (iblutil's own
-rule, which no main can change), its bounce is cut, and its answer to the copy, which it awaits,
-follows the cut bounce and is echoed, even with the very bytes of the bounce (an iblutil rig answers
-any EXPINIT with ``[1, 10, null]``, a copy of that answer included).
+no echo of that. So in a run of copies of one message, each less than 0.1 s (``BOUNCE_WINDOW``) after
+the one before and with no request of ours in between, only the 1st and the 3rd are echoed. The 1st is
+the message (or the exchange's answer, M15, which is not counted in a burst but remembered); the 2nd is
+the peer's echo of our echo, or a network duplicate; the 3rd may be the rig's answer to a copy of our
+echo that it took for a request, which it awaits and which often has the very same bytes (an iblutil
+rig answers any EXPINIT with ``[1, 10, null]``, a copy of that answer included); anything after is a
+bounce again. The place in the run is the order of arrival, not the clock's (a clock that ticks every
+15.6 ms gives a whole run one time). An iblutil rig that gets a network duplicate of our echo of its
+answer takes it for a request, echoes it and handles it again. Were that bounce echoed up to the storm
+cut, each echo would be one more handler run with an answer of its own (one more echo for the network
+to duplicate: on a network that duplicates a tenth of the datagrams, close to one new bounce per
+bounce), and the rig would close at the cut, awaiting an echo past it. As it is, the rig runs its
+handler once per network duplicate (iblutil's own rule, which no main can change), and each run of
+quick copies draws two echoes at most.
 
 Its price: a rig that sends the same bytes twice less than 0.1 s apart (an answer, then a message of
 its own; or two messages), with no request of ours in between, loses the echo of the second; a rig that
@@ -177,13 +179,13 @@ pushed every few minutes through a run in which the main sends nothing), loses t
 a rig that sends more than 64 different messages of its own within 1 s, none answering a request of
 ours, loses the echoes of the newest. An iblutil rig closes when an echo it awaits does not come. No
 program we know of does any of these (iblutil has no heartbeat, Timeline and iblrig's programs speak
-when spoken to) but in two cases of iblutil's making, where no rule can tell the answers from the
-bounces they are mixed with (same bytes, same order): the iblutil rig above, when the network also
-loses its echo of the copy (or delivers it after the answer), so that its answer to the copy comes
-right after our echo, as a bounce would; and an iblutil rig that takes our echo of its own duplicated
-echo for a request, answers it with the same bytes, and so on, whose answers after the cut go unechoed.
-Either rig then closes; iblutil's main, which echoes everything, keeps the first alive, and storms with
-the second until the network loses a copy.
+when spoken to) but in cases of iblutil's making, where no rule can tell the answers from the bounces
+they are mixed with (same bytes, same order): the iblutil rig above, when the network also loses its
+echo of the copy, or duplicates it, or delivers it after the answer, so that its answer comes 2nd or
+4th in the run; and an iblutil rig that takes our echo of its own duplicated echo for a request,
+answers it with the same bytes, and so on, whose answers after the cut go unechoed. The rig then
+closes; iblutil's main, which echoes everything, keeps it alive (storming, in the second case, until
+the network loses a copy).
 
 Rig side (:class:`RigConversation`): the last request of one main rig
 ----------------------------------------------------------------------
