@@ -614,7 +614,7 @@ class MainConversation:
         self._sent = _Window(16)          # the last plain datagrams we sent: their copies coming back are no news
         self._storm: OrderedDict[bytes, _Burst] = OrderedDict()  # M21: digest -> its burst, the latest last
         self._asked = 0                   # our requests sent so far (M21)
-        self._answer: tuple[bytes, float, int] | None = None  # the last answer echoed (M15): digest, when, asked
+        self._answer: tuple[bytes, _Burst] | None = None  # the last answer echoed (M15): digest, its one copy
 
     @property
     def wakeup(self) -> float | None:
@@ -765,7 +765,8 @@ class MainConversation:
     def _take_answer(self, d: _Datagram) -> list[Event]:
         assert d.x is not None
         self._sent.add(d.data)
-        self._answer = (d.key, d.now, self._asked)  # (not a burst: answers fill no table, but they bounce too)
+        # (not in the table: answers are never counted, nor fill it; but they bounce too)
+        self._answer = (d.key, _Burst(0, d.now, self._asked, False, 1))
         return [Send(d.data)] + self._answered(d.x, d.message.data, d.now)
 
     def _is_storm(self, d: _Datagram) -> bool:  # M21
@@ -864,13 +865,12 @@ class MainConversation:
         """The place of the rig's plain message `d` in its run of copies, each less than BOUNCE_WINDOW after the
         one before and with no request of ours in between (1: the first). The order is that of arrival, not
         the clock's: a clock that ticks every 15.6 ms gives a whole run one time."""
-        burst, answer = self._storm.get(d.key), self._answer
-        if burst is not None and burst.asked == self._asked:
-            # (a copy with the bytes of the answer to our last request came after it: before, it was the answer)
-            return burst.in_a_row + 1 if d.now - burst.last < BOUNCE_WINDOW else 1
-        if answer is not None and answer[0] == d.key and answer[2] == self._asked:
-            return 2 if d.now - answer[1] < BOUNCE_WINDOW else 1
-        return 1
+        latest = self._storm.get(d.key)
+        if (latest is None or latest.asked != self._asked) and self._answer is not None and self._answer[0] == d.key:
+            latest = self._answer[1]  # (a copy with the answer's bytes counted since our last request came after it)
+        if latest is None or latest.asked != self._asked or d.now - latest.last >= BOUNCE_WINDOW:
+            return 1
+        return latest.in_a_row + 1
 
     def _storm_full(self, now: float) -> bool:
         """The table of bursts is full, and its oldest burst is still live (a copy less than STORM_QUIET ago)."""
