@@ -96,6 +96,9 @@ class VideoPeer(Recorder):
     ----------
     delay : float
         Seconds each handler works before it answers (Bonsai starting, say).
+    rearm : float
+        Seconds between the echo of an answer and the program's next wait for a message (0: one
+        event-loop step, as the real program on an idle PC).
 
     Attributes
     ----------
@@ -105,9 +108,10 @@ class VideoPeer(Recorder):
         What ended the program (a confirmed send not echoed in time, or a wrong echo).
     """
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, rearm: float = 0.0):
         super().__init__()
         self.delay = delay
+        self.rearm = rearm
         self.model = VideoProgram()
         self.errors: list[BaseException] = []
         self.loops = LoopThread()
@@ -116,6 +120,7 @@ class VideoPeer(Recorder):
         self.port = self.sock.getsockname()[1]
         self.uri = f'udp://{LOOPBACK}:{self.port}'
         self._waiter: asyncio.Future | None = None  # the run loop waits for a message on it
+        self._closing = False
         self.protocol: EchoProtocol = self.loops.run(self._listen())
         self._main = asyncio.run_coroutine_threadsafe(self._run(), self.loops.loop)
         self.loops.run(_turns(5))  # the loop starts and its first wait for a message is registered
@@ -136,8 +141,7 @@ class VideoPeer(Recorder):
         for flag in ExpMessage:
             self.protocol.assign_callback(flag, functools.partial(self._arrived, flag))
         try:
-            while self.protocol.is_connected:
-                await asyncio.sleep(0)  # as the real program's new wait task: it waits one loop step later
+            while self.protocol.is_connected and not self._closing:
                 self._waiter = asyncio.get_running_loop().create_future()
                 try:
                     data, addr, event = await self._waiter
@@ -146,6 +150,7 @@ class VideoPeer(Recorder):
                 finally:
                     self._waiter = None
                 await self._handle(data, addr, event)
+                await asyncio.sleep(self.rearm)  # as the real program's new wait task: one loop step later
         except Exception as ex:  # as the real program, which lets it end its run loop
             self.errors.append(ex)
             self._notify()
@@ -178,6 +183,7 @@ class VideoPeer(Recorder):
 
     def close(self) -> None:
         async def closing() -> None:
+            self._closing = True
             if self._waiter is not None:
                 self._waiter.cancel()
             self.protocol.close()

@@ -254,12 +254,15 @@ def test_video_program_through_a_link_that_loses_requests_and_echoes(video, no_l
     assert video.is_connected and video.errors == []
 
 
-def test_back_to_back_requests_to_the_video_program_are_lost_without_the_pause_only():
-    without = count_lost(40, pause=0.0, timeout=0.2)
-    default = count_lost(40, timeout=0.2)
-    assert without['no response'] > 0, without  # about a third are lost
-    assert default['no response'] < without['no response'] and default['no response'] <= 2, (default, without)
-    assert without['program ended'] == default['program ended'] == 0
+def test_a_video_program_that_waits_again_late_takes_requests_sent_after_the_pause_only():
+    """The program waits for its next request 50 ms after the echo of its answer (the real one a few
+    loop steps after, where who wins is up to the machine's scheduler: ``python -m tests.measure_video_loss``).
+    The simulator shows the library's 5 ms against the real timing (switching M22 off fails it)."""
+    without = count_lost(8, pause=0.0, timeout=0.2, rearm=0.05)
+    longer = count_lost(8, pause=0.15, timeout=1.0, rearm=0.05)
+    # without: each request that follows an answer at once is lost; the one after its 0.2 s timeout is taken
+    assert without['no response'] >= 3 and without['answered'] >= 4, without
+    assert longer == {'answered': 8, 'program ended': 0}, longer
 
 
 # --- iblrig's main driving our rig ---
