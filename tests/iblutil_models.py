@@ -54,32 +54,35 @@ class _Peer:
         self.awaiting: bytes | None = None
         self.echo_deadline: float | None = None
         self.awaiting_since = 0.0
-        self.replaced: list[float] = []  # deadlines of waits that a newer confirmed send replaced
+        self.replaced: list[tuple[float, bytes, float]] = []  # waits a newer confirmed send replaced:
+        #                                                        (deadline, awaited, since)
         self.cause: tuple[str, bytes | None, float] | None = None  # why it died: (why, awaited, since)
 
     @property
     def wakeup(self) -> float | None:
-        times = [t for t in [self.echo_deadline, *self.replaced] if t is not None]
+        times = [t for t in [self.echo_deadline, *(r[0] for r in self.replaced)] if t is not None]
         return min(times) if times else None
 
     def die(self, now: float, why: str = 'closed') -> None:
         if self.alive:
             self.alive, self.died_at = False, now
-            self.cause = (why, self.awaiting, self.awaiting_since)
+            overdue = [(awaited, since) for deadline, awaited, since in self.replaced if now >= deadline]
+            self.cause = (why, *overdue[0]) if why == 'replaced' and overdue else (
+                why, self.awaiting, self.awaiting_since)
         self.awaiting = self.echo_deadline = None
         self.replaced = []
 
     def _await(self, datagram: bytes, now: float) -> None:
         """A confirmed send: a wait still pending can no longer complete (it will time out); wait for this."""
         if self.awaiting is not None and self.echo_deadline is not None:
-            self.replaced.append(self.echo_deadline)
+            self.replaced.append((self.echo_deadline, self.awaiting, self.awaiting_since))
         self.awaiting, self.echo_deadline, self.awaiting_since = datagram, now + ECHO_TIMEOUT, now
 
     def _overdue(self, now: float) -> str | None:
         """Why a wait has timed out by `now` ('no echo', or 'replaced' for a wait a newer send replaced)."""
         if self.echo_deadline is not None and now >= self.echo_deadline:
             return 'no echo'
-        return 'replaced' if any(now >= t for t in self.replaced) else None
+        return 'replaced' if any(now >= deadline for deadline, _, _ in self.replaced) else None
 
 
 class IblutilMain(_Peer):

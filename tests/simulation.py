@@ -36,7 +36,10 @@ Invariants (a scenario violates one or more; the counts say how often):
 - ``deadline``: every call of our main ends (answer or failure) by its deadline;
 - ``bounded``: the peers fall silent after the lifecycle (no storm survives), whoever the peer,
   even where iblutil's own pair would storm on the same network, and with a naive peer, whose side
-  never ends a bounce;
+  never ends a bounce: the last 5 of the 30 virtual seconds after the lifecycle are silent, or the
+  run is followed 30 s at a time until they are (by 10 minutes), and no scenario reaches 3000
+  datagrams. (A chain that each network duplicate feeds anew, an iblutil rig with 12 s handlers
+  running one on each copy of our echo of its answer, is slow but ends by itself; a storm does not.)
 - ``no_failure``: between our own peers, with loss up to 20% each way and default settings,
   every call succeeds (but a first call, when it is not the announced EXPINFO);
 - ``iblutil_alive``: an iblutil peer is never killed (its socket closed) by something its iblutil
@@ -95,7 +98,9 @@ PROGRAM_REF = '2026-11-25_1_mouse'
 UNANSWERED = {'timeline': {'alyx'}, 'video': {'alyx', 'cleanup'}}
 """dict: calls a program rig never answers with their own event (they end in 'no response')."""
 DEFAULT_TIMEOUT = 10.0
-QUIET = 30.0  # virtual seconds after the lifecycle within which every peer must fall silent
+QUIET = 30.0  # virtual seconds: the window after the lifecycle whose last SILENT seconds must be silent,
+SILENT = 5.0  # or the run is followed for another window (up to FOLLOW after the lifecycle)
+FOLLOW = 600.0
 STORM = 3000  # datagrams in one scenario that count as an endless storm (the run stops there)
 
 
@@ -253,8 +258,9 @@ class Run:
     """One scenario: the caller's lifecycle at the main, the rig's handlers, the checks."""
 
     def __init__(self, scenario: Scenario, main: str | None = None, rig: str | None = None,
-                 trace: Callable[[str], None] | None = None):
+                 trace: Callable[[str], None] | None = None, follow: bool = True):
         self.s = scenario
+        self.follow = follow  # whether a run still talking after the lifecycle's window is followed on
         self.kind_main, self.kind_rig = main or scenario.main, rig or scenario.rig
         self.net = Network(scenario, trace)
         self.trace = trace
@@ -501,9 +507,20 @@ class Run:
                 # (plain exchanges, before the peers know each other, have iblutil's ambiguities)
                 self.check_answer(plain, started, self._outcome)
         end = self.net.now
-        self.net.run_until(lambda: False, end + QUIET)
-        self.stormed = self.net.sent >= STORM or self.net.last_send > end + QUIET - 5
+        horizon = end + QUIET
+        self.net.run_until(lambda: False, horizon)
+        # Still talking: a chain that each network duplicate feeds anew (an iblutil rig runs its handler on
+        # a copy of an echo, and answers when done: with 12 s handlers, one link every few seconds) ends by
+        # itself; a storm needs nothing new and runs until FOLLOW or STORM. (A reference run is not followed.)
+        while self.follow and self.talking(horizon) and horizon < end + FOLLOW and self.net.sent < STORM:
+            horizon += QUIET
+            self.net.run_until(lambda: False, horizon)
+        self.stormed = self.net.sent >= STORM or self.talking(horizon)
         return self
+
+    def talking(self, horizon: float) -> bool:
+        """Whether a peer sent something in the last SILENT seconds before `horizon`."""
+        return self.net.last_send > horizon - SILENT
 
     def check_answer(self, plain: bytes, started: float, outcome: tuple[str, Any]) -> None:
         """The answer (or error report) must come from a handling of this very request."""
@@ -559,7 +576,7 @@ class Run:
         - the wrong datagram it received while it awaited an echo was a resend, or a marked answer that
           unmarked would have been the awaited echo (an iblutil rig's answer equal to the request);
         - an iblutil rig answered twice at once (a second confirmed send replaces the first wait), having
-          taken a resend of ours for a request;
+          taken a resend of ours for a request, and the network lost neither the first answer nor its echo;
         - a program's handler crashed on a datagram of ours that was neither a network copy nor an echo of
           the program's own bytes (which iblutil's main sends just the same: the video program takes a copy
           of our echo of its answer for a request, and its handler fails on it).
@@ -581,10 +598,11 @@ class Run:
                 return True  # M21's documented price: iblutil's main would have echoed that storm for ever
             if why != 'replaced' and any(data == awaited and when >= since for data, when in self.unechoed):
                 return False
+            lost = any(data == awaited and when >= since for _, data, when in self.net.lost)
             if why == 'no echo':
-                return any(data == awaited and when >= since for _, data, when in self.net.lost)
-            if why == 'replaced':
-                return isinstance(peer, IblutilRig) and not peer.took_resend
+                return lost
+            if why == 'replaced':  # (a wait whose datagram or echo the network lost dies anyway: 'no echo')
+                return lost or (isinstance(peer, IblutilRig) and not peer.took_resend)
             if why == 'crashed':
                 return self.crashed_on is not None and (self.crashed_on[1] > 0 or self.crashed_on[0] in self.rig_sent)
             if why == 'wrong echo' and self.fatal is not None:
@@ -641,7 +659,7 @@ def simulate(seed: int, trace: Callable[[str], None] | None = None,
     if 'ours' in (scenario.main, scenario.rig) and run.iblutil_dead:
         # compare with iblutil's own counterpart on the same network
         reference = Run(scenario, main='iblutil' if scenario.main == 'ours' else scenario.main,
-                        rig='iblutil' if scenario.rig == 'ours' else scenario.rig).execute()
+                        rig='iblutil' if scenario.rig == 'ours' else scenario.rig, follow=False).execute()
         # Decidable only when iblutil's own pair loses nobody: once a reference peer dies, the traces part
         # (a dead iblutil main stops talking, so its rig lives on untested) and iblutil does not survive
         # this network either. Some deaths are no counterpart's doing (see Run.death_excused).
