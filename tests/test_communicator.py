@@ -96,7 +96,7 @@ def test_no_echo_names_the_rig_and_the_stage(pair):
 def test_echo_but_no_response(pair):
     com, rig = pair
     with ThreadPoolExecutor(1) as pool:
-        result = pool.submit(com.stop, timeout=0.2)
+        result = pool.submit(com.stop, timeout=1.0)
         rig.send(rig.recv())
         with pytest.raises(RigTimeout, match='echoed but no response'):
             result.result(5)

@@ -335,9 +335,10 @@ def test_recorder_that_died_is_reported_at_its_until_event(tmp_path, agents, log
 
 
 def test_quick_command_over_its_timeout_is_stopped_and_reported(tmp_path, agents, log_lines):
-    agent = agents({'EXPINIT': {'run': recorder(f'{tmp_path}/stopped'), 'timeout': 0.5}})
+    # (2 s: the recorder, a new Python, has started and says so long before; it would record for 60 s)
+    agent = agents({'EXPINIT': {'run': recorder(f'{tmp_path}/stopped'), 'timeout': 2}})
     with Services({'cameras': agent.server.uri}, timeout=DEADLINE) as services, \
-            pytest.raises(BroadcastError, match='did not end within its timeout of 0.5 s'):
+            pytest.raises(BroadcastError, match='did not end within its timeout of 2 s'):
         services.init({'exp_ref': REF})
     pid = int(log_lines.wait_for(r'recording (\d+)').group(1))
     assert not is_running(pid) and (tmp_path / 'stopped').exists()

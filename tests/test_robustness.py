@@ -39,7 +39,7 @@ def test_close_fails_the_exchange_in_flight_and_every_waiting_caller_at_once(no_
         for call in calls:
             with pytest.raises(ClosedError):
                 call.result(5)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 5.0  # (not the calls' own timeout)
     with pytest.raises(ClosedError):
         com.status('CONNECTED')
     with pytest.raises(ClosedError):

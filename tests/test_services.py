@@ -56,7 +56,7 @@ def test_callbacks_with_service(iblutil_rigs):
 
 def test_rig_that_never_answers_is_named_with_its_stage(iblutil_rigs):
     good, mute = iblutil_rigs('cameras'), iblutil_rigs('neuropixel', respond=False)
-    with Services({'cameras': good.uri, 'neuropixel': mute.uri}, timeout=0.3) as services:
+    with Services({'cameras': good.uri, 'neuropixel': mute.uri}, timeout=1.0) as services:
         with pytest.raises(TimeoutError) as caught:
             services.start(REF)
     error = caught.value

@@ -139,7 +139,7 @@ def test_crash_reaches_every_rig_as_interrupt(iblutil_rigs, no_leaked_threads):
 
 def test_raise_on_exception_both_ways(iblutil_rigs, no_leaked_threads):
     good = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
-    task = Task(remote_rigs={'cameras': good.uri}, network_timeout=0.3)
+    task = Task(remote_rigs={'cameras': good.uri}, network_timeout=1.0)
     good.respond = False
     returned = task.communicate('status', 'CONNECTED', raise_on_exception=False)
     assert isinstance(returned, BroadcastTimeout) and 'cameras' in str(returned)
@@ -400,7 +400,7 @@ def test_remote_rigs_is_read_only(iblutil_rigs):
 # --- a failure is reported once ---
 def test_a_failure_is_raised_or_returned_not_also_logged(iblutil_rigs, caplog, no_leaked_threads):
     rig = iblutil_rigs('cameras', main_sync=True, exp_ref=f'{TODAY}_1_mouse')
-    task = Task(remote_rigs={'cameras': rig.uri}, network_timeout=0.3)
+    task = Task(remote_rigs={'cameras': rig.uri}, network_timeout=1.0)
     rig.respond = False
     with caplog.at_level(logging.DEBUG, logger='iblnet_sync.session'):
         assert isinstance(task.communicate('status', 'CONNECTED', raise_on_exception=False), BroadcastTimeout)
@@ -421,7 +421,7 @@ def test_a_crash_whose_interrupt_fails_is_raised_and_the_interrupt_logged_once(i
     class Crashing(NetworkSession, CrashingHost):
         pass
 
-    task = Crashing(remote_rigs={'cameras': rig.uri}, network_timeout=0.3)
+    task = Crashing(remote_rigs={'cameras': rig.uri}, network_timeout=1.0)
     with caplog.at_level(logging.WARNING, logger='iblnet_sync'), pytest.raises(RuntimeError, match='Bpod'):
         task.run()
     reports = [r.getMessage() for r in caplog.records if r.name == 'iblnet_sync.session']

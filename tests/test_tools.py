@@ -212,12 +212,12 @@ def stuck_rig():
 
 def test_ping_shows_the_echo_time_of_a_rig_that_echoes_but_never_answers(stuck_rig, capsys):
     rig = stuck_rig
-    code, (report,) = ping_json(capsys, '--rig', f'stuck={rig.uri}', '--timeout', '0.3', '--count', '2')
+    code, (report,) = ping_json(capsys, '--rig', f'stuck={rig.uri}', '--timeout', '0.6', '--count', '2')
     assert code == 1
     assert report['problem']['stage'] == 'no response' and report['answered'] == 0
-    assert report['response_ms'] is None and 0 < report['echo_ms']['min'] <= report['echo_ms']['max'] < 300
+    assert report['response_ms'] is None and 0 < report['echo_ms']['min'] <= report['echo_ms']['max'] < 600
     assert report['clock_note'] == 'unknown: no answer to EXPINFO (no response)'
-    assert main(['--rig', f'stuck={rig.uri}', '--timeout', '0.3']) == 1
+    assert main(['--rig', f'stuck={rig.uri}', '--timeout', '0.6']) == 1
     stuck = capsys.readouterr().out.splitlines()[1].split()
     assert stuck[2] == '-' and float(stuck[3]) > 0 and stuck[4] == '-'  # STATUS, ECHO ms, RESPONSE ms
 
@@ -302,7 +302,7 @@ def test_session_logs_each_rig_clock_offset_at_init(iblutil_rigs, caplog):
 def test_watch_json_gives_one_line_per_refresh(live_rig, stuck_rig):
     stuck = stuck_rig
     result = run(PING + ['--rig', f'cameras={live_rig.uri}', '--rig', f'stuck={stuck.uri}', '--watch',
-                         '--count', '3', '--interval', '0.05', '--timeout', '0.2', '--json'])
+                         '--count', '3', '--interval', '0.05', '--timeout', '1', '--json'])
     assert result.returncode == 1, result.stderr
     refreshes = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r['refresh'] for r in refreshes] == [1, 2, 3]
