@@ -115,3 +115,28 @@ def test_without_r14_a_plain_mains_bounce_makes_the_rig_handle_a_request_again(m
     assert not simulation.simulate(51, pairing='iblutil-ours')[1]
     monkeypatch.setattr(core, 'REPEAT_WINDOW', 0.0)
     assert 'handled_once' in simulation.simulate(51, pairing='iblutil-ours')[1]
+
+
+def test_a_chain_that_network_duplicates_feed_is_followed_until_it_ends():
+    """Seed 3087949 of our main with an iblutil rig with handlers of up to 12 s: the rig runs a handler on each
+    network duplicate of our echo of its answer and answers again; the chain, a link per duplicate, still talks
+    25 to 30 s after the lifecycle, and falls silent in the next 30 s."""
+    scenario = simulation.Scenario.draw(3087949, pairing='ours-iblutil')
+    run = simulation.Run(scenario).execute()
+    assert not run.stormed and run.net.sent < 100
+    assert simulation.Run(scenario, follow=False).execute().stormed  # (the first look alone took it for a storm)
+
+
+@pytest.mark.parametrize('seed, why', [(3716627, 'cut'), (3020469, 'lost')])
+def test_an_iblutil_rig_whose_replaced_wait_ends_it_is_excused_for_a_cut_or_a_loss_only(seed, why):
+    """The rig took a resend of ours, so it ran two handlers at once; the second answer replaced the wait for the
+    first, which then timed out. 3716627: the first was the 2nd of a run of quick copies, which M21 cuts (the
+    price the core states); 3020469: the network lost it."""
+    scenario, violations, run = simulation.simulate(seed, pairing='ours-iblutil')
+    cause, awaited, _ = run.rig.cause
+    assert not violations and cause == 'replaced' and run.rig.took_resend and run.death_excused
+    if why == 'cut':
+        run.storm_cut.discard(awaited)
+    else:
+        run.net.lost = [entry for entry in run.net.lost if entry[1] != awaited]
+    assert not run.death_excused  # (otherwise the resend that it took would make the death ours)
