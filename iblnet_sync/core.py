@@ -96,11 +96,11 @@ M21   any           a message whose copies in a burst (each within   an echo sto
                     ours in between) are more than 8, counting all   in turn): not echoed; the first copy after
                     but the first copy after each request of ours    a request of ours is (the count starts
                     (which may answer it); or the 2nd or 4th or      again after 1 s of quiet and a request);
-                    later copy in a run, each less than 0.1 s after  one line logged a burst (a bounce: the
-                    the one before (the first: the message or the    rig's echo of our echo, or a network
-                    answer), no request of ours in between; or a     duplicate, which nobody awaits; not
-                    new message while 64 bursts, all live, fill the  logged)
-                    table
+                    later copy in a run, each within 4 round trips   one line logged a burst (a bounce: the
+                    (20 ms to 0.1 s) of the one before (the first:   rig's echo of our echo, or a network
+                    the message or the answer), no request of ours   duplicate, which nobody awaits; not
+                    in between; or a new message while 64 bursts,    logged)
+                    all live, fill the table
 M16   any           any other message                                echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
 ====  ============  ===============================================  ==========================================
@@ -156,8 +156,11 @@ our requests lets at most one echo through per stormed datagram.
 
 A bounce is cut at once: a peer that echoes what it takes for new (iblutil's rig, iblrig's video
 program, a peer that echoes everything) sends our echo straight back, within a round trip, and awaits
-no echo of that. So in a run of copies of one message, each less than 0.1 s (``BOUNCE_WINDOW``) after
-the one before and with no request of ours in between, only the 1st and the 3rd are echoed. The 1st is
+no echo of that. So in a run of copies of one message, each within the bounce window of the one before
+and with no request of ours in between, only the 1st and the 3rd are echoed. The window is four round
+trips (``BOUNCE_ROUND_TRIPS``) of the slowest of the last 8 requests whose first send was echoed, 20 ms
+at least (``BOUNCE_FLOOR``: a clock that ticks every 15.6 ms measures a quick round trip as 0), and
+0.1 s at most and until a round trip is known (``BOUNCE_WINDOW``): on a lab's network, 20 ms. The 1st is
 the message (or the exchange's answer, M15, which is not counted in a burst but remembered); the 2nd is
 the peer's echo of our echo, or a network duplicate; the 3rd may be the rig's answer to a copy of our
 echo that it took for a request, which it awaits and which often has the very same bytes (an iblutil
@@ -171,8 +174,10 @@ bounce), and the rig would close at the cut, awaiting an echo past it. As it is,
 handler once per network duplicate (iblutil's own rule, which no main can change), and each run of
 quick copies draws two echoes at most.
 
-Its price: a rig that sends the same bytes twice less than 0.1 s apart (an answer, then a message of
-its own; or two messages), with no request of ours in between, loses the echo of the second; a rig that
+Its price: a rig that sends the same bytes twice within the bounce window (an answer, then a message of
+its own; two answers of two handler runs, as an iblutil rig gives when it took our resend and the request
+both, or answers polls that had timed out), with no request of ours in between, loses the echo of the
+second; a rig that
 sends the same message of its own more than 8 times, with at most one of those copies after each
 request of ours, and each within 1 s of the one before (or at any pace while we ask nothing: a status
 pushed every few minutes through a run in which the main sends nothing), loses the echoes of the rest;
@@ -325,9 +330,17 @@ REPEAT_WINDOW = 0.2
 that echo, not the main asking again (R14)."""
 BOUNCE_WINDOW = 0.1
 """float: seconds after our last echo of a message within which a copy of it may be a bounce of that echo
-(the bounce cap: R4, R6, R7, M9; the main's bounce cut: M21); a later copy is the peer asking again (a
-round trip on a lab's network takes a millisecond; iblrig's main asks 0.2 s apart at the least, our main
-resends 0.2 s apart)."""
+(the bounce cap: R4, R6, R7, M9; the main's bounce cut, M21, at most); a later copy is the peer asking
+again (a round trip on a lab's network takes a millisecond; iblrig's main asks 0.2 s apart at the least,
+our main resends 0.2 s apart)."""
+BOUNCE_ROUND_TRIPS = 4
+"""int: the main's bounce cut (M21) takes a copy for a bounce within this many round trips of the copy before
+(the slowest of the last ROUND_TRIPS_KEPT echoes of our requests), within BOUNCE_FLOOR at least."""
+BOUNCE_FLOOR = 0.02
+"""float: seconds: the least bounce window of M21 (a clock that ticks every 15.6 ms, as Windows' before
+Python 3.13, measures a quick round trip as 0)."""
+ROUND_TRIPS_KEPT = 8
+"""int: round trips (first send of a request to its echo) the main remembers for M21's bounce window."""
 OWED = 4
 """int: echoes owed at most (of plain requests or answers whose echo may still come late)."""
 STORM_ECHOES = 8
@@ -570,8 +583,8 @@ class _Datagram:
 class _Exchange:
     """The main side's current request."""
 
-    __slots__ = ('deadline', 'echo_deadline', 'echo_seen', 'echoed', 'event', 'expect_answer', 'heard', 'held',
-                 'next_send', 'plain', 'ref', 'resends_left', 'sent', 'spellings', 'tagged', 'token')
+    __slots__ = ('deadline', 'echo_deadline', 'echo_seen', 'echoed', 'event', 'expect_answer', 'first_sent', 'heard',
+                 'held', 'next_send', 'plain', 'ref', 'resends_left', 'sent', 'spellings', 'tagged', 'token')
 
     def __init__(self, token: int, event: ExpMessage, plain: bytes, expect_answer: bool, deadline: float | None):
         self.token, self.event, self.plain, self.expect_answer = token, event, plain, expect_answer
@@ -586,6 +599,7 @@ class _Exchange:
         self.resends_left = 0
         self.next_send: float | None = None
         self.echo_deadline: float | None = None
+        self.first_sent: float | None = None  # when first sent, while not resent (an echo then times a round trip)
 
 
 class MainConversation:
@@ -615,6 +629,7 @@ class MainConversation:
         self._storm: OrderedDict[bytes, _Burst] = OrderedDict()  # M21: digest -> its burst, the latest last
         self._asked = 0                   # our requests sent so far (M21)
         self._answer: tuple[bytes, _Burst] | None = None  # the last answer echoed (M15): digest, its one copy
+        self._round_trips: collections.deque[float] = collections.deque(maxlen=ROUND_TRIPS_KEPT)  # M21's window
 
     @property
     def wakeup(self) -> float | None:
@@ -673,6 +688,7 @@ class MainConversation:
             if (not x.echoed and (x.tagged or self.tagged or not x.heard) and x.resends_left > 0
                     and _row('M3' if x.tagged else 'M2')):
                 x.resends_left -= 1
+                x.first_sent = None  # (whichever send an echo then confirms, it times no round trip)
                 if not x.tagged:
                     x.sent = x.plain + dialect.RESEND_SUFFIX
                 x.spellings.add(x.sent)
@@ -830,7 +846,7 @@ class MainConversation:
     # --- internals ---
     def _first_send(self, x: _Exchange, now: float) -> list[Event]:
         """Send exchange `x`'s request for the first time (M1, or M22 when the pause ends)."""
-        x.held = False
+        x.held, x.first_sent = False, now
         if not x.tagged:
             self._sent.add(x.plain)
         x.spellings.add(x.sent)
@@ -868,9 +884,18 @@ class MainConversation:
         latest = self._storm.get(d.key)
         if (latest is None or latest.asked != self._asked) and self._answer is not None and self._answer[0] == d.key:
             latest = self._answer[1]  # (a copy with the answer's bytes counted since our last request came after it)
-        if latest is None or latest.asked != self._asked or d.now - latest.last >= BOUNCE_WINDOW:
+        if latest is None or latest.asked != self._asked or d.now - latest.last >= self._bounce_window():
             return 1
         return latest.in_a_row + 1
+
+    def _bounce_window(self) -> float:
+        """Seconds after a copy within which the next may be a bounce of our echo of it (M21): BOUNCE_ROUND_TRIPS
+        of the slowest of the last round trips, BOUNCE_FLOOR at least, BOUNCE_WINDOW at most and until a round
+        trip is known. A bounce comes back within a round trip; a rig's second answer with the same bytes comes
+        when its handler ends, mostly later."""
+        if not self._round_trips:
+            return BOUNCE_WINDOW
+        return min(BOUNCE_WINDOW, max(BOUNCE_FLOOR, BOUNCE_ROUND_TRIPS * max(self._round_trips)))
 
     def _storm_full(self, now: float) -> bool:
         """The table of bursts is full, and its oldest burst is still live (a copy less than STORM_QUIET ago)."""
@@ -894,6 +919,8 @@ class MainConversation:
         x.echo_deadline = None if x.resends_left > 0 else now + self.options.echo_timeout
 
     def _echoed(self, x: _Exchange, now: float) -> list[Event]:
+        if x.first_sent is not None:
+            self._round_trips.append(now - x.first_sent)
         x.echoed = x.heard = True
         x.next_send = None
         if not x.expect_answer:

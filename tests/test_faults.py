@@ -54,6 +54,7 @@ def test_a_network_copy_of_an_answer_or_its_echo_bounces_no_further_with_an_iblu
     times, each one handled again, and the rig closed at the end). A network duplicate of its answer is left
     unechoed too: the rig handles nothing more."""
     monkeypatch.setattr('iblnet_sync.core.BOUNCE_WINDOW', 1.0)  # (a busy machine's delays stay inside the bounce's run)
+    monkeypatch.setattr('iblnet_sync.core.BOUNCE_FLOOR', 1.0)
     rig = iblutil_rigs('rig')
     answer = b'[1, 10, null]'
     host, port = rig.uri[len('udp://'):].rsplit(':', 1)
