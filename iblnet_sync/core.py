@@ -97,10 +97,12 @@ M21   any           a message whose copies in a burst (each within   an echo sto
                     but the first copy after each request of ours    a request of ours is (the count starts
                     (which may answer it); or the 2nd or 4th or      again after 1 s of quiet and a request);
                     later copy in a run, each within 4 round trips   one line logged a burst (a bounce: the
-                    (20 ms to 0.1 s) of the one before (the first:   rig's echo of our echo, or a network
-                    the message or the answer), no request of ours   duplicate, which nobody awaits; not
-                    in between; or a new message while 64 bursts,    logged)
-                    all live, fill the table
+                    (20 ms to 0.1 s; 0.1 s until one is known) of    rig's echo of our echo, or a network
+                    the one before (the first: the message or the    duplicate, which nobody awaits; not
+                    answer), no request of ours in between, that     logged)
+                    answers none of the last 4 requests we gave up
+                    on; or a new message while 64 bursts, all
+                    live, fill the table
 M16   any           any other message                                echoed; delivered (iblutil's rule: what is
                                                                      not an awaited echo is new)
 ====  ============  ===============================================  ==========================================
@@ -160,7 +162,12 @@ no echo of that. So in a run of copies of one message, each within the bounce wi
 and with no request of ours in between, only the 1st and the 3rd are echoed. The window is four round
 trips (``BOUNCE_ROUND_TRIPS``) of the slowest of the last 8 requests whose first send was echoed, 20 ms
 at least (``BOUNCE_FLOOR``: a clock that ticks every 15.6 ms measures a quick round trip as 0), and
-0.1 s at most and until a round trip is known (``BOUNCE_WINDOW``): on a lab's network, 20 ms. The 1st is
+0.1 s at most and until a round trip is known (``BOUNCE_WINDOW``): on a lab's network, 20 ms (on
+Windows before Python 3.13, whose clock ticks every 15.6 ms, 62.4 ms once a quick round trip spans a
+tick). But a copy that may answer one of the last 4 requests we gave up on (the caller's deadline
+passed) is echoed wherever it comes, once per such request: an iblutil rig answers every request it
+took, however late, and awaits each echo, and the answers to polls that timed out are alike and may
+come as close together as their handlers end. The 1st is
 the message (or the exchange's answer, M15, which is not counted in a burst but remembered); the 2nd is
 the peer's echo of our echo, or a network duplicate; the 3rd may be the rig's answer to a copy of our
 echo that it took for a request, which it awaits and which often has the very same bytes (an iblutil
@@ -176,8 +183,9 @@ quick copies draws two echoes at most.
 
 Its price: a rig that sends the same bytes twice within the bounce window (an answer, then a message of
 its own; two answers of two handler runs, as an iblutil rig gives when it took our resend and the request
-both, or answers polls that had timed out), with no request of ours in between, loses the echo of the
-second; a rig that
+both), with no request of ours in between, loses the echo of the second; a bounce slower than the window
+(a rig that echoes our echo late, busy after its answer) is echoed as a new message, as iblutil's main
+echoes it, and may go on to the storm cut below; a rig that
 sends the same message of its own more than 8 times, with at most one of those copies after each
 request of ours, and each within 1 s of the one before (or at any pace while we ask nothing: a status
 pushed every few minutes through a run in which the main sends nothing), loses the echoes of the rest;
@@ -335,10 +343,11 @@ again (a round trip on a lab's network takes a millisecond; iblrig's main asks 0
 our main resends 0.2 s apart)."""
 BOUNCE_ROUND_TRIPS = 4
 """int: the main's bounce cut (M21) takes a copy for a bounce within this many round trips of the copy before
-(the slowest of the last ROUND_TRIPS_KEPT echoes of our requests), within BOUNCE_FLOOR at least."""
+(the slowest of the last ROUND_TRIPS_KEPT echoes of our requests), BOUNCE_FLOOR at least, BOUNCE_WINDOW at
+most."""
 BOUNCE_FLOOR = 0.02
 """float: seconds: the least bounce window of M21 (a clock that ticks every 15.6 ms, as Windows' before
-Python 3.13, measures a quick round trip as 0)."""
+Python 3.13, measures a quick round trip as 0, or as 15.6 ms when it spans a tick)."""
 ROUND_TRIPS_KEPT = 8
 """int: round trips (first send of a request to its echo) the main remembers for M21's bounce window."""
 OWED = 4
@@ -630,6 +639,7 @@ class MainConversation:
         self._asked = 0                   # our requests sent so far (M21)
         self._answer: tuple[bytes, _Burst] | None = None  # the last answer echoed (M15): digest, its one copy
         self._round_trips: collections.deque[float] = collections.deque(maxlen=ROUND_TRIPS_KEPT)  # M21's window
+        self._given_up: collections.deque[_Exchange] = collections.deque(maxlen=OWED)  # M21: answers still owed
 
     @property
     def wakeup(self) -> float | None:
@@ -786,7 +796,7 @@ class MainConversation:
         return [Send(d.data)] + self._answered(d.x, d.message.data, d.now)
 
     def _is_storm(self, d: _Datagram) -> bool:  # M21
-        return self._copies(d) > STORM_ECHOES or self._is_bounce(d)
+        return self._copies(d) > STORM_ECHOES or (self._is_bounce(d) and self._given_up_on(d) is None)
 
     def _drop_storm(self, d: _Datagram) -> list[Event]:
         if self._count_copy(d):  # (once a burst)
@@ -796,6 +806,9 @@ class MainConversation:
         return []
 
     def _take_message(self, d: _Datagram) -> list[Event]:  # M16
+        given_up = self._given_up_on(d)
+        if given_up is not None:
+            self._given_up.remove(given_up)
         self._count_copy(d)
         self._sent.add(d.data)
         return [Send(d.data), Delivered(d.message)]
@@ -846,7 +859,8 @@ class MainConversation:
     # --- internals ---
     def _first_send(self, x: _Exchange, now: float) -> list[Event]:
         """Send exchange `x`'s request for the first time (M1, or M22 when the pause ends)."""
-        x.held, x.first_sent = False, now
+        # (an echo owed by an earlier exchange with the same bytes may come first: it times no round trip)
+        x.held, x.first_sent = False, None if x.sent in self._owed else now
         if not x.tagged:
             self._sent.add(x.plain)
         x.spellings.add(x.sent)
@@ -878,15 +892,22 @@ class MainConversation:
         return place == 2 or place > 3
 
     def _in_a_row(self, d: _Datagram) -> int:
-        """The place of the rig's plain message `d` in its run of copies, each less than BOUNCE_WINDOW after the
-        one before and with no request of ours in between (1: the first). The order is that of arrival, not
-        the clock's: a clock that ticks every 15.6 ms gives a whole run one time."""
+        """The place of the rig's plain message `d` in its run of copies, each within the bounce window of the
+        one before (:meth:`_bounce_window`) and with no request of ours in between (1: the first). The order is
+        that of arrival, not the clock's: a clock that ticks every 15.6 ms gives a whole run one time."""
         latest = self._storm.get(d.key)
         if (latest is None or latest.asked != self._asked) and self._answer is not None and self._answer[0] == d.key:
             latest = self._answer[1]  # (a copy with the answer's bytes counted since our last request came after it)
         if latest is None or latest.asked != self._asked or d.now - latest.last >= self._bounce_window():
             return 1
         return latest.in_a_row + 1
+
+    def _given_up_on(self, d: _Datagram) -> _Exchange | None:
+        """The oldest of the last OWED plain requests we gave up on (the caller's deadline passed) that the
+        rig's message `d` may answer. An iblutil rig answers every request it took, however late, and awaits
+        each echo: answers to polls that timed out come alike, in any order and as close together as their
+        handlers end, which no clock tells from a bounce; their number does."""
+        return next((x for x in self._given_up if _answers(x, d.message)), None)
 
     def _bounce_window(self) -> float:
         """Seconds after a copy within which the next may be a bounce of our echo of it (M21): BOUNCE_ROUND_TRIPS
@@ -942,6 +963,8 @@ class MainConversation:
 
     def _give_up(self, x: _Exchange, now: float) -> list[Event]:
         self._end(x, now)
+        if not x.tagged:
+            self._given_up.append(x)  # (its answer may still come: M21 lets it through)
         if x.echoed:
             return [Failed(x.token, Stage.NO_RESPONSE, 'echoed but no answer')]
         return [Failed(x.token, Stage.NO_ECHO, 'no echo')]
