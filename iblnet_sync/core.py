@@ -164,10 +164,10 @@ trips (``BOUNCE_ROUND_TRIPS``) of the slowest of the last 8 requests whose first
 at least (``BOUNCE_FLOOR``: a clock that ticks every 15.6 ms measures a quick round trip as 0), and
 0.1 s at most and until a round trip is known (``BOUNCE_WINDOW``): on a lab's network, 20 ms (on
 Windows before Python 3.13, whose clock ticks every 15.6 ms, 62.4 ms once a quick round trip spans a
-tick). But a copy that may answer one of the last 4 requests we gave up on (the caller's deadline
-passed) is echoed wherever it comes, once per such request: an iblutil rig answers every request it
-took, however late, and awaits each echo, and the answers to polls that timed out are alike and may
-come as close together as their handlers end. The 1st is
+tick). But a copy that may answer one of the last 4 requests that the rig echoed and we gave up on
+(the caller's deadline passed before the answer) is echoed wherever it comes, once per such request: an
+iblutil rig answers every request it took, however late, and awaits each echo, and the answers to polls
+that timed out are alike and may come as close together as their handlers end. The 1st is
 the message (or the exchange's answer, M15, which is not counted in a burst but remembered); the 2nd is
 the peer's echo of our echo, or a network duplicate; the 3rd may be the rig's answer to a copy of our
 echo that it took for a request, which it awaits and which often has the very same bytes (an iblutil
@@ -179,13 +179,15 @@ cut, each echo would be one more handler run with an answer of its own (one more
 to duplicate: on a network that duplicates a tenth of the datagrams, close to one new bounce per
 bounce), and the rig would close at the cut, awaiting an echo past it. As it is, the rig runs its
 handler once per network duplicate (iblutil's own rule, which no main can change), and each run of
-quick copies draws two echoes at most.
+quick copies draws two echoes at most, and one more per request given up on whose answer it may be.
 
 Its price: a rig that sends the same bytes twice within the bounce window (an answer, then a message of
 its own; two answers of two handler runs, as an iblutil rig gives when it took our resend and the request
 both), with no request of ours in between, loses the echo of the second; a bounce slower than the window
 (a rig that echoes our echo late, busy after its answer) is echoed as a new message, as iblutil's main
-echoes it, and may go on to the storm cut below; a rig that
+echoes it, and may go on to the storm cut below; more than 4 answers owed to requests given up on, or
+one whose answer never comes (lost by the network, or by iblrig's video program, which echoes a request
+it is too busy to take), which lets one bounce through instead; a rig that
 sends the same message of its own more than 8 times, with at most one of those copies after each
 request of ours, and each within 1 s of the one before (or at any pace while we ask nothing: a status
 pushed every few minutes through a run in which the main sends nothing), loses the echoes of the rest;
@@ -903,10 +905,11 @@ class MainConversation:
         return latest.in_a_row + 1
 
     def _given_up_on(self, d: _Datagram) -> _Exchange | None:
-        """The oldest of the last OWED plain requests we gave up on (the caller's deadline passed) that the
-        rig's message `d` may answer. An iblutil rig answers every request it took, however late, and awaits
-        each echo: answers to polls that timed out come alike, in any order and as close together as their
-        handlers end, which no clock tells from a bounce; their number does."""
+        """The oldest of the last OWED plain requests that the rig echoed and we gave up on (the caller's deadline
+        passed before the answer) that the rig's message `d` may answer. An iblutil rig answers every request
+        it took, however late, and awaits each echo: answers to polls that timed out come alike, in any order
+        and as close together as their handlers end, which no clock tells from a bounce; their number does.
+        Whichever copy comes first takes the place of such an answer."""
         return next((x for x in self._given_up if _answers(x, d.message)), None)
 
     def _bounce_window(self) -> float:
@@ -963,8 +966,8 @@ class MainConversation:
 
     def _give_up(self, x: _Exchange, now: float) -> list[Event]:
         self._end(x, now)
-        if not x.tagged:
-            self._given_up.append(x)  # (its answer may still come: M21 lets it through)
+        if x.echoed and x.expect_answer and not x.tagged:
+            self._given_up.append(x)  # (the rig took it: its answer may still come, M21 lets it through)
         if x.echoed:
             return [Failed(x.token, Stage.NO_RESPONSE, 'echoed but no answer')]
         return [Failed(x.token, Stage.NO_ECHO, 'no echo')]

@@ -169,6 +169,19 @@ def test_late_answers_to_polls_given_up_on_are_echoed_however_close():  # M21
     assert answers == [[answer]] * 3 + [[]]
 
 
+def test_a_request_given_up_before_its_echo_owes_no_answer():  # M21
+    """A poll whose echo never came may never have reached the rig: no answer is owed, and a bounce of the next
+    answer is cut as before (an owed answer that never comes would let one bounce through)."""
+    main = core.MainConversation('a1')
+    poll, answer = protocol.status_message('CONNECTED'), b'[32, 20]'
+    request(main, poll, 0.0)
+    main.give_up(0.05)
+    request(main, poll, 0.1)
+    main.receive(poll, 0.101)  # its echo
+    assert sent(main.receive(answer, 0.102)) == [answer]  # the answer (M15)
+    assert sent(main.receive(answer, 0.103)) == []  # a bounce of our echo of it
+
+
 def test_a_round_trip_is_timed_by_a_first_send_only():  # M21
     """An echo that comes after a resend confirms one send or the other: it times nothing, and the bounce
     window stays at its most, 0.1 s."""
