@@ -185,9 +185,9 @@ Its price: a rig that sends the same bytes twice within the bounce window (an an
 its own; two answers of two handler runs, as an iblutil rig gives when it took our resend and the request
 both), with no request of ours in between, loses the echo of the second; a bounce slower than the window
 (a rig that echoes our echo late, busy after its answer) is echoed as a new message, as iblutil's main
-echoes it, and may go on to the storm cut below; more than 4 answers owed to requests given up on, or
-one whose answer never comes (lost by the network, or by iblrig's video program, which echoes a request
-it is too busy to take), which lets one bounce through instead; a rig that
+echoes it, and may go on to the storm cut below; an answer owed to a request given up on before the
+last 4 is told by the window alone, and an owed answer that never comes (lost by the network, or by
+iblrig's video program, which echoes a request it is too busy to take) lets one bounce through; a rig that
 sends the same message of its own more than 8 times, with at most one of those copies after each
 request of ours, and each within 1 s of the one before (or at any pace while we ask nothing: a status
 pushed every few minutes through a run in which the main sends nothing), loses the echoes of the rest;
@@ -966,11 +966,11 @@ class MainConversation:
 
     def _give_up(self, x: _Exchange, now: float) -> list[Event]:
         self._end(x, now)
-        if x.echoed and x.expect_answer and not x.tagged:
+        if not x.echoed:
+            return [Failed(x.token, Stage.NO_ECHO, 'no echo')]
+        if x.expect_answer and not x.tagged:
             self._given_up.append(x)  # (the rig took it: its answer may still come, M21 lets it through)
-        if x.echoed:
-            return [Failed(x.token, Stage.NO_RESPONSE, 'echoed but no answer')]
-        return [Failed(x.token, Stage.NO_ECHO, 'no echo')]
+        return [Failed(x.token, Stage.NO_RESPONSE, 'echoed but no answer')]
 
     def _end(self, x: _Exchange, now: float | None = None) -> None:
         """Forget the exchange; a plain echo that may still come is remembered as owed."""
