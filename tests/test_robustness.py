@@ -3,7 +3,6 @@ point where a signal can land: test_interrupts.py)."""
 import logging
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -34,12 +33,10 @@ def test_close_fails_the_exchange_in_flight_and_every_waiting_caller_at_once(no_
     with ThreadPoolExecutor(3) as pool:
         calls = [pool.submit(com.status, 'CONNECTED') for _ in range(3)]  # one in flight, two waiting
         assert theirs.recv(100) == protocol.status_message('CONNECTED')
-        started = time.monotonic()
         com.close()
         for call in calls:
             with pytest.raises(ClosedError):
-                call.result(5)
-        assert time.monotonic() - started < 5.0  # (not the calls' own timeout)
+                call.result(5)  # (not their own 30 s timeout: a call still waiting raises TimeoutError here)
     with pytest.raises(ClosedError):
         com.status('CONNECTED')
     with pytest.raises(ClosedError):
