@@ -66,9 +66,8 @@ class _Peer:
     def die(self, now: float, why: str = 'closed') -> None:
         if self.alive:
             self.alive, self.died_at = False, now
-            overdue = [(awaited, since) for deadline, awaited, since in self.replaced if now >= deadline]
-            self.cause = (why, *overdue[0]) if why == 'replaced' and overdue else (
-                why, self.awaiting, self.awaiting_since)
+            replaced = self._replaced_overdue(now) if why == 'replaced' else None
+            self.cause = (why, *(replaced or (self.awaiting, self.awaiting_since)))
         self.awaiting = self.echo_deadline = None
         self.replaced = []
 
@@ -82,7 +81,11 @@ class _Peer:
         """Why a wait has timed out by `now` ('no echo', or 'replaced' for a wait a newer send replaced)."""
         if self.echo_deadline is not None and now >= self.echo_deadline:
             return 'no echo'
-        return 'replaced' if any(now >= deadline for deadline, _, _ in self.replaced) else None
+        return 'replaced' if self._replaced_overdue(now) else None
+
+    def _replaced_overdue(self, now: float) -> tuple[bytes, float] | None:
+        """The first wait that a newer send replaced and that has timed out by `now`: (awaited, since)."""
+        return next(((awaited, since) for deadline, awaited, since in self.replaced if now >= deadline), None)
 
 
 class IblutilMain(_Peer):
